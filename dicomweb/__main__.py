@@ -1,0 +1,3 @@
+from dicomweb.cli import main
+
+main()

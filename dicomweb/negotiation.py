@@ -1,0 +1,81 @@
+"""Choosing what to send: media types and transfer syntaxes (PS3.18 8.7)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from starlette.requests import Request
+
+from dicomweb.accept import MediaRange, parse_accept
+
+EXPLICIT_LE = "1.2.840.10008.1.2.1"
+IMPLICIT_LE = "1.2.840.10008.1.2"
+NATIVE = {EXPLICIT_LE, IMPLICIT_LE, "1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99"}
+
+# Transfer syntax -> media type of a frame or bulk data part carrying it (PS3.18 Table 8.7.3-5).
+FRAME_MEDIA_TYPE = {
+    "1.2.840.10008.1.2.4.50": "image/jpeg",
+    "1.2.840.10008.1.2.4.51": "image/jpeg",
+    "1.2.840.10008.1.2.4.57": "image/jpeg",
+    "1.2.840.10008.1.2.4.70": "image/jpeg",
+    "1.2.840.10008.1.2.4.80": "image/jls",
+    "1.2.840.10008.1.2.4.81": "image/jls",
+    "1.2.840.10008.1.2.4.90": "image/jp2",
+    "1.2.840.10008.1.2.4.91": "image/jp2",
+    "1.2.840.10008.1.2.4.92": "image/jpx",
+    "1.2.840.10008.1.2.4.93": "image/jpx",
+    "1.2.840.10008.1.2.4.201": "image/jphc",
+    "1.2.840.10008.1.2.4.202": "image/jphc",
+    "1.2.840.10008.1.2.4.203": "image/jphc",
+    "1.2.840.10008.1.2.5": "image/dicom-rle",
+    "1.2.840.10008.1.2.4.100": "video/mpeg",
+    "1.2.840.10008.1.2.4.101": "video/mpeg",
+    "1.2.840.10008.1.2.4.102": "video/mp4",
+    "1.2.840.10008.1.2.4.103": "video/mp4",
+    "1.2.840.10008.1.2.4.104": "video/mp4",
+    "1.2.840.10008.1.2.4.105": "video/mp4",
+    "1.2.840.10008.1.2.4.106": "video/mp4",
+}
+
+
+def frame_media_type(ts: str) -> str:
+    return FRAME_MEDIA_TYPE.get(ts, "application/octet-stream")
+
+
+def accept_ranges(request: Request) -> list[MediaRange]:
+    query = request.query_params.getlist("accept")
+    return [m for m in parse_accept(request.headers.get("accept"), query or None) if m.q > 0]
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One acceptable answer: the part media type and the transfer syntax ('*' = as stored, None =
+    the media type's default), and whether the response is multipart."""
+
+    media_type: str
+    transfer_syntax: str | None
+    multipart: bool
+
+
+def choices(ranges: list[MediaRange], default_type: str, single_types: set[str]) -> list[Choice]:
+    """Acceptable (media type, transfer syntax) pairs in order of preference.
+
+    ``multipart/related`` without ``type`` means the resource's default type. ``*/*`` and a missing
+    header mean the default. Every transfer-syntax value of a repeated parameter is a candidate.
+    """
+    if not ranges:
+        return [Choice(default_type, None, True)]
+    out: list[Choice] = []
+    for r in ranges:
+        syntaxes = r.params.get("transfer-syntax") or [None]
+        if r.type == "multipart/related":
+            media = (r.param("type") or default_type).lower()
+            multipart = True
+        elif r.type in ("*/*", "multipart/*"):
+            media, multipart = default_type, True
+        elif r.type in single_types:
+            media, multipart = r.type, False
+        else:
+            continue
+        out += [Choice(media, ts, multipart) for ts in syntaxes]
+    return out

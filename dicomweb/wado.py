@@ -1,0 +1,292 @@
+"""WADO-RS: instances, metadata, frames and bulk data (PS3.18 10.4)."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pydicom
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from dicomweb.multipart import (
+    closing,
+    encode_multipart,
+    make_boundary,
+    multipart_content_type,
+    multipart_length,
+    part_header,
+)
+from dicomweb.negotiation import (
+    EXPLICIT_LE,
+    IMPLICIT_LE,
+    NATIVE,
+    Choice,
+    accept_ranges,
+    choices,
+    frame_media_type,
+)
+from dicomweb.params import uids
+from dicomweb.responses import HTTPError, check_json_accept, dicom_json
+from storage.archive import Archive
+from storage.index import InstanceRecord
+from storage.transcode import CannotTranscode, frame_native, pixel_data_native, to_native
+
+DICOM = "application/dicom"
+OCTET = "application/octet-stream"
+# What pydicom and its plugins decode, so Explicit VR Little Endian can be produced from it.
+DECODABLE = NATIVE | {
+    "1.2.840.10008.1.2.5",
+    "1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70",
+    "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81",
+    "1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91",
+    "1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.202", "1.2.840.10008.1.2.4.203",
+}
+CHUNK = 1 << 20
+
+
+def _archive(request: Request) -> Archive:
+    return request.app.state.archive
+
+
+def _boundary(request: Request) -> str:
+    # Same request, same bytes: the boundary depends on the URL and what was accepted.
+    return make_boundary(f"{request.url.path}?{request.url.query}|{request.headers.get('accept', '')}")
+
+
+async def _records(request: Request) -> list[InstanceRecord]:
+    study, series, sop = uids(request)
+    recs = await _archive(request).index.instances(study, series, sop)
+    if not recs:
+        what = "instance" if sop else "series" if series else "study"
+        raise HTTPError(404, f"no such {what}")
+    return recs
+
+
+# ---- instances ------------------------------------------------------------------------------------
+
+def _instance_syntax(choice: Choice, rec: InstanceRecord) -> str | None:
+    """Transfer syntax to send `rec` in for this choice, or None if it cannot be produced."""
+    ts = choice.transfer_syntax or EXPLICIT_LE
+    if ts == "*" or ts == rec.transfer_syntax:
+        return rec.transfer_syntax
+    if ts in (EXPLICIT_LE, IMPLICIT_LE) and rec.transfer_syntax in DECODABLE:
+        return ts
+    return None
+
+
+async def _file_chunks(path: Path) -> AsyncIterator[bytes]:
+    fh = await asyncio.to_thread(open, path, "rb")
+    try:
+        while chunk := await asyncio.to_thread(fh.read, CHUNK):
+            yield chunk
+    finally:
+        fh.close()
+
+
+async def retrieve(request: Request) -> Response:
+    recs = await _records(request)
+    single_ok = {DICOM} if "sop" in request.path_params else set()
+    archive = _archive(request)
+    for choice in choices(accept_ranges(request), DICOM, single_ok):
+        if choice.media_type not in (DICOM, "*/*", "*"):
+            continue
+        plan = [(rec, _instance_syntax(choice, rec)) for rec in recs]
+        if any(ts is None for _, ts in plan):
+            continue
+        return _instances_response(request, archive, plan, choice.multipart)
+    stored = sorted({r.transfer_syntax for r in recs})
+    raise HTTPError(406, f"cannot produce an acceptable representation; stored as {', '.join(stored)}, "
+                         f"and {EXPLICIT_LE} or transfer-syntax=* can always be asked for")
+
+
+def _instances_response(
+    request: Request, archive: Archive, plan: list[tuple[InstanceRecord, str]], multipart: bool
+) -> Response:
+    async def body_of(rec: InstanceRecord, ts: str) -> AsyncIterator[bytes]:
+        path = archive.blob_path(rec)
+        if ts == rec.transfer_syntax:
+            async for chunk in _file_chunks(path):
+                yield chunk
+        else:
+            # Negotiation checked the syntax is decodable; only a corrupt stored file fails here.
+            yield await asyncio.to_thread(to_native, path, ts)
+
+    if not multipart:
+        rec, ts = plan[0]
+        headers = {"Content-Length": str(rec.size)} if ts == rec.transfer_syntax else {}
+        return StreamingResponse(body_of(rec, ts), media_type=f"{DICOM}; transfer-syntax={ts}", headers=headers)
+
+    boundary = _boundary(request)
+    parts = [(f"{DICOM}; transfer-syntax={ts}", rec, ts) for rec, ts in plan]
+
+    async def stream() -> AsyncIterator[bytes]:
+        for ctype, rec, ts in parts:
+            yield part_header(boundary, ctype)
+            async for chunk in body_of(rec, ts):
+                yield chunk
+            yield b"\r\n"
+        yield closing(boundary)
+
+    headers = {}
+    if all(ts == rec.transfer_syntax for _, rec, ts in parts):
+        headers["Content-Length"] = str(multipart_length(boundary, [(c, r.size) for c, r, _ in parts]))
+    uniform = {ts for _, _, ts in parts}
+    ctype = multipart_content_type(boundary, DICOM, uniform.pop() if len(uniform) == 1 else None)
+    return StreamingResponse(stream(), headers=headers, media_type=ctype)
+
+
+# ---- metadata -------------------------------------------------------------------------------------
+
+async def metadata(request: Request) -> Response:
+    check_json_accept(request)
+    study, series, sop = uids(request)
+    rows = await _archive(request).index.metadata(study, series, sop)
+    if not rows:
+        raise HTTPError(404, f"no such {'instance' if sop else 'series' if series else 'study'}")
+    return dicom_json(request, b"[" + b",".join(rows) + b"]")
+
+
+# ---- frames ---------------------------------------------------------------------------------------
+
+_FRAME_LIST = re.compile(r"^\d+(,\d+)*$")
+
+
+def _frame_numbers(text: str) -> list[int]:
+    text = text.replace("%2C", ",").replace("%2c", ",").replace(" ", "")
+    if not _FRAME_LIST.match(text):
+        raise HTTPError(400, f"malformed frame list {text!r}: expected numbers like 1,3,5")
+    numbers = [int(n) for n in text.split(",")]
+    if any(n < 1 for n in numbers):
+        raise HTTPError(400, "frame numbers start at 1")
+    return numbers
+
+
+def _frame_plan(choice: Choice, rec: InstanceRecord) -> tuple[str, str] | None:
+    """(part media type, transfer syntax) for frames of `rec` under this choice, or None."""
+    stored = rec.transfer_syntax
+    addressable = bool(rec.frames)
+    if choice.media_type in (OCTET, "*/*", "*"):
+        ts = choice.transfer_syntax or EXPLICIT_LE
+        if ts == "*":
+            if not addressable or stored in NATIVE:
+                # Native data (of any endianness) goes out as explicit little endian octets.
+                return OCTET, EXPLICIT_LE if stored in NATIVE or not addressable else stored
+            return frame_media_type(stored), stored
+        if ts == EXPLICIT_LE and stored in DECODABLE:
+            return OCTET, EXPLICIT_LE
+        return None
+    stored_form = choice.media_type == frame_media_type(stored) and addressable and stored not in NATIVE
+    if stored_form and choice.transfer_syntax in (None, "*", stored):
+        return choice.media_type, stored
+    return None
+
+
+async def _frame_bytes(archive: Archive, rec: InstanceRecord, number: int, ts: str) -> bytes:
+    stored = rec.transfer_syntax
+    if ts == stored and rec.frames and stored != "1.2.840.10008.1.2.2":
+        return await archive.read_frame(rec, number)
+    if stored in ("1.2.840.10008.1.2", EXPLICIT_LE) and rec.frames:
+        return await archive.read_frame(rec, number)
+    try:
+        return await asyncio.to_thread(frame_native, archive.blob_path(rec), number - 1)
+    except CannotTranscode as exc:
+        raise HTTPError(406, str(exc)) from None
+
+
+async def frames(request: Request) -> Response:
+    recs = await _records(request)
+    rec = recs[0]
+    numbers = _frame_numbers(request.path_params["frames"])
+    if rec.number_of_frames == 0:
+        raise HTTPError(404, "instance has no pixel data frames")
+    missing = [n for n in numbers if n > rec.number_of_frames]
+    if missing:
+        raise HTTPError(404, f"frame {missing[0]} out of range: the instance has {rec.number_of_frames} frame(s)")
+    archive = _archive(request)
+    singles = {OCTET, "image/jp2", "image/jphc", "image/jpeg", "image/jls", "image/dicom-rle", "image/jpx"}
+    for choice in choices(accept_ranges(request), OCTET, singles):
+        plan = _frame_plan(choice, rec)
+        if plan is None or (not choice.multipart and len(numbers) > 1):
+            continue
+        media, ts = plan
+        bodies = [await _frame_bytes(archive, rec, n, ts) for n in numbers]
+        ctype = f"{media}; transfer-syntax={ts}"
+        if not choice.multipart:
+            return Response(bodies[0], media_type=ctype)
+        boundary = _boundary(request)
+        body = encode_multipart(boundary, [(ctype, b) for b in bodies])
+        return Response(body, media_type=multipart_content_type(boundary, media, ts))
+    raise HTTPError(406, f"cannot provide frames in an acceptable form; stored as {rec.transfer_syntax}; "
+                         f"application/octet-stream and transfer-syntax=* are always available")
+
+
+# ---- bulk data ------------------------------------------------------------------------------------
+
+PIXEL_PATHS = {"7FE00010", "7FE00008", "7FE00009"}
+
+
+def _bulk_value(path: Path, tag_path: str) -> bytes | None:
+    ds = pydicom.dcmread(path)
+    parts = tag_path.strip("/").split("/")
+    node = ds
+    try:
+        for i, item in enumerate(parts):
+            if i % 2 == 0:
+                elem = node[int(item, 16)]
+                if i == len(parts) - 1:
+                    return elem.value if isinstance(elem.value, bytes) else None
+                node = elem.value
+            else:
+                node = node[int(item)]
+    except (KeyError, IndexError, ValueError, TypeError):
+        return None
+    return None
+
+
+async def bulkdata(request: Request) -> Response:
+    recs = await _records(request)
+    rec = recs[0]
+    archive = _archive(request)
+    tag_path = request.path_params["tagpath"].upper()
+    ranges = choices(accept_ranges(request), OCTET, {OCTET})
+    choice = ranges[0] if ranges else Choice(OCTET, None, True)
+    if tag_path in PIXEL_PATHS:
+        if rec.number_of_frames == 0:
+            raise HTTPError(404, "instance has no pixel data")
+        if choice.transfer_syntax == "*" and rec.transfer_syntax not in NATIVE and rec.frames:
+            media = frame_media_type(rec.transfer_syntax)
+            bodies = [await archive.read_frame(rec, n) for n in range(1, len(rec.frames) + 1)]
+            ctype = f"{media}; transfer-syntax={rec.transfer_syntax}"
+            return _bulk_response(request, [(ctype, b) for b in bodies], media, choice.multipart)
+        try:
+            data = await asyncio.to_thread(pixel_data_native, archive.blob_path(rec))
+        except CannotTranscode as exc:
+            raise HTTPError(406, str(exc)) from None
+        ctype = f"{OCTET}; transfer-syntax={EXPLICIT_LE}"
+        return _bulk_response(request, [(ctype, data)], OCTET, choice.multipart)
+    if not re.fullmatch(r"[0-9A-F]{8}(/\d+/[0-9A-F]{8})*", tag_path):
+        raise HTTPError(400, f"malformed bulk data path {tag_path!r}")
+    value = await asyncio.to_thread(_bulk_value, archive.blob_path(rec), tag_path)
+    if value is None:
+        raise HTTPError(404, f"no bulk data at {tag_path}")
+    return _bulk_response(request, [(OCTET, value)], OCTET, choice.multipart)
+
+
+def _bulk_response(request: Request, parts: list[tuple[str, bytes]], media: str, multipart: bool) -> Response:
+    if not multipart and len(parts) == 1:
+        return Response(parts[0][1], media_type=parts[0][0])
+    boundary = _boundary(request)
+    return Response(encode_multipart(boundary, parts), media_type=multipart_content_type(boundary, media))
+
+
+# ---- delete ---------------------------------------------------------------------------------------
+
+async def delete(request: Request) -> Response:
+    study, series, sop = uids(request)
+    removed = await _archive(request).delete(study, series, sop)
+    if not removed:
+        raise HTTPError(404, f"no such {'instance' if sop else 'series' if series else 'study'}")
+    return Response(status_code=204)

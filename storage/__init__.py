@@ -1,0 +1,1 @@
+"""Storage and imaging core: index (SQL), blob store, ingest, codecs. Knows nothing of HTTP."""

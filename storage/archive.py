@@ -1,0 +1,170 @@
+"""The archive: ingest (shared by STOW-RS and the import command) and reads, over an index and a blob store.
+
+An instance becomes visible only after its blob is durable and its index row is committed, so a crash at
+any point leaves either the whole instance or nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from storage.blobs import LocalBlobStore
+from storage.config import Settings
+from storage.dicom_file import InvalidInstance, ParsedInstance, parse_instance
+from storage.index import Index, InstanceRecord
+
+log = logging.getLogger(__name__)
+
+# PS3.4 / PS3.18 failure reasons used in FailedSOPSequence.
+PROCESSING_FAILURE = 0x0110
+CANNOT_UNDERSTAND = 0xC000
+DOES_NOT_MATCH = 0xA900
+OUT_OF_RESOURCES = 0xA700
+
+
+@dataclass
+class Outcome:
+    """Result of storing one received object."""
+
+    stored: bool
+    sop_class_uid: str | None = None
+    sop_uid: str | None = None
+    study_uid: str | None = None
+    series_uid: str | None = None
+    failure_code: int = 0
+    reason: str = ""
+
+
+def blob_key(sop_uid: str) -> str:
+    # Spread over 65k folders so no directory grows huge. Each stored version gets its own key, so
+    # storing an instance again never touches the blob its current index row points at; the old blob
+    # is deleted once the new row is committed.
+    h = hashlib.sha1(sop_uid.encode()).hexdigest()
+    return f"{h[:2]}/{h[2:4]}/{sop_uid}.{time.time_ns():x}.dcm"
+
+
+class Archive:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        settings.tmp_dir.mkdir(parents=True, exist_ok=True)
+        self.blobs = LocalBlobStore(settings.blob_dir)
+        self.index = Index(settings.sql_url)
+        self._sop_locks: dict[str, asyncio.Lock] = {}
+
+    async def open(self) -> None:
+        await self.index.create()
+
+    async def close(self) -> None:
+        await self.index.close()
+
+    def new_tmp_dir(self) -> str:
+        return tempfile.mkdtemp(dir=self.settings.tmp_dir)
+
+    def clear_tmp(self) -> None:
+        """Remove uploads left behind by a crash (never acknowledged, so nothing is lost)."""
+        shutil.rmtree(self.settings.tmp_dir, ignore_errors=True)
+        self.settings.tmp_dir.mkdir(parents=True, exist_ok=True)
+
+    # ---- ingest -------------------------------------------------------------------------------
+
+    def _prepare(self, path: Path, expected_study: str | None) -> tuple[Outcome, ParsedInstance | None]:
+        """Parse and place one file (runs in a worker thread)."""
+        try:
+            parsed = parse_instance(path, bulk_data_threshold=self.settings.bulk_data_threshold)
+        except InvalidInstance as exc:
+            return Outcome(False, failure_code=CANNOT_UNDERSTAND, reason=str(exc)), None
+        outcome = Outcome(
+            True, parsed.sop_class_uid, parsed.sop_uid, parsed.study_uid, parsed.series_uid
+        )
+        if expected_study is not None and parsed.study_uid != expected_study:
+            outcome.stored = False
+            outcome.failure_code = DOES_NOT_MATCH
+            # Short enough for ErrorComment (LO, 64 characters).
+            outcome.reason = "StudyInstanceUID does not match the study in the URL"
+            return outcome, None
+        return outcome, parsed
+
+    async def ingest(self, paths: list[Path], expected_study: str | None = None) -> list[Outcome]:
+        """Store files; each is accepted or refused on its own. Files are consumed (moved or linked)."""
+        prepared = await asyncio.gather(
+            *(asyncio.to_thread(self._prepare, p, expected_study) for p in paths)
+        )
+        outcomes = [o for o, _ in prepared]
+        # The same SOP Instance twice in one request: the last copy wins, stored once.
+        chosen: dict[str, tuple[Path, ParsedInstance]] = {}
+        for path, (_, parsed) in zip(paths, prepared, strict=True):
+            if parsed is not None:
+                chosen[parsed.sop_uid] = (path, parsed)
+        locks = [self._sop_locks.setdefault(sop, asyncio.Lock()) for sop in sorted(chosen)]
+        for lock in locks:
+            await lock.acquire()
+        try:
+            items: list[tuple[ParsedInstance, str, int]] = []
+            failed: set[str] = set()
+            for sop, (path, parsed) in chosen.items():
+                key = blob_key(sop)
+                try:
+                    size = await self.blobs.put_file(key, path)
+                except OSError as exc:
+                    log.error("cannot store blob for %s: %s", sop, exc)
+                    failed.add(sop)
+                    continue
+                items.append((parsed, key, size))
+            try:
+                stale = await self.index.store(items)
+            except Exception as exc:
+                # Nothing was committed: drop the new blobs so no orphan remains, and refuse them.
+                log.exception("index write failed")
+                failed |= {p.sop_uid for p, _, _ in items}
+                stale = [key for _, key, _ in items]
+                reason = f"index write failed: {type(exc).__name__}"
+            else:
+                reason = "could not write the object to storage"
+            for key in stale:
+                await self.blobs.delete(key)
+        finally:
+            for lock in locks:
+                lock.release()
+            for sop in chosen:
+                lock = self._sop_locks.get(sop)
+                if lock is not None and not lock.locked():
+                    self._sop_locks.pop(sop, None)
+        for o in outcomes:
+            if o.stored and o.sop_uid in failed:
+                o.stored, o.failure_code, o.reason = False, OUT_OF_RESOURCES, reason
+        return outcomes
+
+    # ---- reads --------------------------------------------------------------------------------
+
+    def blob_path(self, rec: InstanceRecord) -> Path:
+        return self.blobs.local_path(rec.blob_key)
+
+    async def read_frame(self, rec: InstanceRecord, number: int) -> bytes:
+        """Stored bytes of frame `number` (1-based), without decoding."""
+        pieces = rec.frames[number - 1]
+        if len(pieces) == 1:
+            off, length = pieces[0]
+            return await self.blobs.read(rec.blob_key, off, length)
+        return b"".join([await self.blobs.read(rec.blob_key, off, length) for off, length in pieces])
+
+    async def delete(self, study: str, series: str | None = None, sop: str | None = None) -> int:
+        keys = await self.index.delete(study, series, sop)
+        for key in keys:
+            await self.blobs.delete(key)
+        return len(keys)
+
+
+def remove_quietly(path: str | os.PathLike[str]) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass

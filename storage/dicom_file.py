@@ -1,0 +1,283 @@
+"""Reading a received DICOM file: validation, index attributes, metadata JSON and frame layout.
+
+Everything a request will later need (DICOM JSON metadata, where each frame's bytes lie in the file) is
+computed here once, at ingest, so serving metadata and frames never re-parses a file.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pydicom
+from pydicom.dataelem import DataElement, RawDataElement
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+
+from storage.tags import is_series_level, is_study_level, tag_hex
+from storage.uids import is_valid_uid
+
+PIXEL_DATA = 0x7FE00010
+PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)
+BULK_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
+# Written into stored metadata in place of the public base URL, replaced when serving, so a server
+# moved behind a proxy or to another host needs no re-index.
+BASE_PLACEHOLDER = "{{BASE}}"
+DEFLATED = "1.2.840.10008.1.2.1.99"
+ITEM_TAG = 0xFFFEE000
+SEQ_DELIM = 0xFFFEE0DD
+
+
+class InvalidInstance(ValueError):
+    """The bytes are not a storable DICOM instance; str() is the reason given to the client."""
+
+
+@dataclass
+class ParsedInstance:
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+    sop_class_uid: str
+    transfer_syntax: str
+    study_attrs: dict[str, Any]
+    series_attrs: dict[str, Any]
+    instance_attrs: dict[str, Any]
+    metadata: dict[str, Any]
+    # For each frame: the (offset, length) pieces of the file that hold its bytes, in order.
+    frames: list[list[tuple[int, int]]] = field(default_factory=list)
+    encapsulated: bool = False
+    # Frames in the image; may exceed len(frames) when they cannot be addressed in the file
+    # (deflated files, multi-frame 1-bit images) and must be decoded on request.
+    number_of_frames: int = 0
+
+
+def instance_path(study: str, series: str, sop: str) -> str:
+    return f"{BASE_PLACEHOLDER}/studies/{study}/series/{series}/instances/{sop}"
+
+
+def read_dataset(path: Path) -> Dataset:
+    try:
+        return pydicom.dcmread(path, defer_size=4096)
+    except InvalidDicomError:
+        pass
+    except Exception as exc:  # noqa: BLE001 - pydicom raises many types for corrupt input
+        raise InvalidInstance(f"not a readable DICOM file: {exc}") from None
+    # No preamble or file meta: accept only if it still parses as a dataset with instance UIDs.
+    try:
+        ds = pydicom.dcmread(path, force=True, defer_size=4096)
+    except Exception as exc:  # noqa: BLE001 - garbage bytes fail in arbitrary ways
+        raise InvalidInstance(f"not a DICOM file: {exc}") from None
+    if "SOPInstanceUID" not in ds or "SOPClassUID" not in ds:
+        raise InvalidInstance("not a DICOM file: no DICM prefix and no SOP Instance UID")
+    return ds
+
+
+def _uid(ds: Dataset, keyword: str) -> str:
+    try:
+        value = ds.get(keyword)
+    except Exception:  # noqa: BLE001 - a corrupt element reads as missing
+        value = None
+    if not value:
+        raise InvalidInstance(f"missing {keyword}")
+    text = str(value).strip().rstrip("\x00")
+    if not is_valid_uid(text):
+        raise InvalidInstance(f"malformed {keyword}: {text[:80]!r}")
+    return text
+
+
+def _transfer_syntax(ds: Dataset) -> str:
+    meta = getattr(ds, "file_meta", None)
+    ts = meta.get("TransferSyntaxUID") if meta is not None else None
+    if ts:
+        return str(ts)
+    # Files without meta: pydicom worked out the encoding while reading.
+    if not ds.is_little_endian:
+        return "1.2.840.10008.1.2.2"
+    return "1.2.840.10008.1.2" if ds.is_implicit_VR else "1.2.840.10008.1.2.1"
+
+
+def _element_path_map(ds: Dataset, prefix: str, out: dict[int, str]) -> None:
+    """id(element) -> bulk data path such as '00540016/0/00181072' (used to name BulkDataURIs)."""
+    for elem in ds:
+        path = f"{prefix}{elem.tag:08X}"
+        out[id(elem)] = path
+        if elem.VR == "SQ":
+            for i, item in enumerate(elem.value or []):
+                _element_path_map(item, f"{path}/{i}/", out)
+
+
+def _metadata_json(ds: Dataset, base: str, threshold: int) -> dict[str, Any]:
+    paths: dict[int, str] = {}
+    _element_path_map(ds, "", paths)
+
+    def bulk_handler(elem: DataElement) -> str:
+        return f"{base}/bulkdata/{paths.get(id(elem), tag_hex(elem.tag))}"
+
+    return ds.to_json_dict(bulk_data_threshold=threshold, bulk_data_element_handler=bulk_handler)
+
+
+def _level_subset(meta: dict[str, Any], wanted) -> dict[str, Any]:
+    return {k: v for k, v in meta.items() if wanted(int(k, 16))}
+
+
+def _frame_size(ds: Dataset) -> int:
+    rows, cols = int(ds.Rows), int(ds.Columns)
+    spp = int(ds.get("SamplesPerPixel", 1) or 1)
+    bits = int(ds.BitsAllocated)
+    if str(ds.get("PhotometricInterpretation", "")).startswith("YBR_FULL_42") and spp == 3:
+        # 4:2:2 subsampling stores two samples per pixel (PS3.3 C.7.6.3.1.2).
+        return rows * cols * 2 * bits // 8
+    return rows * cols * spp * bits // 8
+
+
+def _native_frames(ds: Dataset, raw: RawDataElement, file_size: int) -> list[list[tuple[int, int]]]:
+    length = raw.length
+    if raw.value_tell + length > file_size:
+        raise InvalidInstance("truncated file: pixel data runs past the end of the file")
+    nframes = int(ds.get("NumberOfFrames", 1) or 1)
+    if int(ds.BitsAllocated) == 1:
+        # Bit-packed frames need not start on byte boundaries: serve the whole value as one piece.
+        expected = (int(ds.Rows) * int(ds.Columns) * nframes + 7) // 8
+        if length < expected:
+            raise InvalidInstance(f"truncated pixel data: {length} bytes, expected {expected}")
+        return [[(raw.value_tell, length)]] if nframes == 1 else []
+    size = _frame_size(ds)
+    if length < size * nframes:
+        raise InvalidInstance(f"truncated pixel data: {length} bytes for {nframes} frame(s) of {size}")
+    return [[(raw.value_tell + i * size, size)] for i in range(nframes)]
+
+
+def parse_fragments(value: bytes, value_offset: int) -> tuple[list[int], list[tuple[int, int]]]:
+    """Basic offset table and the (file offset, length) of every fragment of encapsulated pixel data."""
+    pos, end = 0, len(value)
+    bot: list[int] = []
+    fragments: list[tuple[int, int]] = []
+    first = True
+    while pos + 8 <= end:
+        group, elem, length = struct.unpack_from("<HHI", value, pos)
+        tag = (group << 16) | elem
+        pos += 8
+        if tag == SEQ_DELIM:
+            return bot, fragments
+        if tag != ITEM_TAG or pos + length > end:
+            raise InvalidInstance("malformed or truncated encapsulated pixel data")
+        if first:
+            bot = list(struct.unpack_from(f"<{length // 4}I", value, pos))
+            first = False
+        else:
+            fragments.append((value_offset + pos, length))
+        pos += length
+    # pydicom strips the sequence delimiter from the value it returns, so reaching the end is normal.
+    if first:
+        raise InvalidInstance("encapsulated pixel data has no offset table item")
+    return bot, fragments
+
+
+_FRAME_STARTS = (b"\xff\xd8", b"\xff\x4f\xff\x51", b"\x00\x00\x00\x0cjP")
+
+
+def _encapsulated_frames(ds: Dataset, path: Path, raw) -> list[list[tuple[int, int]]]:
+    value = raw.value
+    if value is None:
+        with open(path, "rb") as fh:
+            fh.seek(raw.value_tell)
+            value = fh.read(raw.length) if raw.length != 0xFFFFFFFF else fh.read()
+    bot, fragments = parse_fragments(value, raw.value_tell)
+    nframes = int(ds.get("NumberOfFrames", 1) or 1)
+    if not fragments:
+        raise InvalidInstance("encapsulated pixel data has no fragments")
+    if nframes == 1:
+        return [fragments]
+    if len(fragments) == nframes:
+        return [[f] for f in fragments]
+    eot = ds.get("ExtendedOffsetTable")
+    offsets: list[int] = []
+    if eot is not None:
+        offsets = list(struct.unpack(f"<{len(eot.value) // 8}Q", eot.value))
+    elif bot:
+        offsets = bot
+    if len(offsets) == nframes:
+        # Offsets are measured from the first fragment's item tag.
+        base = fragments[0][0] - 8
+        frames: list[list[tuple[int, int]]] = [[] for _ in range(nframes)]
+        starts = [base + o for o in offsets]
+        for frag in fragments:
+            index = max(i for i, s in enumerate(starts) if s <= frag[0] - 8)
+            frames[index].append(frag)
+        return frames
+    # No usable table: a new frame begins where a fragment begins with a codestream marker.
+    with open(path, "rb") as fh:
+        frames = []
+        for off, length in fragments:
+            head = os.pread(fh.fileno(), 12, off)
+            if not frames or any(head.startswith(m) for m in _FRAME_STARTS):
+                frames.append([])
+            frames[-1].append((off, length))
+    if len(frames) != nframes:
+        raise InvalidInstance(f"cannot find {nframes} frames among {len(fragments)} fragments")
+    return frames
+
+
+def parse_instance(path: Path, *, bulk_data_threshold: int = 1024) -> ParsedInstance:
+    ds = read_dataset(path)
+    try:
+        return _parse(ds, path, bulk_data_threshold)
+    except InvalidInstance:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a corrupt element deep in the file
+        raise InvalidInstance(f"unreadable dataset: {type(exc).__name__}: {exc}") from None
+
+
+def _parse(ds: Dataset, path: Path, threshold: int) -> ParsedInstance:
+    study, series, sop = (_uid(ds, k) for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"))
+    sop_class = _uid(ds, "SOPClassUID")
+    ts = _transfer_syntax(ds)
+    file_size = path.stat().st_size
+
+    frames: list[list[tuple[int, int]]] = []
+    encapsulated = False
+    raw = ds._dict.get(PIXEL_DATA)
+    # In a deflated file, offsets point into the inflated stream: frames are decoded on request.
+    has_image = "Rows" in ds and "BitsAllocated" in ds
+    number_of_frames = int(ds.get("NumberOfFrames", 1) or 1) if raw is not None and has_image else 0
+    if isinstance(raw, RawDataElement) and has_image and ts != DEFLATED:
+        encapsulated = raw.length == 0xFFFFFFFF
+        if encapsulated:
+            frames = _encapsulated_frames(ds, path, raw)
+        else:
+            frames = _native_frames(ds, raw, file_size)
+
+    # Pixel data is described by its frames, never loaded for the JSON: set it aside meanwhile.
+    pixel_elems = {t: ds._dict.pop(t) for t in PIXEL_TAGS if t in ds._dict}
+    base = instance_path(study, series, sop)
+    try:
+        meta = _metadata_json(ds, base, threshold)
+    finally:
+        ds._dict.update(pixel_elems)
+    for tag in PIXEL_TAGS:
+        if tag in ds._dict:
+            vr = ds._dict[tag].VR or "OB"
+            meta[tag_hex(tag)] = {"vr": vr if vr in BULK_VRS else "OB", "BulkDataURI": f"{base}/bulkdata/{tag_hex(tag)}"}
+    meta = dict(sorted(meta.items()))
+    # Round-trip through orjson now so a value it cannot encode refuses the instance at ingest.
+    orjson.dumps(meta)
+
+    inst_attrs = {k: v for k, v in meta.items() if "BulkDataURI" not in v and "InlineBinary" not in v}
+    return ParsedInstance(
+        study_uid=study,
+        series_uid=series,
+        sop_uid=sop,
+        sop_class_uid=sop_class,
+        transfer_syntax=ts,
+        study_attrs=_level_subset(inst_attrs, is_study_level),
+        series_attrs=_level_subset(inst_attrs, is_series_level),
+        instance_attrs=inst_attrs,
+        metadata=meta,
+        frames=frames,
+        encapsulated=encapsulated,
+        number_of_frames=number_of_frames,
+    )

@@ -1,0 +1,268 @@
+"""The SQL index: studies, series and instances, on SQLite (embedded) or PostgreSQL (scale-out)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from sqlalchemy import delete, event, func, select, update
+from sqlalchemy.engine import Engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from storage import schema
+from storage.dicom_file import ParsedInstance
+from storage.values import json_int, json_text, normalize_time
+
+S, SE, I = schema.studies, schema.series, schema.instances
+
+
+@dataclass(frozen=True)
+class InstanceRecord:
+    """What the index knows about one stored instance (no metadata JSON: that is fetched separately)."""
+
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+    sop_class_uid: str
+    transfer_syntax: str
+    blob_key: str
+    size: int
+    frames: list[list[list[int]]]
+    number_of_frames: int
+
+    @classmethod
+    def from_row(cls, row: Any) -> InstanceRecord:
+        return cls(
+            study_uid=row.study_uid,
+            series_uid=row.series_uid,
+            sop_uid=row.sop_uid,
+            sop_class_uid=row.sop_class_uid,
+            transfer_syntax=row.transfer_syntax,
+            blob_key=row.blob_key,
+            size=row.size,
+            frames=orjson.loads(row.frames),
+            number_of_frames=row.number_of_frames,
+        )
+
+
+INSTANCE_COLUMNS = (
+    I.c.study_uid, I.c.series_uid, I.c.sop_uid, I.c.sop_class_uid, I.c.transfer_syntax,
+    I.c.blob_key, I.c.size, I.c.frames, I.c.number_of_frames,
+)
+
+
+def _study_values(p: ParsedInstance) -> dict[str, Any]:
+    a = p.study_attrs
+    return {
+        "study_uid": p.study_uid,
+        "patient_name": json_text(a, "00100010"),
+        "patient_id": json_text(a, "00100020"),
+        "patient_birth_date": json_text(a, "00100030"),
+        "patient_sex": json_text(a, "00100040"),
+        "study_date": json_text(a, "00080020"),
+        "study_time": normalize_time(json_text(a, "00080030")),
+        "accession_number": json_text(a, "00080050"),
+        "study_id": json_text(a, "00200010"),
+        "study_description": json_text(a, "00081030"),
+        "referring_physician_name": json_text(a, "00080090"),
+        "attrs": orjson.dumps(a),
+        "updated_at": time.time(),
+    }
+
+
+def _series_values(p: ParsedInstance) -> dict[str, Any]:
+    a = p.series_attrs
+    return {
+        "series_uid": p.series_uid,
+        "study_uid": p.study_uid,
+        "modality": json_text(a, "00080060"),
+        "series_number": json_int(a, "00200011"),
+        "series_description": json_text(a, "0008103E"),
+        "series_date": json_text(a, "00080021"),
+        "series_time": normalize_time(json_text(a, "00080031")),
+        "pps_start_date": json_text(a, "00400244"),
+        "pps_start_time": normalize_time(json_text(a, "00400245")),
+        "attrs": orjson.dumps(a),
+    }
+
+
+def _instance_values(p: ParsedInstance, blob_key: str, size: int) -> dict[str, Any]:
+    return {
+        "sop_uid": p.sop_uid,
+        "series_uid": p.series_uid,
+        "study_uid": p.study_uid,
+        "sop_class_uid": p.sop_class_uid,
+        "instance_number": json_int(p.instance_attrs, "00200013"),
+        "number_of_frames": p.number_of_frames,
+        "transfer_syntax": p.transfer_syntax,
+        "blob_key": blob_key,
+        "size": size,
+        "frames": orjson.dumps(p.frames),
+        "attrs": orjson.dumps(p.instance_attrs),
+        "metadata": orjson.dumps(p.metadata),
+        "created_at": time.time(),
+    }
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    # WAL lets readers run during writes; NORMAL syncs at checkpoints, which keeps every committed
+    # row across a process crash (blobs themselves are fsynced before their row is written).
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute("PRAGMA foreign_keys=ON")
+    # PS3.4 matching is case-sensitive except where we ask for it (person names).
+    cur.execute("PRAGMA case_sensitive_like=ON")
+    cur.close()
+
+
+class Index:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine: AsyncEngine = create_async_engine(url)
+        self.is_sqlite = self.engine.dialect.name == "sqlite"
+        if self.is_sqlite:
+            event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+        # SQLite allows one writer; queueing writers here is cheaper than SQLITE_BUSY retries.
+        self._write_lock = asyncio.Lock()
+
+    async def create(self) -> None:
+        async with self.engine.begin() as conn:
+            await conn.run_sync(schema.metadata.create_all)
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    @property
+    def sync_engine(self) -> Engine:
+        return self.engine.sync_engine
+
+    def _insert(self, table):
+        if self.is_sqlite:
+            from sqlalchemy.dialects.sqlite import insert
+        else:
+            from sqlalchemy.dialects.postgresql import insert
+        return insert(table)
+
+    async def _upsert(self, conn: AsyncConnection, table, key: str, rows: list[dict[str, Any]]) -> None:
+        if not rows:
+            return
+        stmt = self._insert(table)
+        keep = {c: stmt.excluded[c] for c in rows[0] if c != key}
+        await conn.execute(stmt.on_conflict_do_update(index_elements=[key], set_=keep), rows)
+
+    async def store(self, items: list[tuple[ParsedInstance, str, int]]) -> list[str]:
+        """Index stored instances in one transaction; returns blob keys that the rows no longer use."""
+        if not items:
+            return []
+        studies_rows = {p.study_uid: _study_values(p) for p, _, _ in items}
+        series_rows = {p.series_uid: _series_values(p) for p, _, _ in items}
+        inst_rows = {p.sop_uid: _instance_values(p, key, size) for p, key, size in items}
+        async with self._write_lock, self.engine.begin() as conn:
+            old = (
+                await conn.execute(
+                    select(I.c.sop_uid, I.c.study_uid, I.c.series_uid, I.c.blob_key).where(
+                        I.c.sop_uid.in_(list(inst_rows))
+                    )
+                )
+            ).all()
+            touched_studies = set(studies_rows) | {r.study_uid for r in old}
+            touched_series = set(series_rows) | {r.series_uid for r in old}
+            await self._upsert(conn, S, "study_uid", list(studies_rows.values()))
+            await self._upsert(conn, SE, "series_uid", list(series_rows.values()))
+            await self._upsert(conn, I, "sop_uid", list(inst_rows.values()))
+            await self._refresh_counts(conn, touched_studies, touched_series)
+        return [r.blob_key for r in old if r.blob_key != inst_rows[r.sop_uid]["blob_key"]]
+
+    async def _refresh_counts(self, conn: AsyncConnection, studies: set[str], series: set[str]) -> None:
+        """Recompute the derived study and series attributes; drop levels left empty."""
+        if series:
+            counts = dict(
+                (
+                    await conn.execute(
+                        select(I.c.series_uid, func.count())
+                        .where(I.c.series_uid.in_(list(series)))
+                        .group_by(I.c.series_uid)
+                    )
+                ).all()
+            )
+            for uid in series:
+                if counts.get(uid):
+                    await conn.execute(update(SE).where(SE.c.series_uid == uid).values(num_instances=counts[uid]))
+                else:
+                    await conn.execute(delete(SE).where(SE.c.series_uid == uid))
+        for uid in studies:
+            n_inst = (await conn.execute(select(func.count()).where(I.c.study_uid == uid))).scalar_one()
+            if not n_inst:
+                await conn.execute(delete(SE).where(SE.c.study_uid == uid))
+                await conn.execute(delete(S).where(S.c.study_uid == uid))
+                continue
+            mods = (await conn.execute(select(SE.c.modality).where(SE.c.study_uid == uid).distinct())).scalars()
+            classes = (
+                await conn.execute(select(I.c.sop_class_uid).where(I.c.study_uid == uid).distinct())
+            ).scalars()
+            n_series = (await conn.execute(select(func.count()).where(SE.c.study_uid == uid))).scalar_one()
+            await conn.execute(
+                update(S)
+                .where(S.c.study_uid == uid)
+                .values(
+                    num_instances=n_inst,
+                    num_series=n_series,
+                    modalities="\\".join(sorted(m for m in mods if m)),
+                    sop_classes="\\".join(sorted(classes)),
+                )
+            )
+
+    # ---- reads -------------------------------------------------------------------------------
+
+    async def instances(
+        self, study: str, series: str | None = None, sop: str | None = None
+    ) -> list[InstanceRecord]:
+        q = select(*INSTANCE_COLUMNS).where(I.c.study_uid == study)
+        if series is not None:
+            q = q.where(I.c.series_uid == series)
+        if sop is not None:
+            q = q.where(I.c.sop_uid == sop)
+        q = q.order_by(I.c.series_uid, I.c.instance_number, I.c.sop_uid)
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(q)).all()
+        return [InstanceRecord.from_row(r) for r in rows]
+
+    async def metadata(self, study: str, series: str | None = None, sop: str | None = None) -> list[bytes]:
+        """Stored metadata JSON of each matching instance (ordered by series, instance number)."""
+        q = select(I.c.metadata).where(I.c.study_uid == study)
+        if series is not None:
+            q = q.where(I.c.series_uid == series)
+        if sop is not None:
+            q = q.where(I.c.sop_uid == sop)
+        q = q.order_by(I.c.series_uid, I.c.instance_number, I.c.sop_uid)
+        async with self.engine.connect() as conn:
+            return list((await conn.execute(q)).scalars())
+
+    async def count_instances(self) -> int:
+        async with self.engine.connect() as conn:
+            return (await conn.execute(select(func.count()).select_from(I))).scalar_one()
+
+    async def all_instances(self) -> list[InstanceRecord]:
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(select(*INSTANCE_COLUMNS))).all()
+        return [InstanceRecord.from_row(r) for r in rows]
+
+    async def delete(self, study: str, series: str | None = None, sop: str | None = None) -> list[str]:
+        """Remove rows; returns the blob keys to delete (after the rows are gone)."""
+        cond = I.c.study_uid == study
+        if series is not None:
+            cond = cond & (I.c.series_uid == series)
+        if sop is not None:
+            cond = cond & (I.c.sop_uid == sop)
+        async with self._write_lock, self.engine.begin() as conn:
+            rows = (await conn.execute(select(I.c.blob_key, I.c.series_uid).where(cond))).all()
+            if not rows:
+                return []
+            await conn.execute(delete(I).where(cond))
+            await self._refresh_counts(conn, {study}, {r.series_uid for r in rows})
+        return [r.blob_key for r in rows]

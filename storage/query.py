@@ -1,0 +1,402 @@
+"""QIDO-RS matching (PS3.18 8.3.4, PS3.4 C.2.2.2) compiled to SQL, with Python matching as a fallback
+for attributes the index has no column for."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import orjson
+from sqlalchemy import and_, func, or_, select
+from sqlalchemy.sql import ColumnElement
+
+from storage import schema
+from storage.dicom_file import BASE_PLACEHOLDER
+from storage.index import Index
+from storage.tags import keyword, parse_attribute, tag_hex, vr_of
+from storage.uids import is_valid_uid
+from storage.values import json_values, normalize_date, normalize_datetime, normalize_time
+
+Level = Literal["study", "series", "instance"]
+S, SE, I = schema.studies, schema.series, schema.instances
+
+MAX_RESULTS = 1000  # what one response returns when the client sets no limit (with a Warning)
+
+MODALITIES_IN_STUDY = 0x00080061
+SOP_CLASSES_IN_STUDY = 0x00080062
+RETRIEVE_URL = 0x00081190
+INSTANCE_AVAILABILITY = 0x00080056
+
+# Attributes with a column: tag -> (level, column).
+COLUMNS: dict[int, tuple[Level, Any]] = {
+    0x00100010: ("study", S.c.patient_name),
+    0x00100020: ("study", S.c.patient_id),
+    0x00100030: ("study", S.c.patient_birth_date),
+    0x00100040: ("study", S.c.patient_sex),
+    0x00080020: ("study", S.c.study_date),
+    0x00080030: ("study", S.c.study_time),
+    0x00080050: ("study", S.c.accession_number),
+    0x00200010: ("study", S.c.study_id),
+    0x00081030: ("study", S.c.study_description),
+    0x00080090: ("study", S.c.referring_physician_name),
+    0x0020000D: ("study", S.c.study_uid),
+    MODALITIES_IN_STUDY: ("study", S.c.modalities),
+    SOP_CLASSES_IN_STUDY: ("study", S.c.sop_classes),
+    0x00080060: ("series", SE.c.modality),
+    0x00200011: ("series", SE.c.series_number),
+    0x0008103E: ("series", SE.c.series_description),
+    0x00080021: ("series", SE.c.series_date),
+    0x00080031: ("series", SE.c.series_time),
+    0x00400244: ("series", SE.c.pps_start_date),
+    0x00400245: ("series", SE.c.pps_start_time),
+    0x0020000E: ("series", SE.c.series_uid),
+    0x00080016: ("instance", I.c.sop_class_uid),
+    0x00080018: ("instance", I.c.sop_uid),
+    0x00200013: ("instance", I.c.instance_number),
+}
+MULTI_VALUED_COLUMNS = {MODALITIES_IN_STUDY, SOP_CLASSES_IN_STUDY}
+
+DEFAULTS: dict[Level, tuple[int, ...]] = {
+    "study": (
+        0x00080005, 0x00080020, 0x00080030, 0x00080050, INSTANCE_AVAILABILITY, MODALITIES_IN_STUDY,
+        0x00080090, 0x00080201, RETRIEVE_URL, 0x00100010, 0x00100020, 0x00100030, 0x00100040,
+        0x0020000D, 0x00200010, 0x00201206, 0x00201208,
+    ),
+    "series": (
+        0x00080005, 0x00080060, 0x00080201, 0x0008103E, RETRIEVE_URL, 0x0020000D, 0x0020000E,
+        0x00200011, 0x00201209, 0x00400244, 0x00400245, 0x00400275,
+    ),
+    "instance": (
+        0x00080005, 0x00080016, 0x00080018, INSTANCE_AVAILABILITY, 0x00080201, RETRIEVE_URL,
+        0x0020000D, 0x0020000E, 0x00200013, 0x00280010, 0x00280011, 0x00280100, 0x00280008,
+    ),
+}
+LEVEL_OF = {0x0020000D: "study", 0x0020000E: "series", 0x00080018: "instance"}
+RESERVED = {"limit", "offset", "includefield", "fuzzymatching", "orderby"}
+
+
+class QueryError(ValueError):
+    """A query the client got wrong; str() is the reason."""
+
+
+@dataclass
+class Filter:
+    tag: int
+    value: str
+
+
+@dataclass
+class Query:
+    level: Level
+    study_uid: str | None = None
+    series_uid: str | None = None
+    filters: list[Filter] = field(default_factory=list)
+    include_all: bool = False
+    includes: set[int] = field(default_factory=set)
+    fuzzy: bool = False
+    limit: int | None = None
+    offset: int = 0
+
+
+def _parse_int(name: str, value: str, minimum: int) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise QueryError(f"{name} must be an integer, got {value!r}") from None
+    if n < minimum:
+        raise QueryError(f"{name} must be at least {minimum}, got {n}")
+    return n
+
+
+def _attribute(name: str) -> int:
+    # Nested paths (00400275.00401001) name the top-level sequence for return purposes.
+    first = name.split(".")[0]
+    tag = parse_attribute(first)
+    if tag is None:
+        raise QueryError(f"unknown attribute {name!r}: not a DICOM keyword or tag")
+    return tag
+
+
+def parse_query(
+    level: Level, params: list[tuple[str, str]], study_uid: str | None = None, series_uid: str | None = None
+) -> Query:
+    q = Query(level=level, study_uid=study_uid, series_uid=series_uid)
+    for name, value in params:
+        key = name.strip()
+        low = key.lower()
+        if low == "limit":
+            q.limit = _parse_int("limit", value, 0)
+        elif low == "offset":
+            q.offset = _parse_int("offset", value, 0)
+        elif low == "fuzzymatching":
+            if value.lower() not in ("true", "false"):
+                raise QueryError(f"fuzzymatching must be true or false, got {value!r}")
+            q.fuzzy = value.lower() == "true"
+        elif low == "includefield":
+            for item in (v.strip() for v in value.split(",")):
+                if not item:
+                    continue
+                if item.lower() == "all":
+                    q.include_all = True
+                else:
+                    q.includes.add(_attribute(item))
+        elif low == "orderby":
+            continue  # optional in PS3.18; results come in a stable, documented order
+        elif "." in key:
+            raise QueryError(f"matching on nested attribute {key!r} is not supported")
+        else:
+            tag = _attribute(key)
+            if tag in LEVEL_OF and value:
+                for uid in re.split(r"[,\\]", value):
+                    if not is_valid_uid(uid.strip()):
+                        raise QueryError(f"malformed UID in {key}: {uid!r}")
+            _check_value(key, tag, value)
+            q.filters.append(Filter(tag, value))
+    return q
+
+
+def _check_value(name: str, tag: int, value: str) -> None:
+    vr = vr_of(tag)
+    if not value or "*" in value or "?" in value:
+        return
+    if vr == "DA":
+        for part in value.split("-"):
+            if part and not re.fullmatch(r"\d{4}(\d{2}(\d{2})?)?", part.strip().replace(".", "")):
+                raise QueryError(f"{name}: malformed date or range {value!r}")
+        if value.count("-") > 1 or value == "-":
+            raise QueryError(f"{name}: malformed date range {value!r}")
+    elif vr == "TM":
+        for part in value.split("-"):
+            if part and not re.fullmatch(r"\d{2}(:?\d{2}(:?\d{2}(\.\d{1,6})?)?)?", part.strip()):
+                raise QueryError(f"{name}: malformed time or range {value!r}")
+    elif vr in ("IS", "US", "SS", "UL", "SL"):
+        for part in re.split(r"[,\\]", value):
+            if not re.fullmatch(r"[+-]?\d+", part.strip()):
+                raise QueryError(f"{name}: expected an integer, got {value!r}")
+
+
+# ---- SQL compilation ---------------------------------------------------------------------------------
+
+def _like_pattern(value: str) -> str:
+    out = []
+    for ch in value:
+        if ch in "%_!":
+            out.append("!" + ch)
+        elif ch == "*":
+            out.append("%")
+        elif ch == "?":
+            out.append("_")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def _range(value: str, norm_lo, norm_hi) -> tuple[str, str]:
+    lo, _, hi = value.partition("-")
+    return (norm_lo(lo) if lo.strip() else ""), (norm_hi(hi) if hi.strip() else "")
+
+
+def _text_condition(col, value: str, *, ci: bool) -> ColumnElement:
+    if "*" in value or "?" in value:
+        pattern = _like_pattern(value)
+        return col.ilike(pattern, escape="!") if ci else col.like(pattern, escape="!")
+    return func.lower(col) == value.lower() if ci else col == value
+
+
+def _fuzzy_name(col, value: str) -> ColumnElement:
+    """Case-insensitive prefix match of any name component (family, given, middle...)."""
+    stem = _like_pattern(value.rstrip("*"))
+    return or_(
+        col.ilike(f"{stem}%", escape="!"),
+        col.ilike(f"% {stem}%", escape="!"),
+        col.ilike(f"%^{stem}%", escape="!"),
+    )
+
+
+def _column_condition(tag: int, col, value: str, fuzzy: bool) -> ColumnElement | None:
+    if value == "":
+        return None  # universal matching: return the attribute, match everything
+    vr = vr_of(tag)
+    if tag in LEVEL_OF or vr == "UI":
+        uids = [u.strip() for u in re.split(r"[,\\]", value) if u.strip()]
+        return col.in_(uids)
+    if tag in MULTI_VALUED_COLUMNS:
+        # Backslash-joined values: match any one of them; a list in the query means any of those.
+        conds = []
+        for v in (x.strip() for x in re.split(r"[,\\]", value) if x.strip()):
+            p = _like_pattern(v)
+            conds += [col.like(p, escape="!"), col.like(p + "\\%", escape="!"),
+                      col.like("%\\" + p, escape="!"), col.like("%\\" + p + "\\%", escape="!")]
+        return or_(*conds)
+    if vr == "DA" and "-" in value:
+        lo, hi = _range(value, normalize_date, normalize_date)
+        conds = [col != ""]
+        if lo:
+            conds.append(col >= lo)
+        if hi:
+            conds.append(col <= hi)
+        return and_(*conds)
+    if vr == "DA" and "*" not in value and "?" not in value:
+        return col == normalize_date(value)
+    if vr == "TM" and "*" not in value and "?" not in value:
+        lo, hi = (value.split("-", 1) + [""])[:2] if "-" in value else (value, value)
+        conds = [col != ""]
+        if lo.strip():
+            conds.append(col >= normalize_time(lo))
+        if hi.strip():
+            conds.append(col <= normalize_time(hi, upper=True))
+        return and_(*conds)
+    if vr in ("IS", "US", "SS", "UL", "SL"):
+        return col.in_([int(v) for v in re.split(r"[,\\]", value)])
+    if vr == "PN":
+        return _fuzzy_name(col, value) if fuzzy else _text_condition(col, value, ci=True)
+    return _text_condition(col, value, ci=False)
+
+
+# ---- Python matching for attributes without a column ------------------------------------------------
+
+def _wild_regex(value: str, ci: bool) -> re.Pattern[str]:
+    body = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in value)
+    return re.compile(body, re.IGNORECASE | re.DOTALL if ci else re.DOTALL)
+
+
+def _python_match(tag: int, attrs: dict[str, Any], value: str, fuzzy: bool) -> bool:
+    if value == "":
+        return True
+    values = json_values(attrs, tag_hex(tag))
+    vr = vr_of(tag)
+    if vr in ("DA", "DT", "TM") and "-" in value and "*" not in value:
+        norm = {"DA": (normalize_date, normalize_date),
+                "TM": (normalize_time, lambda v: normalize_time(v, upper=True)),
+                "DT": (normalize_datetime, lambda v: normalize_datetime(v, upper=True))}[vr]
+        lo, hi = _range(value, *norm)
+        return any(v and (not lo or norm[0](v) >= lo) and (not hi or norm[0](v) <= hi) for v in values)
+    if vr == "UI":
+        wanted = {u.strip() for u in re.split(r"[,\\]", value)}
+        return any(v in wanted for v in values)
+    if vr == "PN" and fuzzy:
+        stem = value.rstrip("*").lower()
+        return any(any(w.startswith(stem) for w in re.split(r"[ ^=]", v.lower())) for v in values)
+    rx = _wild_regex(value, ci=vr == "PN")
+    return any(rx.fullmatch(v) for v in values)
+
+
+# ---- running a query ---------------------------------------------------------------------------------
+
+LEVEL_TABLE = {"study": S, "series": SE, "instance": I}
+
+
+def _base_select(q: Query):
+    if q.level == "study":
+        cols = [S.c.study_uid, S.c.attrs, S.c.modalities, S.c.sop_classes, S.c.num_series, S.c.num_instances]
+        return select(*cols).select_from(S), [S]
+    if q.level == "series":
+        cols = [SE.c.study_uid, SE.c.series_uid, SE.c.attrs, SE.c.num_instances, S.c.attrs.label("study_attrs")]
+        return select(*cols).select_from(SE.join(S, SE.c.study_uid == S.c.study_uid)), [SE, S]
+    cols = [I.c.study_uid, I.c.series_uid, I.c.sop_uid, I.c.attrs, I.c.number_of_frames,
+            SE.c.attrs.label("series_attrs"), S.c.attrs.label("study_attrs")]
+    joined = I.join(SE, I.c.series_uid == SE.c.series_uid).join(S, I.c.study_uid == S.c.study_uid)
+    return select(*cols).select_from(joined), [I, SE, S]
+
+
+def _order(q: Query):
+    if q.level == "study":
+        return [S.c.study_date.desc(), S.c.study_time.desc(), S.c.study_uid]
+    if q.level == "series":
+        return [SE.c.study_uid, SE.c.series_number, SE.c.series_uid]
+    return [I.c.study_uid, I.c.series_uid, I.c.instance_number, I.c.sop_uid]
+
+
+LEVEL_RANK = {"study": 0, "series": 1, "instance": 2}
+
+
+async def run_query(index: Index, q: Query) -> tuple[list[dict[str, Any]], int]:
+    """Matching results as DICOM JSON dicts, and how many more matched beyond this page."""
+    stmt, _tables = _base_select(q)
+    if q.study_uid:
+        stmt = stmt.where(LEVEL_TABLE[q.level].c.study_uid == q.study_uid)
+    if q.series_uid:
+        stmt = stmt.where(LEVEL_TABLE[q.level].c.series_uid == q.series_uid)
+    leftovers: list[Filter] = []
+    for f in q.filters:
+        mapped = COLUMNS.get(f.tag)
+        if mapped and LEVEL_RANK[mapped[0]] <= LEVEL_RANK[q.level]:
+            cond = _column_condition(f.tag, mapped[1], f.value, q.fuzzy)
+            if cond is not None:
+                stmt = stmt.where(cond)
+        elif f.value != "":
+            leftovers.append(f)
+    stmt = stmt.order_by(*_order(q))
+    limit = q.limit if q.limit is not None else MAX_RESULTS
+    async with index.engine.connect() as conn:
+        if not leftovers:
+            rows = (await conn.execute(stmt.offset(q.offset).limit(limit + 1))).all()
+            remaining = 0
+            if len(rows) > limit:
+                total = (await conn.execute(select(func.count()).select_from(stmt.subquery()))).scalar_one()
+                remaining = total - q.offset - limit
+                rows = rows[:limit]
+            return [_result(q, r) for r in rows], remaining
+        rows = (await conn.execute(stmt)).all()
+    matched = []
+    for r in rows:
+        attrs = _merged_attrs(q, r)
+        if all(_python_match(f.tag, attrs, f.value, q.fuzzy) for f in leftovers):
+            matched.append(r)
+    page = matched[q.offset: q.offset + limit]
+    return [_result(q, r) for r in page], max(0, len(matched) - q.offset - limit)
+
+
+def _merged_attrs(q: Query, r: Any) -> dict[str, Any]:
+    attrs: dict[str, Any] = {}
+    if q.level != "study":
+        attrs.update(orjson.loads(r.study_attrs))
+    if q.level == "instance":
+        attrs.update(orjson.loads(r.series_attrs))
+    attrs.update(orjson.loads(r.attrs))
+    return attrs
+
+
+def _wanted_tags(q: Query) -> set[int]:
+    wanted = set(DEFAULTS[q.level]) | q.includes | {f.tag for f in q.filters}
+    # Searches not scoped to a study also describe the study (and series) each result belongs to.
+    if q.level != "study" and q.study_uid is None:
+        wanted |= set(DEFAULTS["study"]) - {RETRIEVE_URL, 0x00201206, 0x00201208, MODALITIES_IN_STUDY}
+    if q.level == "instance" and q.series_uid is None:
+        wanted |= set(DEFAULTS["series"]) - {RETRIEVE_URL, 0x00201209}
+    return wanted
+
+
+def _result(q: Query, r: Any) -> dict[str, Any]:
+    attrs = _merged_attrs(q, r)
+    if q.level == "study":
+        url = f"{BASE_PLACEHOLDER}/studies/{r.study_uid}"
+        attrs[tag_hex(MODALITIES_IN_STUDY)] = _cs(r.modalities)
+        attrs[tag_hex(SOP_CLASSES_IN_STUDY)] = {"vr": "UI", **_values(r.sop_classes)}
+        attrs["00201206"] = {"vr": "IS", "Value": [r.num_series]}
+        attrs["00201208"] = {"vr": "IS", "Value": [r.num_instances]}
+    elif q.level == "series":
+        url = f"{BASE_PLACEHOLDER}/studies/{r.study_uid}/series/{r.series_uid}"
+        attrs["00201209"] = {"vr": "IS", "Value": [r.num_instances]}
+    else:
+        url = f"{BASE_PLACEHOLDER}/studies/{r.study_uid}/series/{r.series_uid}/instances/{r.sop_uid}"
+    attrs[tag_hex(RETRIEVE_URL)] = {"vr": "UR", "Value": [url]}
+    attrs[tag_hex(INSTANCE_AVAILABILITY)] = {"vr": "CS", "Value": ["ONLINE"]}
+    if q.include_all:
+        return dict(sorted(attrs.items()))
+    wanted = {tag_hex(t) for t in _wanted_tags(q)}
+    return {k: attrs[k] for k in sorted(wanted) if k in attrs}
+
+
+def _values(joined: str) -> dict[str, Any]:
+    values = [v for v in joined.split("\\") if v]
+    return {"Value": values} if values else {}
+
+
+def _cs(joined: str) -> dict[str, Any]:
+    return {"vr": "CS", **_values(joined)}
+
+
+def describe(tag: int) -> str:
+    return f"{keyword(tag)} ({tag_hex(tag)})"

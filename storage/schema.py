@@ -1,0 +1,88 @@
+"""SQL schema of the index (SQLAlchemy Core, portable between SQLite and PostgreSQL).
+
+Columns hold what QIDO-RS matches on and sorts by; each level also keeps its attributes as DICOM JSON
+(``attrs``) for return values and matching on attributes without a column. Each instance keeps its full
+metadata JSON and where its frames lie in its blob, so WADO-RS never re-parses a file.
+"""
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+metadata = MetaData()
+
+studies = Table(
+    "studies",
+    metadata,
+    Column("study_uid", String(64), primary_key=True),
+    Column("patient_name", Text, nullable=False, default=""),
+    Column("patient_id", Text, nullable=False, default=""),
+    Column("patient_birth_date", String(16), nullable=False, default=""),
+    Column("patient_sex", String(16), nullable=False, default=""),
+    Column("study_date", String(16), nullable=False, default=""),
+    Column("study_time", String(32), nullable=False, default=""),
+    Column("accession_number", Text, nullable=False, default=""),
+    Column("study_id", Text, nullable=False, default=""),
+    Column("study_description", Text, nullable=False, default=""),
+    Column("referring_physician_name", Text, nullable=False, default=""),
+    # Backslash-joined, so ModalitiesInStudy is both returned and matched without a join.
+    Column("modalities", Text, nullable=False, default=""),
+    Column("sop_classes", Text, nullable=False, default=""),
+    Column("num_series", Integer, nullable=False, default=0),
+    Column("num_instances", Integer, nullable=False, default=0),
+    Column("attrs", LargeBinary, nullable=False),
+    Column("updated_at", Float, nullable=False),
+)
+Index("ix_studies_patient_id", studies.c.patient_id)
+Index("ix_studies_patient_name", studies.c.patient_name)
+Index("ix_studies_study_date", studies.c.study_date)
+Index("ix_studies_accession", studies.c.accession_number)
+
+series = Table(
+    "series",
+    metadata,
+    Column("series_uid", String(64), primary_key=True),
+    Column("study_uid", String(64), ForeignKey("studies.study_uid"), nullable=False),
+    Column("modality", String(16), nullable=False, default=""),
+    Column("series_number", Integer, nullable=True),
+    Column("series_description", Text, nullable=False, default=""),
+    Column("series_date", String(16), nullable=False, default=""),
+    Column("series_time", String(32), nullable=False, default=""),
+    Column("pps_start_date", String(16), nullable=False, default=""),
+    Column("pps_start_time", String(32), nullable=False, default=""),
+    Column("num_instances", Integer, nullable=False, default=0),
+    Column("attrs", LargeBinary, nullable=False),
+)
+Index("ix_series_study", series.c.study_uid)
+Index("ix_series_modality", series.c.modality)
+
+instances = Table(
+    "instances",
+    metadata,
+    Column("sop_uid", String(64), primary_key=True),
+    Column("series_uid", String(64), ForeignKey("series.series_uid"), nullable=False),
+    Column("study_uid", String(64), nullable=False),
+    Column("sop_class_uid", String(64), nullable=False),
+    Column("instance_number", Integer, nullable=True),
+    Column("number_of_frames", Integer, nullable=False, default=0),
+    Column("transfer_syntax", String(64), nullable=False),
+    Column("blob_key", Text, nullable=False),
+    Column("size", BigInteger, nullable=False),
+    # JSON list, per frame, of [offset, length] pieces inside the blob.
+    Column("frames", LargeBinary, nullable=False),
+    Column("attrs", LargeBinary, nullable=False),
+    Column("metadata", LargeBinary, nullable=False),
+    Column("created_at", Float, nullable=False),
+)
+Index("ix_instances_series", instances.c.series_uid, instances.c.instance_number)
+Index("ix_instances_study", instances.c.study_uid)

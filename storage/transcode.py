@@ -1,0 +1,94 @@
+"""Turning a stored instance into another transfer syntax: Explicit VR Little Endian (the DICOMweb
+default) from anything pydicom can decode, and frames as uncompressed little-endian bytes."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+NATIVE_SYNTAXES = {
+    "1.2.840.10008.1.2",
+    "1.2.840.10008.1.2.1",
+    "1.2.840.10008.1.2.2",
+    "1.2.840.10008.1.2.1.99",
+}
+LITTLE_NATIVE = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"}
+BIG_ENDIAN = "1.2.840.10008.1.2.2"
+SWAP_WIDTH = {"OW": 2, "OF": 4, "OL": 4, "OD": 8, "OV": 8}
+
+
+class CannotTranscode(Exception):
+    """The stored data cannot be turned into what was asked (406 to the client)."""
+
+
+def _swap_words(data: bytes, width: int) -> bytes:
+    if width == 1 or not data:
+        return data
+    usable = len(data) - len(data) % width
+    arr = np.frombuffer(data[:usable], dtype=f">u{width}").astype(f"<u{width}")
+    return arr.tobytes() + data[usable:]
+
+
+def _big_to_little(ds: Dataset) -> None:
+    """Swap the bytes of binary values that pydicom keeps as raw bytes."""
+    for elem in ds.iterall():
+        if elem.tag == 0x7FE00010:
+            # OW pixel data is a stream of 16-bit words even when pixels are 8 bits; OB is bytes.
+            bits = int(ds.get("BitsAllocated", 8) or 8)
+            if elem.VR == "OW" or bits > 8:
+                elem.value = _swap_words(elem.value, max(2, bits // 8))
+        elif elem.VR in SWAP_WIDTH and isinstance(elem.value, bytes):
+            elem.value = _swap_words(elem.value, SWAP_WIDTH[elem.VR])
+
+
+def _decoded(path: Path) -> Dataset:
+    ds = pydicom.dcmread(path)
+    ts = str(ds.file_meta.TransferSyntaxUID) if "TransferSyntaxUID" in ds.file_meta else ""
+    if ts == BIG_ENDIAN:
+        _big_to_little(ds)
+    elif ts not in NATIVE_SYNTAXES and "PixelData" in ds:
+        try:
+            ds.decompress()
+        except Exception as exc:  # noqa: BLE001 - any decoder failure means "cannot produce"
+            raise CannotTranscode(f"cannot decode {UID(ts).name or ts}: {exc}") from None
+    return ds
+
+
+def to_native(path: Path, transfer_syntax: str = ExplicitVRLittleEndian) -> bytes:
+    """The instance re-encoded as Explicit (or Implicit) VR Little Endian Part 10 bytes."""
+    if transfer_syntax not in (ExplicitVRLittleEndian, ImplicitVRLittleEndian):
+        raise CannotTranscode(f"cannot produce transfer syntax {transfer_syntax}")
+    ds = _decoded(path)
+    ds.file_meta.TransferSyntaxUID = UID(transfer_syntax)
+    out = io.BytesIO()
+    # dcmwrite, unlike save_as, may change endianness; _decoded already swapped the raw values.
+    pydicom.dcmwrite(out, ds, implicit_vr=transfer_syntax == ImplicitVRLittleEndian, little_endian=True,
+                     enforce_file_format=True)
+    return out.getvalue()
+
+
+def frame_native(path: Path, index: int) -> bytes:
+    """One frame (0-based) as uncompressed little-endian bytes, decoded from whatever is stored."""
+    ds = _decoded(path)
+    if "PixelData" not in ds:
+        raise CannotTranscode("instance has no pixel data")
+    data = ds.PixelData
+    nframes = int(ds.get("NumberOfFrames", 1) or 1)
+    if int(ds.BitsAllocated) == 1:
+        if nframes != 1:
+            raise CannotTranscode("cannot split bit-packed frames")
+        return data
+    size = len(data) // nframes
+    return data[index * size: (index + 1) * size]
+
+
+def pixel_data_native(path: Path) -> bytes:
+    ds = _decoded(path)
+    if "PixelData" not in ds:
+        raise CannotTranscode("instance has no pixel data")
+    return ds.PixelData

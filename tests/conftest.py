@@ -1,0 +1,137 @@
+"""Shared fixtures: the real server started as a subprocess on a free loopback port, and test data."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pydicom
+import pytest
+
+PYDICOM_TEST_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
+
+
+def _data_store() -> Path:
+    import importlib.util
+
+    spec = importlib.util.find_spec("data_store")  # the pydicom-data package
+    assert spec and spec.origin, "pip install pydicom-data"
+    return Path(spec.origin).parent / "data"
+
+
+PYDICOM_DATA = _data_store()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, data_dir: Path, extra_env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.data_dir = data_dir
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.root = f"{self.base}/dicom-web"
+        env = {**os.environ, **(extra_env or {})}
+        self.log = open(data_dir.parent / f"server-{self.port}.log", "wb")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "dicomweb", "serve", "--host", "127.0.0.1", "--port", str(self.port),
+             "--data", str(data_dir), "--log-level", "warning"],
+            stdout=self.log, stderr=subprocess.STDOUT, env=env,
+        )
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            try:
+                if httpx.get(f"{self.base}/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"server did not start; see {self.log.name}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self.log.close()
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    srv = Server(tmp_path_factory.mktemp("server") / "data")
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="session")
+def client(server: Server) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.root, timeout=60) as c:
+        yield c
+
+
+def multipart_body(files: list[bytes], boundary: str = "test-boundary-1234", ctype: str = "application/dicom") -> bytes:
+    out = b""
+    for data in files:
+        out += f"--{boundary}\r\nContent-Type: {ctype}\r\n\r\n".encode() + data + b"\r\n"
+    return out + f"--{boundary}--\r\n".encode()
+
+
+def stow(client: httpx.Client, files: list[bytes], study: str | None = None, boundary: str = "test-boundary-1234"):
+    url = f"/studies/{study}" if study else "/studies"
+    return client.post(
+        url, content=multipart_body(files, boundary),
+        headers={"Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}'},
+    )
+
+
+def parse_multipart(response: httpx.Response) -> list[tuple[dict[str, str], bytes]]:
+    """Split a multipart/related response the way viewers do: boundary from the first line."""
+    body = response.content
+    first = body.split(b"\r\n", 1)[0]
+    assert first.startswith(b"--"), body[:100]
+    boundary = first[2:]
+    parts = []
+    for chunk in body.split(b"--" + boundary)[1:]:
+        if chunk.startswith(b"--"):
+            break
+        head, _, data = chunk[2:].partition(b"\r\n\r\n")
+        headers = {}
+        for line in head.split(b"\r\n"):
+            name, _, value = line.decode().partition(":")
+            headers[name.strip().lower()] = value.strip()
+        assert data.endswith(b"\r\n")
+        parts.append((headers, data[:-2]))
+    return parts
+
+
+def new_uids(data: bytes, **changes: str) -> bytes:
+    """A copy of a DICOM file with new (or given) UIDs, so tests don't collide."""
+    import io
+
+    from pydicom.uid import generate_uid
+
+    ds = pydicom.dcmread(io.BytesIO(data))
+    ds.StudyInstanceUID = changes.get("study", generate_uid())
+    ds.SeriesInstanceUID = changes.get("series", generate_uid())
+    ds.SOPInstanceUID = changes.get("sop", generate_uid())
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    for key, value in changes.items():
+        if key not in ("study", "series", "sop"):
+            setattr(ds, key, value)
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()
