@@ -96,23 +96,34 @@ async def retrieve(request: Request) -> Response:
         plan = [(rec, _instance_syntax(choice, rec)) for rec in recs]
         if any(ts is None for _, ts in plan):
             continue
-        return _instances_response(request, archive, plan, choice.multipart)
+        return await _instances_response(request, archive, plan, choice.multipart)
     stored = sorted({r.transfer_syntax for r in recs})
     raise HTTPError(406, f"cannot produce an acceptable representation; stored as {', '.join(stored)}, "
                          f"and {EXPLICIT_LE} or transfer-syntax=* can always be asked for")
 
 
-def _instances_response(
+async def _instances_response(
     request: Request, archive: Archive, plan: list[tuple[InstanceRecord, str]], multipart: bool
 ) -> Response:
+    # Decode the first instance that needs it before answering: a decoder that cannot handle the
+    # stored data then gives a clean 406 instead of a response cut off mid-stream.
+    ready: dict[str, bytes] = {}
+    for rec, ts in plan:
+        if ts != rec.transfer_syntax:
+            try:
+                ready[rec.sop_uid] = await asyncio.to_thread(to_native, archive.blob_path(rec), ts)
+            except CannotTranscode as exc:
+                raise HTTPError(406, f"{exc}; transfer-syntax=* gives the stored data") from None
+            break
+
     async def body_of(rec: InstanceRecord, ts: str) -> AsyncIterator[bytes]:
-        path = archive.blob_path(rec)
         if ts == rec.transfer_syntax:
-            async for chunk in _file_chunks(path):
+            async for chunk in _file_chunks(archive.blob_path(rec)):
                 yield chunk
+        elif rec.sop_uid in ready:
+            yield ready.pop(rec.sop_uid)
         else:
-            # Negotiation checked the syntax is decodable; only a corrupt stored file fails here.
-            yield await asyncio.to_thread(to_native, path, ts)
+            yield await asyncio.to_thread(to_native, archive.blob_path(rec), ts)
 
     if not multipart:
         rec, ts = plan[0]

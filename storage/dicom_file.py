@@ -19,6 +19,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
 from storage.tags import is_series_level, is_study_level, tag_hex
+from storage.transcode import frame_size
 from storage.uids import is_valid_uid
 
 PIXEL_DATA = 0x7FE00010
@@ -124,16 +125,6 @@ def _level_subset(meta: dict[str, Any], wanted) -> dict[str, Any]:
     return {k: v for k, v in meta.items() if wanted(int(k, 16))}
 
 
-def _frame_size(ds: Dataset) -> int:
-    rows, cols = int(ds.Rows), int(ds.Columns)
-    spp = int(ds.get("SamplesPerPixel", 1) or 1)
-    bits = int(ds.BitsAllocated)
-    if str(ds.get("PhotometricInterpretation", "")).startswith("YBR_FULL_42") and spp == 3:
-        # 4:2:2 subsampling stores two samples per pixel (PS3.3 C.7.6.3.1.2).
-        return rows * cols * 2 * bits // 8
-    return rows * cols * spp * bits // 8
-
-
 def _native_frames(ds: Dataset, raw: RawDataElement, file_size: int) -> list[list[tuple[int, int]]]:
     length = raw.length
     if raw.value_tell + length > file_size:
@@ -145,7 +136,7 @@ def _native_frames(ds: Dataset, raw: RawDataElement, file_size: int) -> list[lis
         if length < expected:
             raise InvalidInstance(f"truncated pixel data: {length} bytes, expected {expected}")
         return [[(raw.value_tell, length)]] if nframes == 1 else []
-    size = _frame_size(ds)
+    size = frame_size(ds)
     if length < size * nframes:
         raise InvalidInstance(f"truncated pixel data: {length} bytes for {nframes} frame(s) of {size}")
     return [[(raw.value_tell + i * size, size)] for i in range(nframes)]

@@ -48,12 +48,17 @@ def _big_to_little(ds: Dataset) -> None:
 
 def _decoded(path: Path) -> Dataset:
     ds = pydicom.dcmread(path)
+    # Convert every raw element now: pydicom cannot write some raw elements back (a None VR).
+    for _ in ds.iterall():
+        pass
     ts = str(ds.file_meta.TransferSyntaxUID) if "TransferSyntaxUID" in ds.file_meta else ""
     if ts == BIG_ENDIAN:
         _big_to_little(ds)
     elif ts not in NATIVE_SYNTAXES and "PixelData" in ds:
         try:
-            ds.decompress()
+            # Keep the SOP Instance UID: the pixel values are the same (lossless decode of what
+            # was stored), and a viewer must find the instance it asked for.
+            ds.decompress(generate_instance_uid=False)
         except Exception as exc:  # noqa: BLE001 - any decoder failure means "cannot produce"
             raise CannotTranscode(f"cannot decode {UID(ts).name or ts}: {exc}") from None
     return ds
@@ -66,10 +71,25 @@ def to_native(path: Path, transfer_syntax: str = ExplicitVRLittleEndian) -> byte
     ds = _decoded(path)
     ds.file_meta.TransferSyntaxUID = UID(transfer_syntax)
     out = io.BytesIO()
+    try:
+        _write(out, ds, transfer_syntax)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise CannotTranscode(f"cannot re-encode this instance: {exc}") from None
+    return out.getvalue()
+
+
+def _write(out: io.BytesIO, ds: Dataset, transfer_syntax: str) -> None:
     # dcmwrite, unlike save_as, may change endianness; _decoded already swapped the raw values.
     pydicom.dcmwrite(out, ds, implicit_vr=transfer_syntax == ImplicitVRLittleEndian, little_endian=True,
                      enforce_file_format=True)
-    return out.getvalue()
+
+
+def frame_size(ds: Dataset) -> int:
+    """Bytes of one native frame (odd-length pixel data carries a pad byte that belongs to no frame)."""
+    spp = int(ds.get("SamplesPerPixel", 1) or 1)
+    if str(ds.get("PhotometricInterpretation", "")).startswith("YBR_FULL_42") and spp == 3:
+        spp = 2  # 4:2:2 stores two samples per pixel
+    return int(ds.Rows) * int(ds.Columns) * spp * int(ds.BitsAllocated) // 8
 
 
 def frame_native(path: Path, index: int) -> bytes:
@@ -83,7 +103,7 @@ def frame_native(path: Path, index: int) -> bytes:
         if nframes != 1:
             raise CannotTranscode("cannot split bit-packed frames")
         return data
-    size = len(data) // nframes
+    size = frame_size(ds)
     return data[index * size: (index + 1) * size]
 
 
