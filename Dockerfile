@@ -1,0 +1,21 @@
+# The server on its embedded default: SQLite index and blobs in the /data volume.
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 \
+    DICOMWEB_DATA=/data DICOMWEB_HOST=0.0.0.0 DICOMWEB_PORT=8000
+
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY dicomweb ./dicomweb
+COPY storage ./storage
+COPY viewer-demo ./viewer-demo
+RUN pip install . \
+    && useradd --system --uid 10001 --home-dir /data dicomweb \
+    && mkdir -p /data && chown dicomweb /data
+
+USER dicomweb
+VOLUME ["/data"]
+EXPOSE 8000
+HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
+    CMD python -c "import urllib.request,sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/healthz').status != 200)"
+CMD ["dicomweb", "serve"]
