@@ -108,17 +108,19 @@ class Archive:
         for lock in locks:
             await lock.acquire()
         try:
+            # Blobs are written (and fsynced) in parallel: fsync releases the GIL.
+            keyed = [(blob_key(sop), path, parsed) for sop, (path, parsed) in chosen.items()]
+            sizes = await asyncio.gather(
+                *(self.blobs.put_file(key, path) for key, path, _ in keyed), return_exceptions=True
+            )
             items: list[tuple[ParsedInstance, str, int]] = []
             failed: set[str] = set()
-            for sop, (path, parsed) in chosen.items():
-                key = blob_key(sop)
-                try:
-                    size = await self.blobs.put_file(key, path)
-                except OSError as exc:
-                    log.error("cannot store blob for %s: %s", sop, exc)
-                    failed.add(sop)
-                    continue
-                items.append((parsed, key, size))
+            for (key, _, parsed), size in zip(keyed, sizes, strict=True):
+                if isinstance(size, BaseException):
+                    log.error("cannot store blob for %s: %s", parsed.sop_uid, size)
+                    failed.add(parsed.sop_uid)
+                else:
+                    items.append((parsed, key, size))
             try:
                 stale = await self.index.store(items)
             except Exception as exc:
