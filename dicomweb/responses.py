@@ -47,7 +47,17 @@ def with_base(request: Request, body: bytes) -> bytes:
 
 
 def accepts_gzip(request: Request) -> bool:
-    return "gzip" in request.headers.get("accept-encoding", "").lower()
+    """True when Accept-Encoding lists gzip (or *) with a q-value above zero (RFC 9110 12.5.3)."""
+    for item in request.headers.get("accept-encoding", "").lower().split(","):
+        coding, _, params = item.partition(";")
+        if coding.strip() not in ("gzip", "*"):
+            continue
+        q = params.strip()
+        try:
+            return not q.startswith("q=") or float(q[2:]) > 0
+        except ValueError:
+            return True
+    return False
 
 
 def dicom_json(request: Request, body: bytes, status: int = 200, headers: dict[str, str] | None = None) -> Response:

@@ -45,6 +45,7 @@ DECODABLE = NATIVE | {
     "1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.202", "1.2.840.10008.1.2.4.203",
 }
 CHUNK = 1 << 20
+EAGER_DECODE_BYTES = 512 << 20
 
 
 def _archive(request: Request) -> Archive:
@@ -105,16 +106,28 @@ async def retrieve(request: Request) -> Response:
 async def _instances_response(
     request: Request, archive: Archive, plan: list[tuple[InstanceRecord, str]], multipart: bool
 ) -> Response:
-    # Decode the first instance that needs it before answering: a decoder that cannot handle the
-    # stored data then gives a clean 406 instead of a response cut off mid-stream.
+    # Decode before answering, so an instance the decoders cannot handle is left out (206, with a
+    # Warning) or refused (406) instead of cutting the response off mid-stream. Beyond a memory
+    # budget the rest is decoded while streaming.
     ready: dict[str, bytes] = {}
+    undecodable: dict[str, str] = {}
+    budget = EAGER_DECODE_BYTES
     for rec, ts in plan:
-        if ts != rec.transfer_syntax:
-            try:
-                ready[rec.sop_uid] = await asyncio.to_thread(to_native, archive.blob_path(rec), ts)
-            except CannotTranscode as exc:
-                raise HTTPError(406, f"{exc}; transfer-syntax=* gives the stored data") from None
-            break
+        if ts == rec.transfer_syntax or budget <= 0:
+            continue
+        try:
+            ready[rec.sop_uid] = await asyncio.to_thread(to_native, archive.blob_path(rec), ts)
+            budget -= len(ready[rec.sop_uid])
+        except CannotTranscode as exc:
+            undecodable[rec.sop_uid] = str(exc)
+    status, extra_headers = 200, {}
+    if undecodable:
+        plan = [(rec, ts) for rec, ts in plan if rec.sop_uid not in undecodable]
+        if not plan:
+            reason = next(iter(undecodable.values()))
+            raise HTTPError(406, f"{reason}; transfer-syntax=* gives the stored data")
+        status = 206
+        extra_headers["Warning"] = f'299 dicomweb "{len(undecodable)} instance(s) left out: cannot decode"'
 
     async def body_of(rec: InstanceRecord, ts: str) -> AsyncIterator[bytes]:
         if ts == rec.transfer_syntax:
@@ -130,6 +143,7 @@ async def _instances_response(
         headers = {"Content-Length": str(rec.size)} if ts == rec.transfer_syntax else {}
         return StreamingResponse(body_of(rec, ts), media_type=f"{DICOM}; transfer-syntax={ts}", headers=headers)
 
+
     boundary = _boundary(request)
     parts = [(f"{DICOM}; transfer-syntax={ts}", rec, ts) for rec, ts in plan]
 
@@ -141,12 +155,12 @@ async def _instances_response(
             yield b"\r\n"
         yield closing(boundary)
 
-    headers = {}
+    headers = dict(extra_headers)
     if all(ts == rec.transfer_syntax for _, rec, ts in parts):
         headers["Content-Length"] = str(multipart_length(boundary, [(c, r.size) for c, r, _ in parts]))
     uniform = {ts for _, _, ts in parts}
     ctype = multipart_content_type(boundary, DICOM, uniform.pop() if len(uniform) == 1 else None)
-    return StreamingResponse(stream(), headers=headers, media_type=ctype)
+    return StreamingResponse(stream(), status_code=status, headers=headers, media_type=ctype)
 
 
 # ---- metadata -------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Literal
 
 import orjson
@@ -161,11 +162,11 @@ def _check_value(name: str, tag: int, value: str) -> None:
     if not value or "*" in value or "?" in value:
         return
     if vr == "DA":
-        for part in value.split("-"):
-            if part and not re.fullmatch(r"\d{4}(\d{2}(\d{2})?)?", part.strip().replace(".", "")):
-                raise QueryError(f"{name}: malformed date or range {value!r}")
-        if value.count("-") > 1 or value == "-":
+        if value.count("-") > 1 or value.strip() == "-":
             raise QueryError(f"{name}: malformed date range {value!r}")
+        for part in value.split("-"):
+            if part.strip() and not _is_date(part.strip().replace(".", "")):
+                raise QueryError(f"{name}: {part.strip()!r} is not a date (YYYYMMDD)")
     elif vr == "TM":
         for part in value.split("-"):
             if part and not re.fullmatch(r"\d{2}(:?\d{2}(:?\d{2}(\.\d{1,6})?)?)?", part.strip()):
@@ -174,6 +175,14 @@ def _check_value(name: str, tag: int, value: str) -> None:
         for part in re.split(r"[,\\]", value):
             if not re.fullmatch(r"[+-]?\d+", part.strip()):
                 raise QueryError(f"{name}: expected an integer, got {value!r}")
+
+
+def _is_date(text: str) -> bool:
+    try:
+        datetime.strptime(text, "%Y%m%d")
+    except ValueError:
+        return False
+    return len(text) == 8
 
 
 # ---- SQL compilation ---------------------------------------------------------------------------------
