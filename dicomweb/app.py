@@ -10,11 +10,12 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Mount, Route
 
-from dicomweb import qido, stow, wado
+from dicomweb import progressive, qido, stow, wado
 from dicomweb.responses import HTTPError, error_response
+from dicomweb.static_sites import static_routes
 from storage.archive import Archive
 from storage.config import Settings, settings_from_env
 
@@ -27,6 +28,7 @@ IN = SE + "/instances/{sop}"
 
 def dicomweb_routes() -> list[Route]:
     return [
+        Route("/status", status, methods=["GET"]),
         Route("/studies", stow.store, methods=["POST"]),
         Route("/studies", qido.studies, methods=["GET"]),
         Route("/series", qido.series, methods=["GET"]),
@@ -45,6 +47,7 @@ def dicomweb_routes() -> list[Route]:
         Route(IN, wado.delete, methods=["DELETE"]),
         Route(IN + "/metadata", wado.metadata, methods=["GET"]),
         Route(IN + "/frames/{frames}", wado.frames, methods=["GET"]),
+        Route(IN + "/layers", progressive.layers, methods=["GET"]),
         Route(IN + "/bulkdata/{tagpath:path}", wado.bulkdata, methods=["GET"]),
     ]
 
@@ -52,6 +55,18 @@ def dicomweb_routes() -> list[Route]:
 async def healthz(request: Request) -> Response:
     await request.app.state.archive.index.count_instances()
     return PlainTextResponse("ok")
+
+
+async def status(request: Request) -> Response:
+    """Archive state: how many instances, and how many still wait for (or were kept without) a master."""
+    archive = request.app.state.archive
+    jobs = await archive.index.job_counts()
+    return JSONResponse({
+        "instances": await archive.index.count_instances(),
+        "pending_masters": jobs.get("pending", 0),
+        "kept_as_received": jobs.get("kept", 0),
+        "masters_in_progress": archive.masters.busy,
+    })
 
 
 async def http_error(request: Request, exc: Exception) -> Response:
@@ -95,7 +110,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             )
         )
     app = Starlette(
-        routes=[Route("/healthz", healthz), Mount(settings.root, routes=dicomweb_routes())],
+        routes=[Route("/healthz", healthz), Mount(settings.root, routes=dicomweb_routes()), *static_routes(settings)],
         middleware=middleware,
         exception_handlers={HTTPError: http_error, 404: not_found, 405: not_found, Exception: unexpected_error},
         lifespan=lifespan,

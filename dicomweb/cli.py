@@ -56,7 +56,7 @@ async def _import(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     archive = Archive(settings)
-    await archive.open()
+    await archive.open(start_masters=not args.no_masters)
     files = _walk(args.paths)
     stored = 0
     refused: Counter[str] = Counter()
@@ -82,9 +82,19 @@ async def _import(args: argparse.Namespace) -> int:
                         refused[o.reason] += 1
                         examples.setdefault(o.reason, f)
                 bar.update(len(chunk))
+        if not args.no_masters:
+            pending = (await archive.index.job_counts()).get("pending", 0)
+            if pending and not args.quiet:
+                print(f"making {pending} layered JPEG 2000 master(s)...", flush=True)
+            await archive.masters.drain()
+        jobs = await archive.index.job_counts()
     finally:
         await archive.close()
     print(f"stored {stored} of {len(files)} file(s); refused {sum(refused.values())}")
+    if args.no_masters:
+        print(f"  {jobs.get('pending', 0)} master(s) left for the server to make")
+    else:
+        print(f"  kept as received (no lossless master possible): {jobs.get('kept', 0)}")
     for reason, n in refused.most_common():
         print(f"  {n:6d} x {reason}  (e.g. {examples[reason]})")
     return 0 if not refused else 1
@@ -108,6 +118,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--data", help="data folder; env DICOMWEB_DATA")
     p.add_argument("--database-url")
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--no-masters", action="store_true",
+                   help="store only; leave making masters to the server's background queue")
     p.set_defaults(func=lambda a: sys.exit(asyncio.run(_import(a))))
 
     args = parser.parse_args(argv)

@@ -27,11 +27,14 @@ class HTTPError(Exception):
 def error_response(status: int, reason: str) -> Response:
     # The reason goes in the body and in a Warning header (PS3.18 8.1.4), which clients log.
     safe = reason.replace('"', "'").replace("\r", " ").replace("\n", " ")[:400]
+    headers = {"Warning": f'299 dicomweb "{safe}"'}
+    if status == 503:
+        headers["Retry-After"] = "1"
     return Response(
         orjson.dumps({"status": status, "error": reason}),
         status_code=status,
         media_type="application/json",
-        headers={"Warning": f'299 dicomweb "{safe}"'},
+        headers=headers,
     )
 
 

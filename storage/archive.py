@@ -20,6 +20,7 @@ from storage.blobs import LocalBlobStore
 from storage.config import Settings
 from storage.dicom_file import InvalidInstance, ParsedInstance, parse_instance
 from storage.index import Index, InstanceRecord
+from storage.master_queue import MasterQueue
 
 log = logging.getLogger(__name__)
 
@@ -59,12 +60,20 @@ class Archive:
         self.blobs = LocalBlobStore(settings.blob_dir)
         self.index = Index(settings.sql_url)
         self._sop_locks: dict[str, asyncio.Lock] = {}
+        self.masters = MasterQueue(self, settings.workers)
 
-    async def open(self) -> None:
+    async def open(self, *, start_masters: bool = True) -> None:
         await self.index.create()
+        if start_masters:
+            self.masters.start()
 
     async def close(self) -> None:
+        await self.masters.stop()
         await self.index.close()
+
+    @staticmethod
+    def new_blob_key(sop_uid: str) -> str:
+        return blob_key(sop_uid)
 
     def new_tmp_dir(self) -> str:
         return tempfile.mkdtemp(dir=self.settings.tmp_dir)
@@ -140,6 +149,7 @@ class Archive:
                 lock = self._sop_locks.get(sop)
                 if lock is not None and not lock.locked():
                     self._sop_locks.pop(sop, None)
+        self.masters.notify()
         for o in outcomes:
             if o.stored and o.sop_uid in failed:
                 o.stored, o.failure_code, o.reason = False, OUT_OF_RESOURCES, reason

@@ -6,6 +6,7 @@ computed here once, at ingest, so serving metadata and frames never re-parses a 
 
 from __future__ import annotations
 
+import hashlib
 import os
 import struct
 from dataclasses import dataclass, field
@@ -29,6 +30,14 @@ BULK_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
 # moved behind a proxy or to another host needs no re-index.
 BASE_PLACEHOLDER = "{{BASE}}"
 DEFLATED = "1.2.840.10008.1.2.1.99"
+J2K_LOSSLESS = "1.2.840.10008.1.2.4.90"
+# Transfer syntaxes whose pixel data decodes to exactly what was encoded.
+LOSSLESS_INPUTS = frozenset({
+    "1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2", DEFLATED,
+    "1.2.840.10008.1.2.5", "1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70", "1.2.840.10008.1.2.4.80",
+    J2K_LOSSLESS, "1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.202",
+})
+MASTER_PHOTOMETRICS = {1: {"MONOCHROME1", "MONOCHROME2", "PALETTE COLOR"}, 3: {"RGB"}}
 ITEM_TAG = 0xFFFEE000
 SEQ_DELIM = 0xFFFEE0DD
 
@@ -54,6 +63,9 @@ class ParsedInstance:
     # Frames in the image; may exceed len(frames) when they cannot be addressed in the file
     # (deflated files, multi-frame 1-bit images) and must be decoded on request.
     number_of_frames: int = 0
+    # Worth turning into a layered JPEG 2000 master (decodable losslessly, a shape OpenJPEG codes).
+    master_candidate: bool = False
+    sha256: str = ""
 
 
 def instance_path(study: str, series: str, sop: str) -> str:
@@ -213,14 +225,40 @@ def _encapsulated_frames(ds: Dataset, path: Path, raw) -> list[list[tuple[int, i
     return frames
 
 
+def is_master_candidate(ds: Dataset, ts: str, number_of_frames: int) -> bool:
+    """Pixel data that can be held losslessly as a layered JPEG 2000 master (checked again, exactly,
+    when the master is made: this only decides whether to try)."""
+    if ts not in LOSSLESS_INPUTS or number_of_frames < 1:
+        return False
+    try:
+        spp = int(ds.get("SamplesPerPixel", 1) or 1)
+        bits = int(ds.BitsAllocated)
+        stored = int(ds.get("BitsStored", bits) or bits)
+        photometric = str(ds.get("PhotometricInterpretation", "")).strip()
+    except (TypeError, ValueError):
+        return False
+    return bits in (8, 16) and 2 <= stored <= 16 and photometric in MASTER_PHOTOMETRICS.get(spp, set())
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def parse_instance(path: Path, *, bulk_data_threshold: int = 1024) -> ParsedInstance:
     ds = read_dataset(path)
     try:
-        return _parse(ds, path, bulk_data_threshold)
+        parsed = _parse(ds, path, bulk_data_threshold)
     except InvalidInstance:
         raise
     except Exception as exc:  # noqa: BLE001 - a corrupt element deep in the file
         raise InvalidInstance(f"unreadable dataset: {type(exc).__name__}: {exc}") from None
+    parsed.master_candidate = is_master_candidate(ds, parsed.transfer_syntax, parsed.number_of_frames)
+    parsed.sha256 = file_sha256(path)
+    return parsed
 
 
 def _parse(ds: Dataset, path: Path, threshold: int) -> ParsedInstance:

@@ -16,7 +16,7 @@ from storage import schema
 from storage.dicom_file import ParsedInstance
 from storage.values import json_int, json_text, normalize_time
 
-S, SE, I = schema.studies, schema.series, schema.instances
+S, SE, I, J = schema.studies, schema.series, schema.instances, schema.master_jobs
 
 
 @dataclass(frozen=True)
@@ -104,6 +104,9 @@ def _instance_values(p: ParsedInstance, blob_key: str, size: int) -> dict[str, A
         "attrs": orjson.dumps(p.instance_attrs),
         "metadata": orjson.dumps(p.metadata),
         "created_at": time.time(),
+        "sha256": p.sha256,
+        "fidelity": None,
+        "pixel_sha256": None,
     }
 
 
@@ -175,6 +178,7 @@ class Index:
             await self._upsert(conn, S, "study_uid", list(studies_rows.values()))
             await self._upsert(conn, SE, "series_uid", list(series_rows.values()))
             await self._upsert(conn, I, "sop_uid", list(inst_rows.values()))
+            await self._queue_masters(conn, items)
             await self._refresh_counts(conn, touched_studies, touched_series)
         return [r.blob_key for r in old if r.blob_key != inst_rows[r.sop_uid]["blob_key"]]
 
@@ -216,6 +220,89 @@ class Index:
                     sop_classes="\\".join(sorted(classes)),
                 )
             )
+
+    async def _queue_masters(self, conn: AsyncConnection, items: list[tuple[ParsedInstance, str, int]]) -> None:
+        now = time.time()
+        jobs = [
+            {"sop_uid": p.sop_uid, "blob_key": key, "state": "pending", "attempts": 0, "reason": "", "updated_at": now}
+            for p, key, _ in items if p.master_candidate
+        ]
+        await self._upsert(conn, J, "sop_uid", jobs)
+        others = [p.sop_uid for p, _, _ in items if not p.master_candidate]
+        if others:
+            await conn.execute(delete(J).where(J.c.sop_uid.in_(others)))
+
+    # ---- the master queue ----------------------------------------------------------------------
+
+    async def pending_masters(self, limit: int, exclude: set[str]) -> list[tuple[str, str, int]]:
+        """(sop_uid, received blob key, attempts so far) of instances waiting for a master."""
+        q = select(J.c.sop_uid, J.c.blob_key, J.c.attempts).where(J.c.state == "pending")
+        if exclude:
+            q = q.where(J.c.sop_uid.not_in(list(exclude)))
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(q.order_by(J.c.updated_at).limit(limit))).all()
+        return [(r.sop_uid, r.blob_key, r.attempts) for r in rows]
+
+    async def count_attempt(self, sop: str) -> None:
+        async with self._write_lock, self.engine.begin() as conn:
+            await conn.execute(update(J).where(J.c.sop_uid == sop).values(attempts=J.c.attempts + 1))
+
+    async def keep_as_received(self, sop: str, blob_key: str, reason: str) -> None:
+        """The instance stays as received; remember why (the job is not retried)."""
+        async with self._write_lock, self.engine.begin() as conn:
+            await conn.execute(
+                update(J).where((J.c.sop_uid == sop) & (J.c.blob_key == blob_key))
+                .values(state="kept", reason=reason[:2000], updated_at=time.time())
+            )
+
+    async def apply_master(
+        self, received_key: str, master: ParsedInstance, master_key: str, size: int,
+        fidelity: list[dict[str, Any]], pixel_sha256: str,
+    ) -> bool:
+        """Point the instance at its master, if it still points at the blob the master was made from."""
+        values = _instance_values(master, master_key, size)
+        values.update(fidelity=orjson.dumps(fidelity), pixel_sha256=pixel_sha256)
+        for key in ("sop_uid", "series_uid", "study_uid", "created_at"):
+            values.pop(key)
+        async with self._write_lock, self.engine.begin() as conn:
+            result = await conn.execute(
+                update(I).where((I.c.sop_uid == master.sop_uid) & (I.c.blob_key == received_key)).values(**values)
+            )
+            await conn.execute(delete(J).where((J.c.sop_uid == master.sop_uid) & (J.c.blob_key == received_key)))
+        return result.rowcount == 1
+
+    async def drop_job(self, sop: str, blob_key: str) -> None:
+        async with self._write_lock, self.engine.begin() as conn:
+            await conn.execute(delete(J).where((J.c.sop_uid == sop) & (J.c.blob_key == blob_key)))
+
+    async def job_counts(self) -> dict[str, int]:
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(select(J.c.state, func.count()).group_by(J.c.state))).all()
+        return {state: n for state, n in rows}
+
+    async def job_state(self, sop: str) -> tuple[str, str] | None:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(J.c.state, J.c.reason).where(J.c.sop_uid == sop))).first()
+        return None if row is None else (row.state, row.reason)
+
+    async def current_blob(self, sop: str) -> str | None:
+        async with self.engine.connect() as conn:
+            return (await conn.execute(select(I.c.blob_key).where(I.c.sop_uid == sop))).scalar_one_or_none()
+
+    async def fidelity(self, study: str, series: str, sop: str) -> tuple[bool, bytes | None] | None:
+        """(instance exists, fidelity JSON or None while the master is pending / not possible)."""
+        q = select(I.c.fidelity).where(
+            (I.c.study_uid == study) & (I.c.series_uid == series) & (I.c.sop_uid == sop)
+        )
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(q)).first()
+        return None if row is None else (True, row.fidelity)
+
+    async def checksums(self) -> list[tuple[str, str, str, str, str | None]]:
+        """(sop_uid, blob_key, sha256, transfer syntax, pixel sha256) of every instance."""
+        q = select(I.c.sop_uid, I.c.blob_key, I.c.sha256, I.c.transfer_syntax, I.c.pixel_sha256)
+        async with self.engine.connect() as conn:
+            return [tuple(r) for r in (await conn.execute(q)).all()]
 
     # ---- reads -------------------------------------------------------------------------------
 
@@ -264,5 +351,7 @@ class Index:
             if not rows:
                 return []
             await conn.execute(delete(I).where(cond))
+            sops = select(I.c.sop_uid)  # jobs of deleted instances go too
+            await conn.execute(delete(J).where(J.c.sop_uid.not_in(sops)))
             await self._refresh_counts(conn, {study}, {r.series_uid for r in rows})
         return [r.blob_key for r in rows]

@@ -83,6 +83,25 @@ instances = Table(
     Column("attrs", LargeBinary, nullable=False),
     Column("metadata", LargeBinary, nullable=False),
     Column("created_at", Float, nullable=False),
+    # SHA-256 of the blob, checked by `dicomweb verify`.
+    Column("sha256", String(64), nullable=False, default=""),
+    # Masters only: per-frame fidelity ladder (JSON) and SHA-256 of the decoded pixels.
+    Column("fidelity", LargeBinary, nullable=True),
+    Column("pixel_sha256", String(64), nullable=True),
 )
 Index("ix_instances_series", instances.c.series_uid, instances.c.instance_number)
 Index("ix_instances_study", instances.c.study_uid)
+
+# Durable queue of received instances waiting to become masters: a row is written in the same
+# transaction as the instance, so a restart resumes exactly where the work stopped.
+master_jobs = Table(
+    "master_jobs",
+    metadata,
+    Column("sop_uid", String(64), primary_key=True),
+    Column("blob_key", Text, nullable=False),  # the received blob to convert
+    Column("state", String(16), nullable=False, default="pending"),  # pending | kept
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("reason", Text, nullable=False, default=""),
+    Column("updated_at", Float, nullable=False),
+)
+Index("ix_master_jobs_state", master_jobs.c.state)

@@ -46,7 +46,8 @@ def _big_to_little(ds: Dataset) -> None:
             elem.value = _swap_words(elem.value, SWAP_WIDTH[elem.VR])
 
 
-def _decoded(path: Path) -> Dataset:
+def decoded_dataset(path: Path, *, decompress: bool = True) -> Dataset:
+    """The dataset with raw values in little endian; compressed pixel data decoded if asked."""
     ds = pydicom.dcmread(path)
     # Convert every raw element now: pydicom cannot write some raw elements back (a None VR).
     for _ in ds.iterall():
@@ -54,7 +55,7 @@ def _decoded(path: Path) -> Dataset:
     ts = str(ds.file_meta.TransferSyntaxUID) if "TransferSyntaxUID" in ds.file_meta else ""
     if ts == BIG_ENDIAN:
         _big_to_little(ds)
-    elif ts not in NATIVE_SYNTAXES and "PixelData" in ds:
+    elif decompress and ts not in NATIVE_SYNTAXES and "PixelData" in ds:
         try:
             # Keep the SOP Instance UID: the pixel values are the same (lossless decode of what
             # was stored), and a viewer must find the instance it asked for.
@@ -68,7 +69,7 @@ def to_native(path: Path, transfer_syntax: str = ExplicitVRLittleEndian) -> byte
     """The instance re-encoded as Explicit (or Implicit) VR Little Endian Part 10 bytes."""
     if transfer_syntax not in (ExplicitVRLittleEndian, ImplicitVRLittleEndian):
         raise CannotTranscode(f"cannot produce transfer syntax {transfer_syntax}")
-    ds = _decoded(path)
+    ds = decoded_dataset(path)
     ds.file_meta.TransferSyntaxUID = UID(transfer_syntax)
     out = io.BytesIO()
     try:
@@ -94,7 +95,7 @@ def frame_size(ds: Dataset) -> int:
 
 def frame_native(path: Path, index: int) -> bytes:
     """One frame (0-based) as uncompressed little-endian bytes, decoded from whatever is stored."""
-    ds = _decoded(path)
+    ds = decoded_dataset(path)
     if "PixelData" not in ds:
         raise CannotTranscode("instance has no pixel data")
     data = ds.PixelData
@@ -108,7 +109,7 @@ def frame_native(path: Path, index: int) -> bytes:
 
 
 def pixel_data_native(path: Path) -> bytes:
-    ds = _decoded(path)
+    ds = decoded_dataset(path)
     if "PixelData" not in ds:
         raise CannotTranscode("instance has no pixel data")
     return ds.PixelData

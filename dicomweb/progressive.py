@@ -1,0 +1,28 @@
+"""Progressive retrieval: the fidelity ladder of a master (`/layers`)."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from dicomweb.params import uids
+from dicomweb.responses import HTTPError
+
+
+async def layers(request: Request) -> Response:
+    """Each frame's resolution levels and quality layers with their cumulative bytes, PSNR and
+    maximum error, measured when the master was made, so a client can choose what to fetch."""
+    study, series, sop = uids(request)
+    index = request.app.state.archive.index
+    found = await index.fidelity(study, series, sop)
+    if found is None:
+        raise HTTPError(404, "no such instance")
+    _, fidelity = found
+    if fidelity is None:
+        job = await index.job_state(sop)
+        if job is not None and job[0] == "pending":
+            raise HTTPError(503, "the layered master of this instance is still being made; retry shortly")
+        reason = job[1] if job else "it has no pixel data that can be held as a lossless JPEG 2000 master"
+        raise HTTPError(404, f"no layered master: {reason}")
+    body = b'{"frames":' + fidelity + b"}"
+    return Response(body, media_type="application/json", headers={"Cache-Control": "no-cache"})

@@ -1,0 +1,149 @@
+"""Turning a received instance into its layered lossless JPEG 2000 master, verified bit-exact.
+
+A master is a standard DICOM Part 10 file (transfer syntax 1.2.840.10008.1.2.4.90): one codestream per
+frame, an offset table, every other attribute unchanged (except what the standard requires of JPEG 2000
+with the reversible colour transform: Photometric Interpretation YBR_RCT, pixel-interleaved). It replaces
+the received file only after every frame, read back from the written file, decodes to exactly the
+original pixel values. Anything else keeps the instance as received.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.encaps import encapsulate, encapsulate_extended
+from pydicom.pixels import get_decoder
+from pydicom.uid import UID
+
+from storage.codec import MasterNotPossible, decode, encode_master, fidelity_ladder, info
+from storage.dicom_file import J2K_LOSSLESS, ParsedInstance, parse_instance
+from storage.transcode import NATIVE_SYNTAXES, decoded_dataset, frame_size
+
+# Frames larger than this in total need 64-bit offsets (Extended Offset Table, PS3.5 A.4).
+BOT_LIMIT = 0xFFFFFFFF
+
+
+class VerificationFailed(MasterNotPossible):
+    """The master did not decode to the original pixels: it is thrown away."""
+
+
+@dataclass
+class Master:
+    path: Path  # the new Part 10 file, in a temporary folder beside the blobs
+    parsed: ParsedInstance
+    fidelity: list[dict[str, Any]]  # per frame: rows, columns, levels, layers
+    pixel_sha256: str  # of the original pixel values, for `dicomweb verify`
+
+
+def _container_dtype(bits_allocated: int, signed: bool) -> np.dtype:
+    return np.dtype(f"<{'i' if signed else 'u'}{bits_allocated // 8}")
+
+
+def original_frames(ds: Dataset, path: Path) -> list[np.ndarray]:
+    """The exact stored values of every frame, in (rows, cols[, samples]) arrays of the container type.
+
+    Not `pixel_array`: that masks bits above Bits Stored, and a master made from masked values would
+    silently lose them. Native data is read as stored; compressed data as its codec decodes it."""
+    rows, cols = int(ds.Rows), int(ds.Columns)
+    spp = int(ds.get("SamplesPerPixel", 1) or 1)
+    nframes = int(ds.get("NumberOfFrames", 1) or 1)
+    dtype = _container_dtype(int(ds.BitsAllocated), int(ds.get("PixelRepresentation", 0) or 0) == 1)
+    ts = str(ds.file_meta.TransferSyntaxUID)
+    buffers: list[tuple[bytes, int]] = []
+    if ts in NATIVE_SYNTAXES:
+        data = decoded_dataset(path).PixelData  # big endian swapped, deflate inflated
+        size = frame_size(ds)
+        if len(data) < size * nframes:
+            raise MasterNotPossible("pixel data is shorter than its frames")
+        planar = int(ds.get("PlanarConfiguration", 0) or 0)
+        buffers = [(data[i * size: (i + 1) * size], planar) for i in range(nframes)]
+    else:
+        decoder = get_decoder(UID(ts))
+        for i in range(nframes):
+            try:
+                buf, meta = decoder.as_buffer(ds, index=i)
+            except Exception as exc:  # noqa: BLE001 - any decoder failure: keep as received
+                raise MasterNotPossible(f"cannot decode frame {i + 1}: {exc}") from None
+            buffers.append((bytes(buf), int(meta.get("planar_configuration", 0) or 0)))
+    frames = []
+    for buf, planar in buffers:
+        arr = np.frombuffer(buf, dtype=dtype, count=rows * cols * spp)
+        if spp == 1:
+            arr = arr.reshape(rows, cols)
+        elif planar:
+            arr = np.ascontiguousarray(arr.reshape(spp, rows, cols).transpose(1, 2, 0))
+        else:
+            arr = arr.reshape(rows, cols, spp)
+        frames.append(arr)
+    return frames
+
+
+def _levels(codestream: bytes) -> list[dict[str, int]]:
+    head = info(codestream)
+    return [
+        {"rows": -(-head.height // (1 << d)), "columns": -(-head.width // (1 << d))}
+        for d in range(head.levels + 1)
+    ]
+
+
+def make_master(received: Path, work_dir: Path, *, bulk_data_threshold: int = 1024) -> Master:
+    """Encode, write, read back and verify; raises MasterNotPossible (or VerificationFailed)."""
+    ds = pydicom.dcmread(received)
+    bits_stored = int(ds.get("BitsStored", ds.BitsAllocated))
+    signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
+    color = int(ds.get("SamplesPerPixel", 1) or 1) == 3
+    originals = original_frames(ds, received)
+    codestreams = [encode_master(f, bits_stored=bits_stored, signed=signed, color=color) for f in originals]
+
+    ds = decoded_dataset(received, decompress=False)  # raw values little endian, ready to re-encode
+    if sum(len(c) + 8 for c in codestreams) < BOT_LIMIT:
+        ds.PixelData = encapsulate(codestreams, has_bot=True)
+    else:
+        ds.PixelData, ds.ExtendedOffsetTable, ds.ExtendedOffsetTableLengths = encapsulate_extended(codestreams)
+    ds["PixelData"].VR = "OB"
+    ds["PixelData"].is_undefined_length = True
+    ds.file_meta.TransferSyntaxUID = UID(J2K_LOSSLESS)
+    if color:
+        # PS3.5 8.2.4: JPEG 2000 with the reversible colour transform is YBR_RCT, interleaved.
+        ds.PhotometricInterpretation = "YBR_RCT"
+        ds.PlanarConfiguration = 0
+    fd, name = tempfile.mkstemp(suffix=".dcm", dir=work_dir)
+    os.close(fd)
+    path = Path(name)
+    try:
+        pydicom.dcmwrite(path, ds, implicit_vr=False, little_endian=True, enforce_file_format=True)
+        parsed = parse_instance(path, bulk_data_threshold=bulk_data_threshold)
+        fidelity = _verify(path, parsed, originals)
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    digest = hashlib.sha256()
+    for f in originals:
+        digest.update(np.ascontiguousarray(f).tobytes())
+    return Master(path, parsed, fidelity, digest.hexdigest())
+
+
+def _verify(path: Path, parsed: ParsedInstance, originals: list[np.ndarray]) -> list[dict[str, Any]]:
+    """Decode every frame from the written file and compare with the original values."""
+    if len(parsed.frames) != len(originals):
+        raise VerificationFailed(f"master has {len(parsed.frames)} frames, original {len(originals)}")
+    ladders = []
+    with open(path, "rb") as fh:
+        for number, (pieces, original) in enumerate(zip(parsed.frames, originals, strict=True), start=1):
+            codestream = b"".join(os.pread(fh.fileno(), length, off) for off, length in pieces)
+            decoded = decode(codestream)
+            if decoded.shape != original.shape or not np.array_equal(decoded, original):
+                raise VerificationFailed(f"frame {number} of the master does not decode to the original pixels")
+            ladder = [step.to_dict() for step in fidelity_ladder(codestream, original)]
+            head = _levels(codestream)
+            ladders.append({"number": number, "rows": head[0]["rows"], "columns": head[0]["columns"],
+                            "levels": head, "layers": ladder})
+    return ladders
