@@ -100,6 +100,29 @@ async def _import(args: argparse.Namespace) -> int:
     return 0 if not refused else 1
 
 
+async def _verify(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from storage.archive import Archive
+    from storage.verify import verify_archive
+
+    archive = Archive(_settings(args))
+    await archive.open(start_masters=False)
+    try:
+        total = await archive.index.count_instances()
+        with tqdm(total=total, unit="instance", disable=args.quiet) as bar:
+            report = await verify_archive(archive, bar.update)
+        jobs = await archive.index.job_counts()
+    finally:
+        await archive.close()
+    print(f"checked {report.instances} instance(s): {report.masters} master(s) decoded bit-exact, "
+          f"{jobs.get('pending', 0)} waiting for a master, {jobs.get('kept', 0)} kept as received; "
+          f"{len(report.problems)} problem(s)")
+    for problem in report.problems:
+        print(f"  {problem}")
+    return 0 if report.ok else 1
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="dicomweb", description="DICOMweb server with progressive JPEG 2000")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -121,6 +144,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--no-masters", action="store_true",
                    help="store only; leave making masters to the server's background queue")
     p.set_defaults(func=lambda a: sys.exit(asyncio.run(_import(a))))
+
+    p = sub.add_parser("verify", help="re-check every blob's checksum and that every master decodes bit-exact")
+    p.add_argument("--data", help="data folder; env DICOMWEB_DATA")
+    p.add_argument("--database-url")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=lambda a: sys.exit(asyncio.run(_verify(a))))
 
     args = parser.parse_args(argv)
     args.func(args)

@@ -43,7 +43,7 @@ class Master:
     pixel_sha256: str  # of the original pixel values, for `dicomweb verify`
 
 
-def _container_dtype(bits_allocated: int, signed: bool) -> np.dtype:
+def container_dtype(bits_allocated: int, signed: bool) -> np.dtype:
     return np.dtype(f"<{'i' if signed else 'u'}{bits_allocated // 8}")
 
 
@@ -55,7 +55,7 @@ def original_frames(ds: Dataset, path: Path) -> list[np.ndarray]:
     rows, cols = int(ds.Rows), int(ds.Columns)
     spp = int(ds.get("SamplesPerPixel", 1) or 1)
     nframes = int(ds.get("NumberOfFrames", 1) or 1)
-    dtype = _container_dtype(int(ds.BitsAllocated), int(ds.get("PixelRepresentation", 0) or 0) == 1)
+    dtype = container_dtype(int(ds.BitsAllocated), int(ds.get("PixelRepresentation", 0) or 0) == 1)
     ts = str(ds.file_meta.TransferSyntaxUID)
     buffers: list[tuple[bytes, int]] = []
     if ts in NATIVE_SYNTAXES:
@@ -127,7 +127,7 @@ def make_master(received: Path, work_dir: Path, *, bulk_data_threshold: int = 10
         raise
     digest = hashlib.sha256()
     for f in originals:
-        digest.update(np.ascontiguousarray(f).tobytes())
+        digest.update(np.ascontiguousarray(f.astype(f.dtype.newbyteorder("<"))).tobytes())
     return Master(path, parsed, fidelity, digest.hexdigest())
 
 

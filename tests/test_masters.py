@@ -1,0 +1,228 @@
+"""Layered JPEG 2000 masters: structure, fidelity ladder, the durable queue, fault handling, verify."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import signal
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import orjson
+import pydicom
+import pytest
+from pydicom.uid import generate_uid
+
+from storage import masters
+from storage.archive import Archive
+from storage.codec import info
+from storage.config import Settings
+from storage.dicom_file import parse_fragments
+from storage.verify import verify_archive
+from tests.conftest import PYDICOM_DATA, PYDICOM_TEST_FILES, Server, new_uids, parse_multipart, stow
+
+CT = PYDICOM_DATA / "693_UNCR.dcm"
+STORED = {"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'}
+
+
+def copies(source: Path, n: int, tmp: Path, **changes: str) -> list[Path]:
+    study, series = generate_uid(), generate_uid()
+    out = []
+    for i in range(n):
+        path = tmp / f"{source.stem}-{i}.dcm"
+        path.write_bytes(new_uids(source.read_bytes(), study=study, series=series, **changes))
+        out.append(path)
+    return out
+
+
+async def ingest_copies(archive: Archive, paths: list[Path], tmp: Path) -> list:
+    # Ingest consumes its input files: hand it copies.
+    staged = []
+    for p in paths:
+        dest = tmp / f"staged-{p.name}"
+        shutil.copyfile(p, dest)
+        staged.append(dest)
+    return await archive.ingest(staged)
+
+
+def settings(tmp: Path) -> Settings:
+    return Settings(data_dir=tmp / "data")
+
+
+async def stored_dataset(archive: Archive, sop: str) -> tuple[pydicom.Dataset, bytes]:
+    key = await archive.index.current_blob(sop)
+    data = archive.blobs.local_path(key).read_bytes()
+    return pydicom.dcmread(io.BytesIO(data)), data
+
+
+async def test_master_structure_and_fidelity(tmp_path: Path) -> None:
+    archive = Archive(settings(tmp_path))
+    await archive.open()
+    try:
+        paths = copies(CT, 1, tmp_path)
+        original = pydicom.dcmread(paths[0])
+        (outcome,) = await ingest_copies(archive, paths, tmp_path)
+        await archive.masters.drain()
+        ds, _ = await stored_dataset(archive, outcome.sop_uid)
+        assert ds.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.90"
+        # Every other attribute is unchanged, private ones included.
+        for elem in original:
+            if elem.tag != 0x7FE00010 and elem.tag.element != 0:
+                assert ds[elem.tag].value == elem.value
+        raw = ds["PixelData"]
+        bot, fragments = parse_fragments(raw.value, 0)
+        assert len(fragments) == 1 and bot == [0]
+        codestream = raw.value[fragments[0][0]: fragments[0][0] + fragments[0][1]]
+        head = info(codestream)
+        assert head.layers >= 5 and head.plt and head.reversible
+        assert head.precision == original.BitsStored and head.signed == (original.PixelRepresentation == 1)
+        assert -(-max(head.width, head.height) // (1 << head.levels)) <= 64
+        assert np.array_equal(ds.pixel_array, original.pixel_array)
+        found = await archive.index.fidelity(original.StudyInstanceUID, original.SeriesInstanceUID, outcome.sop_uid)
+        assert found is not None and found[1] is not None
+        (frame,) = orjson.loads(found[1])
+        sizes = [step["bytes"] for step in frame["layers"]]
+        assert sizes == sorted(sizes) and len(sizes) == head.layers
+        assert frame["layers"][-1]["lossless"] and frame["layers"][-1]["max_error"] == 0
+        assert not frame["layers"][0]["lossless"] and frame["layers"][0]["psnr"] > 30
+        assert frame["levels"][0] == {"rows": 512, "columns": 512}
+        report = await verify_archive(archive)
+        assert report.ok and report.masters == 1
+    finally:
+        await archive.close()
+
+
+@pytest.mark.parametrize("fault", ["encoder", "verification"])
+async def test_forced_failure_keeps_instance_as_received(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fault: str
+) -> None:
+    if fault == "encoder":
+        def broken_encoder(*args, **kwargs):
+            raise RuntimeError("simulated encoder crash")
+
+        monkeypatch.setattr(masters, "encode_master", broken_encoder)
+    else:
+        real_decode = masters.decode
+        monkeypatch.setattr(masters, "decode", lambda cs, **kw: real_decode(cs, **kw) + 1)
+    archive = Archive(settings(tmp_path))
+    await archive.open()
+    try:
+        paths = copies(CT, 2, tmp_path)
+        outcomes = await ingest_copies(archive, paths, tmp_path)
+        await archive.masters.drain()
+        assert (await archive.index.job_counts()) == {"kept": 2}
+        for path, outcome in zip(paths, outcomes, strict=True):
+            _, data = await stored_dataset(archive, outcome.sop_uid)
+            assert data == path.read_bytes(), "the received file must be kept exactly"
+            state = await archive.index.job_state(outcome.sop_uid)
+            assert state[0] == "kept"
+            assert ("encoder failure" in state[1]) if fault == "encoder" else ("does not decode" in state[1])
+        assert not list((archive.settings.tmp_dir).glob("*.dcm")), "no master file left behind"
+    finally:
+        await archive.close()
+
+
+async def test_queue_survives_restart(tmp_path: Path) -> None:
+    cfg = settings(tmp_path)
+    archive = Archive(cfg)
+    await archive.open(start_masters=False)
+    paths = copies(CT, 3, tmp_path)
+    outcomes = await ingest_copies(archive, paths, tmp_path)
+    assert (await archive.index.job_counts()) == {"pending": 3}
+    await archive.close()  # "crash" before any master was made
+
+    archive = Archive(cfg)
+    await archive.open()
+    try:
+        await archive.masters.drain()
+        assert (await archive.index.job_counts()) == {}
+        for path, outcome in zip(paths, outcomes, strict=True):
+            ds, _ = await stored_dataset(archive, outcome.sop_uid)
+            assert ds.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.90"
+            assert np.array_equal(ds.pixel_array, pydicom.dcmread(path).pixel_array)
+    finally:
+        await archive.close()
+
+
+async def test_lossy_and_non_image_objects_are_kept_as_received(tmp_path: Path) -> None:
+    archive = Archive(settings(tmp_path))
+    await archive.open()
+    try:
+        sources = [PYDICOM_TEST_FILES / "SC_rgb_jpeg_dcmtk.dcm", PYDICOM_TEST_FILES / "rtplan.dcm",
+                   PYDICOM_DATA / "MR2_J2KI.dcm"]
+        paths = [copies(s, 1, tmp_path)[0] for s in sources]
+        outcomes = await ingest_copies(archive, paths, tmp_path)
+        await archive.masters.drain()
+        assert (await archive.index.job_counts()) == {}, "never queued: nothing to make"
+        for path, outcome in zip(paths, outcomes, strict=True):
+            _, data = await stored_dataset(archive, outcome.sop_uid)
+            assert data == path.read_bytes()
+    finally:
+        await archive.close()
+
+
+async def test_verify_finds_a_corrupted_blob(tmp_path: Path) -> None:
+    archive = Archive(settings(tmp_path))
+    await archive.open()
+    try:
+        (outcome,) = await ingest_copies(archive, copies(CT, 1, tmp_path), tmp_path)
+        await archive.masters.drain()
+        key = await archive.index.current_blob(outcome.sop_uid)
+        path = archive.blobs.local_path(key)
+        data = bytearray(path.read_bytes())
+        data[-100] ^= 0xFF
+        path.write_bytes(bytes(data))
+        report = await verify_archive(archive)
+        assert not report.ok and "checksum" in report.problems[0]
+    finally:
+        await archive.close()
+
+
+def test_killed_server_loses_nothing_and_finishes_masters(tmp_path: Path) -> None:
+    """Instances acknowledged by STOW survive a SIGKILL; the queue resumes after restart."""
+    data_dir = tmp_path / "data"
+    server = Server(data_dir)
+    study = generate_uid()
+    files = [new_uids(CT.read_bytes(), study=study, InstanceNumber=str(i)) for i in range(12)]
+    try:
+        with httpx.Client(base_url=server.root, timeout=60) as client:
+            r = stow(client, files)
+            assert r.status_code == 200
+        os.kill(server.proc.pid, signal.SIGKILL)
+        server.proc.wait(10)
+    finally:
+        server.stop()
+    server = Server(data_dir)
+    try:
+        with httpx.Client(base_url=server.root, timeout=60) as client:
+            deadline = time.time() + 120
+            while client.get("/status").json()["pending_masters"] and time.time() < deadline:
+                time.sleep(0.2)
+            assert client.get("/status").json()["pending_masters"] == 0
+            parts = parse_multipart(client.get(f"/studies/{study}", headers=STORED))
+            assert len(parts) == len(files)
+            originals = {pydicom.dcmread(io.BytesIO(f)).SOPInstanceUID: f for f in files}
+            for headers, body in parts:
+                assert "1.2.840.10008.1.2.4.90" in headers["content-type"]
+                got = pydicom.dcmread(io.BytesIO(body))
+                want = pydicom.dcmread(io.BytesIO(originals[got.SOPInstanceUID]))
+                assert np.array_equal(got.pixel_array, want.pixel_array)
+    finally:
+        server.stop()
+
+
+def test_event_loop_stays_responsive_while_masters_are_made(server: Server, client: httpx.Client) -> None:
+    study = generate_uid()
+    files = [new_uids((PYDICOM_DATA / "MR2_UNCR.dcm").read_bytes(), study=study) for _ in range(4)]
+    assert stow(client, files).status_code == 200
+    # While four 1024x1024 masters are encoded, a request is answered without waiting for them.
+    assert client.get("/status").json()["pending_masters"] >= 1
+    assert httpx.get(f"{server.base}/healthz", timeout=2).status_code == 200
+    deadline = time.time() + 120
+    while client.get("/status").json()["pending_masters"] and time.time() < deadline:
+        time.sleep(0.2)
+
+
