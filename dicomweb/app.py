@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Mount, Route
 
-from dicomweb import progressive, qido, stow, wado
+from dicomweb import frames, progressive, qido, stow, wado
 from dicomweb.responses import HTTPError, error_response
 from dicomweb.static_sites import static_routes
 from storage.archive import Archive
@@ -46,7 +46,7 @@ def dicomweb_routes() -> list[Route]:
         Route(IN, wado.retrieve, methods=["GET"]),
         Route(IN, wado.delete, methods=["DELETE"]),
         Route(IN + "/metadata", wado.metadata, methods=["GET"]),
-        Route(IN + "/frames/{frames}", wado.frames, methods=["GET"]),
+        Route(IN + "/frames/{frames}", frames.frames, methods=["GET"]),
         Route(IN + "/layers", progressive.layers, methods=["GET"]),
         Route(IN + "/bulkdata/{tagpath:path}", wado.bulkdata, methods=["GET"]),
     ]

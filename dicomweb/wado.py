@@ -174,78 +174,16 @@ async def metadata(request: Request) -> Response:
     return dicom_json(request, b"[" + b",".join(rows) + b"]")
 
 
-# ---- frames ---------------------------------------------------------------------------------------
+# ---- frames (see frames.py) -----------------------------------------------------------------------
 
-_FRAME_LIST = re.compile(r"^\d+(,\d+)*$")
-
-
-def _frame_numbers(text: str) -> list[int]:
-    text = text.replace("%2C", ",").replace("%2c", ",").replace(" ", "")
-    if not _FRAME_LIST.match(text):
-        raise HTTPError(400, f"malformed frame list {text!r}: expected numbers like 1,3,5")
-    numbers = [int(n) for n in text.split(",")]
-    if any(n < 1 for n in numbers):
-        raise HTTPError(400, "frame numbers start at 1")
-    return numbers
-
-
-def _frame_plan(choice: Choice, rec: InstanceRecord) -> tuple[str, str] | None:
-    """(part media type, transfer syntax) for frames of `rec` under this choice, or None."""
-    stored = rec.transfer_syntax
-    addressable = bool(rec.frames)
-    if choice.media_type in (OCTET, "*/*", "*"):
-        ts = choice.transfer_syntax or EXPLICIT_LE
-        if ts == "*":
-            if not addressable or stored in NATIVE:
-                # Native data (of any endianness) goes out as explicit little endian octets.
-                return OCTET, EXPLICIT_LE if stored in NATIVE or not addressable else stored
-            return frame_media_type(stored), stored
-        if ts == EXPLICIT_LE and stored in DECODABLE:
-            return OCTET, EXPLICIT_LE
-        return None
-    stored_form = choice.media_type == frame_media_type(stored) and addressable and stored not in NATIVE
-    if stored_form and choice.transfer_syntax in (None, "*", stored):
-        return choice.media_type, stored
-    return None
-
-
-async def _frame_bytes(archive: Archive, rec: InstanceRecord, number: int, ts: str) -> bytes:
-    stored = rec.transfer_syntax
-    if ts == stored and rec.frames and stored != "1.2.840.10008.1.2.2":
-        return await archive.read_frame(rec, number)
-    if stored in ("1.2.840.10008.1.2", EXPLICIT_LE) and rec.frames:
+async def frame_native_bytes(archive: Archive, rec: InstanceRecord, number: int) -> bytes:
+    """Frame `number` uncompressed, little endian: read as stored when it already is, else decoded."""
+    if rec.transfer_syntax in ("1.2.840.10008.1.2", EXPLICIT_LE) and rec.frames:
         return await archive.read_frame(rec, number)
     try:
         return await asyncio.to_thread(frame_native, archive.blob_path(rec), number - 1)
     except CannotTranscode as exc:
         raise HTTPError(406, str(exc)) from None
-
-
-async def frames(request: Request) -> Response:
-    recs = await _records(request)
-    rec = recs[0]
-    numbers = _frame_numbers(request.path_params["frames"])
-    if rec.number_of_frames == 0:
-        raise HTTPError(404, "instance has no pixel data frames")
-    missing = [n for n in numbers if n > rec.number_of_frames]
-    if missing:
-        raise HTTPError(404, f"frame {missing[0]} out of range: the instance has {rec.number_of_frames} frame(s)")
-    archive = _archive(request)
-    singles = {OCTET, "image/jp2", "image/jphc", "image/jpeg", "image/jls", "image/dicom-rle", "image/jpx"}
-    for choice in choices(accept_ranges(request), OCTET, singles):
-        plan = _frame_plan(choice, rec)
-        if plan is None or (not choice.multipart and len(numbers) > 1):
-            continue
-        media, ts = plan
-        bodies = [await _frame_bytes(archive, rec, n, ts) for n in numbers]
-        ctype = f"{media}; transfer-syntax={ts}"
-        if not choice.multipart:
-            return Response(bodies[0], media_type=ctype)
-        boundary = _boundary(request)
-        body = encode_multipart(boundary, [(ctype, b) for b in bodies])
-        return Response(body, media_type=multipart_content_type(boundary, media, ts))
-    raise HTTPError(406, f"cannot provide frames in an acceptable form; stored as {rec.transfer_syntax}; "
-                         f"application/octet-stream and transfer-syntax=* are always available")
 
 
 # ---- bulk data ------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from storage.blobs import LocalBlobStore
+from storage.codec import to_htj2k
 from storage.config import Settings
 from storage.dicom_file import InvalidInstance, ParsedInstance, parse_instance
 from storage.index import Index, InstanceRecord
@@ -141,7 +142,7 @@ class Archive:
             else:
                 reason = "could not write the object to storage"
             for key in stale:
-                await self.blobs.delete(key)
+                await self.forget_blob(key)
         finally:
             for lock in locks:
                 lock.release()
@@ -168,11 +169,41 @@ class Archive:
             return await self.blobs.read(rec.blob_key, off, length)
         return b"".join([await self.blobs.read(rec.blob_key, off, length) for off, length in pieces])
 
+    def _htj2k_dir(self, blob_key: str) -> Path:
+        tag = hashlib.sha1(blob_key.encode(), usedforsecurity=False).hexdigest()
+        return self.settings.data_dir / "cache" / "htj2k" / tag[:2] / tag
+
+    async def forget_blob(self, key: str) -> None:
+        """Delete a blob and whatever was derived from it."""
+        await self.blobs.delete(key)
+        await asyncio.to_thread(shutil.rmtree, self._htj2k_dir(key), True)
+
+    async def htj2k_frame(self, rec: InstanceRecord, number: int) -> bytes:
+        """Frame `number` of a master as lossless HTJ2K (RPCL, TLM), encoded once and cached on disk.
+
+        The cache is keyed by the master's blob key, so a replaced master never serves a stale frame."""
+        path = self._htj2k_dir(rec.blob_key) / f"{number}.jphc"
+        try:
+            return await asyncio.to_thread(path.read_bytes)
+        except FileNotFoundError:
+            pass
+        master = await self.read_frame(rec, number)
+        data = await asyncio.to_thread(to_htj2k, master)
+        await asyncio.to_thread(_write_atomic, path, data)
+        return data
+
     async def delete(self, study: str, series: str | None = None, sop: str | None = None) -> int:
         keys = await self.index.delete(study, series, sop)
         for key in keys:
-            await self.blobs.delete(key)
+            await self.forget_blob(key)
         return len(keys)
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{time.time_ns()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
 
 
 def remove_quietly(path: str | os.PathLike[str]) -> None:

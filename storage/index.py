@@ -32,6 +32,7 @@ class InstanceRecord:
     size: int
     frames: list[list[list[int]]]
     number_of_frames: int
+    is_master: bool = False  # a verified layered JPEG 2000 master (can be cut)
 
     @classmethod
     def from_row(cls, row: Any) -> InstanceRecord:
@@ -45,12 +46,13 @@ class InstanceRecord:
             size=row.size,
             frames=orjson.loads(row.frames),
             number_of_frames=row.number_of_frames,
+            is_master=bool(row.is_master),
         )
 
 
 INSTANCE_COLUMNS = (
     I.c.study_uid, I.c.series_uid, I.c.sop_uid, I.c.sop_class_uid, I.c.transfer_syntax,
-    I.c.blob_key, I.c.size, I.c.frames, I.c.number_of_frames,
+    I.c.blob_key, I.c.size, I.c.frames, I.c.number_of_frames, I.c.fidelity.isnot(None).label("is_master"),
 )
 
 
