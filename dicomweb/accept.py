@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from dicomweb.header_params import split_unquoted, unquote
+
 __all__ = ["MediaRange", "parse_accept"]
 
 # Values that JavaScript clients send when they meant "no Accept header".
@@ -43,7 +45,7 @@ def parse_accept(header: str | None, query_values: list[str] | None = None) -> l
     ranges = [
         media_range
         for source in sources
-        for element in _split_unquoted(source, ",")
+        for element in split_unquoted(source, ",")
         if (media_range := _parse_media_range(element)) is not None
     ]
     ranges.sort(key=lambda media_range: -media_range.q)
@@ -55,7 +57,7 @@ def _is_missing(value: str | None) -> bool:
 
 
 def _parse_media_range(element: str) -> MediaRange | None:
-    media_type, *raw_params = _split_unquoted(element, ";")
+    media_type, *raw_params = split_unquoted(element, ";")
     normalised = _normalise_media_type(media_type)
     if normalised is None:
         return None
@@ -66,7 +68,7 @@ def _parse_media_range(element: str) -> MediaRange | None:
         name = name.strip().lower()
         if not sep or not name:
             continue
-        value = _unquote(value.strip())
+        value = unquote(value.strip())
         if name == "q":
             # RFC 9110 puts q last, but clients put parameters after it too: keep
             # them all and let the first q win.
@@ -105,36 +107,3 @@ def _parse_q(value: str) -> float:
         return 1.0
     # NaN fails both comparisons and so also falls back to 1.0.
     return q if 0.0 <= q <= 1.0 else 1.0
-
-
-def _split_unquoted(text: str, sep: str) -> list[str]:
-    """Split on ``sep`` except inside double-quoted strings (backslash escapes honoured)."""
-    pieces: list[str] = []
-    current: list[str] = []
-    in_quotes = escaped = False
-    for ch in text:
-        if escaped:
-            escaped = False
-        elif in_quotes and ch == "\\":
-            escaped = True
-        elif ch == '"':
-            in_quotes = not in_quotes
-        elif ch == sep and not in_quotes:
-            pieces.append("".join(current))
-            current = []
-            continue
-        current.append(ch)
-    pieces.append("".join(current))
-    return pieces
-
-
-def _unquote(value: str) -> str:
-    if not value.startswith('"'):
-        return value
-    # An unterminated quote is tolerated: everything after it is the value.
-    inner = value[1:-1] if len(value) > 1 and value.endswith('"') else value[1:]
-    out: list[str] = []
-    chars = iter(inner)
-    for ch in chars:
-        out.append(next(chars, "") if ch == "\\" else ch)
-    return "".join(out)

@@ -163,8 +163,9 @@ async def frames(request: Request) -> Response:
         ctype = multipart_content_type(boundary, plan.media, syntaxes.pop() if len(syntaxes) == 1 else None)
         return Response(body, media_type=ctype, headers={"ETag": etag, "Cache-Control": "private, no-cache"})
     if subset.wanted and not rec.is_master:
-        job = await archive.index.job_state(rec.sop_uid)
-        if job is not None and job[0] == "pending":
+        state = await archive.index.master_state(rec.study_uid, rec.series_uid, rec.sop_uid)
+        # A master that appeared since `rec` was read is there on the retry.
+        if state is not None and (state.pending or state.fidelity is not None):
             raise HTTPError(503, "layers/fsiz need the layered master, which is still being made; retry shortly")
         raise HTTPError(406, "layers/fsiz need a layered JPEG 2000 master, and this instance has none")
     reason = "application/octet-stream and transfer-syntax=* are always available"

@@ -15,6 +15,8 @@ from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
 from typing import BinaryIO
 
+from dicomweb.header_params import split_unquoted, unquote
+
 __all__ = [
     "MAX_HEADER_BYTES",
     "MultipartError",
@@ -64,13 +66,13 @@ def boundary_from_content_type(content_type: str) -> str:
     """Return the boundary parameter of a ``multipart/*`` Content-Type value."""
     if not content_type or not content_type.strip():
         raise MultipartError("missing Content-Type")
-    media_type, *params = _split_unquoted(content_type, ";")
+    media_type, *params = split_unquoted(content_type, ";")
     if not media_type.strip().lower().startswith("multipart/"):
         raise MultipartError(f"expected a multipart content type, got {media_type.strip()!r}")
     for param in params:
         name, sep, value = param.partition("=")
         if sep and name.strip().lower() == "boundary":
-            return _validate_boundary(_unquote(value.strip()))
+            return _validate_boundary(unquote(value.strip()))
     raise MultipartError("missing boundary parameter")
 
 
@@ -84,39 +86,6 @@ def _validate_boundary(boundary: str) -> str:
     if not all(" " <= ch <= "~" for ch in boundary):
         raise MultipartError("boundary contains control or non-ASCII characters")
     return boundary
-
-
-def _split_unquoted(text: str, sep: str) -> list[str]:
-    """Split on ``sep`` except inside double-quoted strings (backslash escapes honoured)."""
-    pieces: list[str] = []
-    current: list[str] = []
-    in_quotes = escaped = False
-    for ch in text:
-        if escaped:
-            escaped = False
-        elif in_quotes and ch == "\\":
-            escaped = True
-        elif ch == '"':
-            in_quotes = not in_quotes
-        elif ch == sep and not in_quotes:
-            pieces.append("".join(current))
-            current = []
-            continue
-        current.append(ch)
-    pieces.append("".join(current))
-    return pieces
-
-
-def _unquote(value: str) -> str:
-    if not value.startswith('"'):
-        return value
-    # An unterminated quote is tolerated: everything after it is the value.
-    inner = value[1:-1] if len(value) > 1 and value.endswith('"') else value[1:]
-    out: list[str] = []
-    chars = iter(inner)
-    for ch in chars:
-        out.append(next(chars, "") if ch == "\\" else ch)
-    return "".join(out)
 
 
 # --------------------------------------------------------------------------- reader

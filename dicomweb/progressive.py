@@ -13,16 +13,13 @@ async def layers(request: Request) -> Response:
     """Each frame's resolution levels and quality layers with their cumulative bytes, PSNR and
     maximum error, measured when the master was made, so a client can choose what to fetch."""
     study, series, sop = uids(request)
-    index = request.app.state.archive.index
-    found = await index.fidelity(study, series, sop)
-    if found is None:
+    state = await request.app.state.archive.index.master_state(study, series, sop)
+    if state is None:
         raise HTTPError(404, "no such instance")
-    _, fidelity = found
-    if fidelity is None:
-        job = await index.job_state(sop)
-        if job is not None and job[0] == "pending":
+    if state.fidelity is None:
+        if state.pending:
             raise HTTPError(503, "the layered master of this instance is still being made; retry shortly")
-        reason = job[1] if job else "it has no pixel data that can be held as a lossless JPEG 2000 master"
+        reason = state.reason or "it has no pixel data that can be held as a lossless JPEG 2000 master"
         raise HTTPError(404, f"no layered master: {reason}")
-    body = b'{"frames":' + fidelity + b"}"
+    body = b'{"frames":' + state.fidelity + b"}"
     return Response(body, media_type="application/json", headers={"Cache-Control": "no-cache"})

@@ -56,6 +56,26 @@ INSTANCE_COLUMNS = (
 )
 
 
+@dataclass(frozen=True)
+class MasterState:
+    fidelity: bytes | None  # the per-frame ladder (JSON) once the master exists
+    pending: bool  # a master is being made
+    reason: str  # why there is none, when it was tried and the instance kept as received
+
+
+INSTANCE_ORDER = (I.c.series_uid, I.c.instance_number, I.c.sop_uid)
+
+
+def _scope(study: str, series: str | None, sop: str | None):
+    """Instances of a study, or of one of its series, or one instance."""
+    cond = I.c.study_uid == study
+    if series is not None:
+        cond = cond & (I.c.series_uid == series)
+    if sop is not None:
+        cond = cond & (I.c.sop_uid == sop)
+    return cond
+
+
 def _study_values(p: ParsedInstance) -> dict[str, Any]:
     a = p.study_attrs
     return {
@@ -291,14 +311,24 @@ class Index:
         async with self.engine.connect() as conn:
             return (await conn.execute(select(I.c.blob_key).where(I.c.sop_uid == sop))).scalar_one_or_none()
 
-    async def fidelity(self, study: str, series: str, sop: str) -> tuple[bool, bytes | None] | None:
-        """(instance exists, fidelity JSON or None while the master is pending / not possible)."""
-        q = select(I.c.fidelity).where(
-            (I.c.study_uid == study) & (I.c.series_uid == series) & (I.c.sop_uid == sop)
+    async def master_state(self, study: str, series: str, sop: str) -> MasterState | None:
+        """Whether an instance has its master, read in one query: the master and its job change in the
+        same transaction, so two separate reads could see neither."""
+        q = (
+            select(I.c.fidelity, J.c.state, J.c.reason)
+            .select_from(I.outerjoin(J, I.c.sop_uid == J.c.sop_uid))
+            .where((I.c.study_uid == study) & (I.c.series_uid == series) & (I.c.sop_uid == sop))
         )
         async with self.engine.connect() as conn:
             row = (await conn.execute(q)).first()
-        return None if row is None else (True, row.fidelity)
+        if row is None:
+            return None
+        return MasterState(row.fidelity, row.state == "pending", row.reason or "")
+
+    async def fidelity(self, study: str, series: str, sop: str) -> tuple[bool, bytes | None] | None:
+        """(instance exists, per-frame fidelity JSON or None when there is no master)."""
+        state = await self.master_state(study, series, sop)
+        return None if state is None else (True, state.fidelity)
 
     async def checksums(self) -> list[tuple[str, str, str, str, str | None]]:
         """(sop_uid, blob_key, sha256, transfer syntax, pixel sha256) of every instance."""
@@ -311,24 +341,14 @@ class Index:
     async def instances(
         self, study: str, series: str | None = None, sop: str | None = None
     ) -> list[InstanceRecord]:
-        q = select(*INSTANCE_COLUMNS).where(I.c.study_uid == study)
-        if series is not None:
-            q = q.where(I.c.series_uid == series)
-        if sop is not None:
-            q = q.where(I.c.sop_uid == sop)
-        q = q.order_by(I.c.series_uid, I.c.instance_number, I.c.sop_uid)
+        q = select(*INSTANCE_COLUMNS).where(_scope(study, series, sop)).order_by(*INSTANCE_ORDER)
         async with self.engine.connect() as conn:
             rows = (await conn.execute(q)).all()
         return [InstanceRecord.from_row(r) for r in rows]
 
     async def metadata(self, study: str, series: str | None = None, sop: str | None = None) -> list[bytes]:
         """Stored metadata JSON of each matching instance (ordered by series, instance number)."""
-        q = select(I.c.metadata).where(I.c.study_uid == study)
-        if series is not None:
-            q = q.where(I.c.series_uid == series)
-        if sop is not None:
-            q = q.where(I.c.sop_uid == sop)
-        q = q.order_by(I.c.series_uid, I.c.instance_number, I.c.sop_uid)
+        q = select(I.c.metadata).where(_scope(study, series, sop)).order_by(*INSTANCE_ORDER)
         async with self.engine.connect() as conn:
             return list((await conn.execute(q)).scalars())
 
@@ -343,11 +363,7 @@ class Index:
 
     async def delete(self, study: str, series: str | None = None, sop: str | None = None) -> list[str]:
         """Remove rows; returns the blob keys to delete (after the rows are gone)."""
-        cond = I.c.study_uid == study
-        if series is not None:
-            cond = cond & (I.c.series_uid == series)
-        if sop is not None:
-            cond = cond & (I.c.sop_uid == sop)
+        cond = _scope(study, series, sop)
         async with self._write_lock, self.engine.begin() as conn:
             rows = (await conn.execute(select(I.c.blob_key, I.c.series_uid).where(cond))).all()
             if not rows:

@@ -111,7 +111,8 @@ def test_round_trip(client: httpx.Client, path: Path) -> None:
             same_attributes(original, master)
             assert np.array_equal(pixels(master), pixels(original)), "master pixels differ"
         else:
-            assert parts[0][1] == data
+            why = client.get(url + "/layers").text
+            assert parts[0][1] == data, f"{parts[0][0]} {why}"
         # Default (Explicit VR Little Endian), decoded from whatever was stored.
         r = client.get(url)
         if original.get("PixelData") is not None and pixels(original) is None:
