@@ -1,14 +1,25 @@
-# The server on its embedded default: SQLite index and blobs in the /data volume.
+# The server on its embedded default: SQLite index and blobs in the /data volume, with the viewer demo's
+# WebAssembly decoder and the prebuilt OHIF viewer fetched from npm in a build stage.
+FROM node:20-slim AS web
+WORKDIR /web
+COPY viewer-demo/package.json viewer-demo/package-lock.json ./
+RUN npm ci --no-audit --no-fund \
+    && npm pack @ohif/app@3.13.2 \
+    && mkdir -p .ohif && tar -xzf ohif-app-*.tgz -C .ohif --strip-components=1 package/dist \
+    && rm ohif-app-*.tgz
+
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 \
-    DICOMWEB_DATA=/data DICOMWEB_HOST=0.0.0.0 DICOMWEB_PORT=8000
+    DICOMWEB_DATA=/data DICOMWEB_HOST=0.0.0.0 DICOMWEB_PORT=8000 DICOMWEB_VIEWER_DEMO_DIR=/app/viewer-demo
 
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY dicomweb ./dicomweb
 COPY storage ./storage
 COPY viewer-demo ./viewer-demo
+COPY --from=web /web/node_modules ./viewer-demo/node_modules
+COPY --from=web /web/.ohif ./viewer-demo/.ohif
 RUN pip install . \
     && useradd --system --uid 10001 --home-dir /data dicomweb \
     && mkdir -p /data && chown dicomweb /data

@@ -117,6 +117,14 @@ def _file_response(request: Request, path: Path, headers: dict[str, str]) -> Res
     return FileResponse(path, media_type=media_type, stat_result=st, headers={"ETag": etag, **headers})
 
 
+def _add_slash(prefix: str) -> Route:
+    """`/viewer-demo` -> `/viewer-demo/`, keeping the query (`?study=...`)."""
+    async def redirect(request: Request) -> Response:
+        query = request.url.query
+        return RedirectResponse(prefix + ("?" + query if query else ""), 308)
+    return Route(prefix.rstrip("/"), redirect, methods=["GET", "HEAD"])
+
+
 def _missing(what: str, path: Path) -> Response:
     body = (f"<!doctype html><title>{what} is not installed</title><h1>{what} is not installed</h1>"
             f"<p>{path} is missing: {SETUP_HINT}.</p>")
@@ -149,7 +157,7 @@ def viewer_demo_routes(settings: Settings, demo: Path) -> list[BaseRoute]:
         return _file_response(request, path, {"Cache-Control": "public, max-age=86400"})
 
     return [
-        Route("/viewer-demo", lambda r: RedirectResponse("/viewer-demo/", 308)),
+        _add_slash("/viewer-demo/"),
         Route("/viewer-demo/codec/{path:path}", decoder, methods=["GET", "HEAD"]),
         Route("/viewer-demo/{path:path}", page, methods=["GET", "HEAD"]),
     ]
@@ -267,7 +275,7 @@ def _ohif_site(settings: Settings, dist: Path, rewrites: _Rewrites, mount: str, 
         return _file_response(request, path, _cache_headers(path.name))
 
     return [
-        Route(mount, lambda r: RedirectResponse(prefix, 308)),
+        _add_slash(prefix),
         Route(prefix + "{path:path}", site, methods=["GET", "HEAD"]),
     ]
 
