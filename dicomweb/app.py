@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Mount, Route
 
-from dicomweb import frames, progressive, qido, stow, wado
+from dicomweb import frames, progressive, qido, rendered, stow, wado
 from dicomweb.responses import HTTPError, error_response
 from dicomweb.static_sites import static_routes
 from storage.archive import Archive
@@ -49,6 +49,14 @@ def dicomweb_routes() -> list[Route]:
         Route(IN + "/frames/{frames}", frames.frames, methods=["GET"]),
         Route(IN + "/layers", progressive.layers, methods=["GET"]),
         Route(IN + "/bulkdata/{tagpath:path}", wado.bulkdata, methods=["GET"]),
+        Route(ST + "/rendered", rendered.rendered, methods=["GET"]),
+        Route(SE + "/rendered", rendered.rendered, methods=["GET"]),
+        Route(IN + "/rendered", rendered.rendered, methods=["GET"]),
+        Route(IN + "/frames/{frames}/rendered", rendered.rendered, methods=["GET"]),
+        Route(ST + "/thumbnail", rendered.thumbnail, methods=["GET"]),
+        Route(SE + "/thumbnail", rendered.thumbnail, methods=["GET"]),
+        Route(IN + "/thumbnail", rendered.thumbnail, methods=["GET"]),
+        Route(IN + "/frames/{frames}/thumbnail", rendered.thumbnail, methods=["GET"]),
     ]
 
 

@@ -21,7 +21,7 @@ from dicomweb.conditional import body_response, etag_for, not_modified
 from dicomweb.multipart import encode_multipart, make_boundary, multipart_content_type
 from dicomweb.negotiation import EXPLICIT_LE, NATIVE, Choice, accept_ranges, choices, frame_media_type
 from dicomweb.responses import HTTPError
-from dicomweb.wado import DECODABLE, OCTET, _records, frame_native_bytes
+from dicomweb.wado import DECODABLE, OCTET, frame_native_bytes, instance_records
 from storage.archive import Archive
 from storage.codec import CutError, cut, info
 from storage.index import InstanceRecord
@@ -53,7 +53,7 @@ class Plan:
     kind: str  # stored | native | cut | htj2k
 
 
-def _frame_numbers(text: str) -> list[int]:
+def frame_numbers(text: str) -> list[int]:
     text = text.replace("%2C", ",").replace("%2c", ",").replace(" ", "")
     if not _FRAME_LIST.match(text):
         raise HTTPError(400, f"malformed frame list {text!r}: expected numbers like 1,3,5")
@@ -137,8 +137,8 @@ async def _body(archive: Archive, rec: InstanceRecord, number: int, plan: Plan, 
 
 
 async def frames(request: Request) -> Response:
-    rec = (await _records(request))[0]
-    numbers = _frame_numbers(request.path_params["frames"])
+    rec = (await instance_records(request))[0]
+    numbers = frame_numbers(request.path_params["frames"])
     subset = _subset(request)
     if rec.number_of_frames == 0:
         raise HTTPError(404, "instance has no pixel data frames")

@@ -57,7 +57,7 @@ def _boundary(request: Request) -> str:
     return make_boundary(f"{request.url.path}?{request.url.query}|{request.headers.get('accept', '')}")
 
 
-async def _records(request: Request) -> list[InstanceRecord]:
+async def instance_records(request: Request) -> list[InstanceRecord]:
     study, series, sop = uids(request)
     recs = await _archive(request).index.instances(study, series, sop)
     if not recs:
@@ -88,7 +88,7 @@ async def _file_chunks(path: Path) -> AsyncIterator[bytes]:
 
 
 async def retrieve(request: Request) -> Response:
-    recs = await _records(request)
+    recs = await instance_records(request)
     single_ok = {DICOM} if "sop" in request.path_params else set()
     archive = _archive(request)
     for choice in choices(accept_ranges(request), DICOM, single_ok):
@@ -210,7 +210,7 @@ def _bulk_value(path: Path, tag_path: str) -> bytes | None:
 
 
 async def bulkdata(request: Request) -> Response:
-    recs = await _records(request)
+    recs = await instance_records(request)
     rec = recs[0]
     archive = _archive(request)
     tag_path = request.path_params["tagpath"].upper()
