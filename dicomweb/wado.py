@@ -32,7 +32,7 @@ from dicomweb.params import uids
 from dicomweb.responses import HTTPError, check_json_accept, dicom_json
 from storage.archive import Archive
 from storage.index import InstanceRecord
-from storage.transcode import CannotTranscode, frame_native, pixel_data_native, to_native
+from storage.transcode import CannotTranscode, pixel_data_native, to_native
 
 DICOM = "application/dicom"
 OCTET = "application/octet-stream"
@@ -181,7 +181,7 @@ async def frame_native_bytes(archive: Archive, rec: InstanceRecord, number: int)
     if rec.transfer_syntax in ("1.2.840.10008.1.2", EXPLICIT_LE) and rec.frames:
         return await archive.read_frame(rec, number)
     try:
-        return await asyncio.to_thread(frame_native, archive.blob_path(rec), number - 1)
+        return await archive.native_frame(rec, number)
     except CannotTranscode as exc:
         raise HTTPError(406, str(exc)) from None
 

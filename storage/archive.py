@@ -7,21 +7,28 @@ any point leaves either the whole instance or nothing.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
+import multiprocessing
 import os
 import shutil
 import tempfile
 import time
+from collections import OrderedDict
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
 from storage.blobs import LocalBlobStore
-from storage.codec import to_htj2k
+from storage.codec import decode, to_htj2k
 from storage.config import Settings
 from storage.dicom_file import InvalidInstance, ParsedInstance, parse_instance
 from storage.index import Index, InstanceRecord
 from storage.master_queue import MasterQueue
+from storage.masters import container_dtype
+from storage.transcode import frame_native
 
 log = logging.getLogger(__name__)
 
@@ -62,14 +69,26 @@ class Archive:
         self.index = Index(settings.sql_url)
         self._sop_locks: dict[str, asyncio.Lock] = {}
         self.masters = MasterQueue(self, settings.workers)
+        self._parsers: ProcessPoolExecutor | None = None
+        self._decoded = ByteLRU(settings.decoded_cache_bytes)
 
-    async def open(self, *, start_masters: bool = True) -> None:
+    async def open(self, *, start_masters: bool = True, parser_processes: int | None = None) -> None:
         await self.index.create()
+        workers = parser_processes if parser_processes is not None else (os.cpu_count() or 1)
+        if workers > 1:
+            # forkserver: never fork this process, which has threads (SQLite, codec pool) running.
+            self._parsers = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver"),
+                                                initializer=_warm_parser)
+            await asyncio.gather(*(asyncio.get_running_loop().run_in_executor(self._parsers, _warm_parser)
+                                   for _ in range(workers)))
         if start_masters:
             self.masters.start()
 
     async def close(self) -> None:
         await self.masters.stop()
+        if self._parsers is not None:
+            self._parsers.shutdown(wait=True, cancel_futures=True)
+            self._parsers = None
         await self.index.close()
 
     @staticmethod
@@ -86,12 +105,24 @@ class Archive:
 
     # ---- ingest -------------------------------------------------------------------------------
 
-    def _prepare(self, path: Path, expected_study: str | None) -> tuple[Outcome, ParsedInstance | None]:
-        """Parse and place one file (runs in a worker thread)."""
+    async def _parse(self, path: Path) -> ParsedInstance:
+        # Parsing is pure Python (pydicom) and holds the GIL: worker processes let it use every core.
+        if self._parsers is None:
+            return await asyncio.to_thread(parse_instance, path, bulk_data_threshold=self.settings.bulk_data_threshold)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._parsers, functools.partial(parse_instance, path, bulk_data_threshold=self.settings.bulk_data_threshold)
+        )
+
+    async def _prepare(self, path: Path, expected_study: str | None) -> tuple[Outcome, ParsedInstance | None]:
+        """Parse one received file and check it belongs where it was sent."""
         try:
-            parsed = parse_instance(path, bulk_data_threshold=self.settings.bulk_data_threshold)
+            parsed = await self._parse(path)
         except InvalidInstance as exc:
             return Outcome(False, failure_code=CANNOT_UNDERSTAND, reason=str(exc)), None
+        except BrokenProcessPool:
+            log.error("a parser process died on %s", path)
+            return Outcome(False, failure_code=PROCESSING_FAILURE, reason="the parser crashed on this file"), None
         outcome = Outcome(
             True, parsed.sop_class_uid, parsed.sop_uid, parsed.study_uid, parsed.series_uid
         )
@@ -105,9 +136,7 @@ class Archive:
 
     async def ingest(self, paths: list[Path], expected_study: str | None = None) -> list[Outcome]:
         """Store files; each is accepted or refused on its own. Files are consumed (moved or linked)."""
-        prepared = await asyncio.gather(
-            *(asyncio.to_thread(self._prepare, p, expected_study) for p in paths)
-        )
+        prepared = await asyncio.gather(*(self._prepare(p, expected_study) for p in paths))
         outcomes = [o for o, _ in prepared]
         # The same SOP Instance twice in one request: the last copy wins, stored once.
         chosen: dict[str, tuple[Path, ParsedInstance]] = {}
@@ -192,11 +221,60 @@ class Archive:
         await asyncio.to_thread(_write_atomic, path, data)
         return data
 
+    async def native_frame(self, rec: InstanceRecord, number: int) -> bytes:
+        """Frame `number` uncompressed, little endian, as DICOM lays it out (interleaved colour).
+
+        Masters are decoded with OpenJPEG directly (one frame, all cores); recently decoded frames are
+        kept in a bounded memory cache, since viewers scroll back and forth through a stack."""
+        cache_key = (rec.blob_key, number)
+        if (hit := self._decoded.get(cache_key)) is not None:
+            return hit
+        if rec.is_master and rec.bits_allocated in (8, 16):
+            codestream = await self.read_frame(rec, number)
+            dtype = container_dtype(rec.bits_allocated, rec.pixel_representation == 1)
+            pixels = await asyncio.to_thread(decode, codestream, threads=os.cpu_count() or 1)
+            data = pixels.astype(dtype, copy=False).tobytes()
+        else:
+            data = await asyncio.to_thread(frame_native, self.blob_path(rec), number - 1)
+        self._decoded.put(cache_key, data)
+        return data
+
     async def delete(self, study: str, series: str | None = None, sop: str | None = None) -> int:
         keys = await self.index.delete(study, series, sop)
         for key in keys:
             await self.forget_blob(key)
         return len(keys)
+
+
+class ByteLRU:
+    """A least-recently-used cache of byte strings, bounded by their total size."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.size = 0
+        self._items: OrderedDict[object, bytes] = OrderedDict()
+
+    def get(self, key: object) -> bytes | None:
+        value = self._items.get(key)
+        if value is not None:
+            self._items.move_to_end(key)
+        return value
+
+    def put(self, key: object, value: bytes) -> None:
+        if len(value) > self.capacity:
+            return
+        if (old := self._items.pop(key, None)) is not None:
+            self.size -= len(old)
+        self._items[key] = value
+        self.size += len(value)
+        while self.size > self.capacity:
+            _, dropped = self._items.popitem(last=False)
+            self.size -= len(dropped)
+
+
+def _warm_parser() -> None:
+    """Import what parsing needs, so the first upload does not pay for it."""
+    import storage.dicom_file  # noqa: F401
 
 
 def _write_atomic(path: Path, data: bytes) -> None:

@@ -32,6 +32,8 @@ class Settings:
     bulk_data_threshold: int = 1024
     cors_origins: tuple[str, ...] = field(default_factory=tuple)
     workers: int = 0  # codec worker threads; 0 = one per core
+    # Memory for recently decoded (uncompressed) frames.
+    decoded_cache_bytes: int = 256 * 1024**2
 
     @property
     def blob_dir(self) -> Path:
@@ -63,4 +65,5 @@ def settings_from_env() -> Settings:
         max_parts=_env_int("DICOMWEB_MAX_PARTS", 20000),
         cors_origins=origins,
         workers=_env_int("DICOMWEB_WORKERS", 0),
+        decoded_cache_bytes=_env_int("DICOMWEB_DECODED_CACHE_MB", 256) * 1024**2,
     )

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from sqlalchemy import delete, event, func, select, update
+from sqlalchemy import bindparam, delete, event, func, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
@@ -33,6 +33,8 @@ class InstanceRecord:
     frames: list[list[list[int]]]
     number_of_frames: int
     is_master: bool = False  # a verified layered JPEG 2000 master (can be cut)
+    bits_allocated: int | None = None
+    pixel_representation: int | None = None
 
     @classmethod
     def from_row(cls, row: Any) -> InstanceRecord:
@@ -47,12 +49,15 @@ class InstanceRecord:
             frames=orjson.loads(row.frames),
             number_of_frames=row.number_of_frames,
             is_master=bool(row.is_master),
+            bits_allocated=row.bits_allocated,
+            pixel_representation=row.pixel_representation,
         )
 
 
 INSTANCE_COLUMNS = (
     I.c.study_uid, I.c.series_uid, I.c.sop_uid, I.c.sop_class_uid, I.c.transfer_syntax,
     I.c.blob_key, I.c.size, I.c.frames, I.c.number_of_frames, I.c.fidelity.isnot(None).label("is_master"),
+    I.c.bits_allocated, I.c.pixel_representation,
 )
 
 
@@ -119,6 +124,8 @@ def _instance_values(p: ParsedInstance, blob_key: str, size: int) -> dict[str, A
         "sop_class_uid": p.sop_class_uid,
         "instance_number": json_int(p.instance_attrs, "00200013"),
         "number_of_frames": p.number_of_frames,
+        "bits_allocated": json_int(p.instance_attrs, "00280100"),
+        "pixel_representation": json_int(p.instance_attrs, "00280103"),
         "transfer_syntax": p.transfer_syntax,
         "blob_key": blob_key,
         "size": size,
@@ -205,42 +212,56 @@ class Index:
         return [r.blob_key for r in old if r.blob_key != inst_rows[r.sop_uid]["blob_key"]]
 
     async def _refresh_counts(self, conn: AsyncConnection, studies: set[str], series: set[str]) -> None:
-        """Recompute the derived study and series attributes; drop levels left empty."""
+        """Recompute the derived study and series attributes; drop levels left empty.
+
+        A handful of grouped queries and one executemany per table, whatever the number of studies a
+        request touched (a gateway often sends many small studies at once)."""
         if series:
-            counts = dict(
-                (
-                    await conn.execute(
-                        select(I.c.series_uid, func.count())
-                        .where(I.c.series_uid.in_(list(series)))
-                        .group_by(I.c.series_uid)
-                    )
-                ).all()
-            )
-            for uid in series:
-                if counts.get(uid):
-                    await conn.execute(update(SE).where(SE.c.series_uid == uid).values(num_instances=counts[uid]))
-                else:
-                    await conn.execute(delete(SE).where(SE.c.series_uid == uid))
-        for uid in studies:
-            n_inst = (await conn.execute(select(func.count()).where(I.c.study_uid == uid))).scalar_one()
-            if not n_inst:
-                await conn.execute(delete(SE).where(SE.c.study_uid == uid))
-                await conn.execute(delete(S).where(S.c.study_uid == uid))
-                continue
-            mods = (await conn.execute(select(SE.c.modality).where(SE.c.study_uid == uid).distinct())).scalars()
-            classes = (
-                await conn.execute(select(I.c.sop_class_uid).where(I.c.study_uid == uid).distinct())
-            ).scalars()
-            n_series = (await conn.execute(select(func.count()).where(SE.c.study_uid == uid))).scalar_one()
-            await conn.execute(
-                update(S)
-                .where(S.c.study_uid == uid)
-                .values(
-                    num_instances=n_inst,
-                    num_series=n_series,
-                    modalities="\\".join(sorted(m for m in mods if m)),
-                    sop_classes="\\".join(sorted(classes)),
+            counts = dict((await conn.execute(
+                select(I.c.series_uid, func.count()).where(I.c.series_uid.in_(list(series))).group_by(I.c.series_uid)
+            )).all())
+            if empty := [uid for uid in series if not counts.get(uid)]:
+                await conn.execute(delete(SE).where(SE.c.series_uid.in_(empty)))
+            if counts:
+                await conn.execute(
+                    update(SE).where(SE.c.series_uid == bindparam("uid")).values(num_instances=bindparam("n")),
+                    [{"uid": uid, "n": n} for uid, n in counts.items()],
                 )
+        if not studies:
+            return
+        wanted = list(studies)
+        n_inst = dict((await conn.execute(
+            select(I.c.study_uid, func.count()).where(I.c.study_uid.in_(wanted)).group_by(I.c.study_uid)
+        )).all())
+        n_series = dict((await conn.execute(
+            select(SE.c.study_uid, func.count()).where(SE.c.study_uid.in_(wanted)).group_by(SE.c.study_uid)
+        )).all())
+        modalities: dict[str, set[str]] = {uid: set() for uid in wanted}
+        for uid, modality in await conn.execute(
+            select(SE.c.study_uid, SE.c.modality).where(SE.c.study_uid.in_(wanted)).distinct()
+        ):
+            if modality:
+                modalities[uid].add(modality)
+        classes: dict[str, set[str]] = {uid: set() for uid in wanted}
+        for uid, sop_class in await conn.execute(
+            select(I.c.study_uid, I.c.sop_class_uid).where(I.c.study_uid.in_(wanted)).distinct()
+        ):
+            classes[uid].add(sop_class)
+        if empty := [uid for uid in wanted if not n_inst.get(uid)]:
+            await conn.execute(delete(SE).where(SE.c.study_uid.in_(empty)))
+            await conn.execute(delete(S).where(S.c.study_uid.in_(empty)))
+        rows = [
+            {"uid": uid, "ni": n_inst[uid], "ns": n_series.get(uid, 0),
+             "mods": "\\".join(sorted(modalities[uid])), "classes": "\\".join(sorted(classes[uid]))}
+            for uid in wanted if n_inst.get(uid)
+        ]
+        if rows:
+            await conn.execute(
+                update(S).where(S.c.study_uid == bindparam("uid")).values(
+                    num_instances=bindparam("ni"), num_series=bindparam("ns"),
+                    modalities=bindparam("mods"), sop_classes=bindparam("classes"),
+                ),
+                rows,
             )
 
     async def _queue_masters(self, conn: AsyncConnection, items: list[tuple[ParsedInstance, str, int]]) -> None:

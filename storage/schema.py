@@ -75,6 +75,9 @@ instances = Table(
     Column("sop_class_uid", String(64), nullable=False),
     Column("instance_number", Integer, nullable=True),
     Column("number_of_frames", Integer, nullable=False, default=0),
+    # How decoded frames are laid out (container size and signedness), for uncompressed frames.
+    Column("bits_allocated", Integer, nullable=True),
+    Column("pixel_representation", Integer, nullable=True),
     Column("transfer_syntax", String(64), nullable=False),
     Column("blob_key", Text, nullable=False),
     Column("size", BigInteger, nullable=False),
