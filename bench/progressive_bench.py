@@ -4,6 +4,8 @@ Run from the repository: ``python -m bench.progressive_bench [--quick]``.
 
 Both servers get the same corpus (the 300-slice CT and the WG04 CR of bench/corpus.py) by STOW-RS. Then:
 
+0. STOW-RS rate of the CT series and the CR into each server, the time until every master is made, and
+   the bytes each server then keeps.
 1. For the middle CT slice and the 1955x1841 CR: bytes of the first preview (``layers=1&fsiz=256,256``),
    of ``layers=2`` at full size, of the lossless frame and of the uncompressed frame, with the PSNR of
    layer 1 (full size) from ``/layers``.
@@ -40,7 +42,17 @@ from bench.corpus import (
     Corpus,
     build_corpus,
 )
-from bench.server_bench import Client, Response, ServerHandle, prepare_stow, start_orthanc, start_ours, stow
+from bench.server_bench import (
+    Client,
+    Response,
+    ServerHandle,
+    dir_bytes,
+    prepare_stow,
+    start_orthanc,
+    start_ours,
+    stow,
+)
+from storage.master_queue import DELETE_GRACE_SECONDS
 
 LINK_BITS_PER_SECOND = 2e6
 REQUEST_LATENCY = 0.05
@@ -183,12 +195,18 @@ def main(argv: list[str] | None = None) -> int:
         peer = stack.enter_context(start_orthanc()) if ok else None
         if peer is None:
             print(f"Orthanc not installed: skipping peer ({why})")
+        ingest = ["| STOW-RS of the CT series and the CR | instances/s | masters done after | bytes stored |",
+                  "|---|---:|---:|---:|"]
         for handle in filter(None, (ours, peer)):
             result = stow(client, handle.dicomweb_url, batches)
             if result.problems:
                 raise RuntimeError(f"{handle.name}: STOW problems: {result.problems[:3]}")
-        masters_s = wait_for_masters(client, ours)
-        print(f"all {len(ct) + 1} masters made {masters_s:.1f} s after the upload was acknowledged\n")
+            done = f"{wait_for_masters(client, handle):.1f} s" if handle is ours else "(stored as received)"
+            if handle is ours:
+                time.sleep(DELETE_GRACE_SECONDS + 2)  # received files go after the grace period
+            ingest.append(f"| {handle.name} | {result.instances / result.seconds:.0f} | {done} "
+                          f"| {dir_bytes(handle.data_dirs):,} |")
+        print("\n".join(ingest), end="\n\n")
         mid = corpus.ct_sop_uids[len(corpus.ct_sop_uids) // 2]
         images = {
             "CT 512x512, middle slice": instance_url(ours, corpus.ct_study_uid, corpus.ct_series_uid, mid),
