@@ -31,6 +31,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from dicomweb.conditional import etag_for, not_modified
 from storage.config import Settings
 
 SETUP_HINT = "run scripts/setup-browser.sh (it installs the npm packages and unpacks OHIF)"
@@ -69,15 +70,6 @@ def ohif_dist_dir(demo: Path) -> Path:
 
 # ---- files ------------------------------------------------------------------------------------------
 
-def _etag(*parts: object) -> str:
-    return '"' + hashlib.sha1(repr(parts).encode()).hexdigest()[:20] + '"'
-
-
-def _not_modified(request: Request, etag: str) -> bool:
-    tags = request.headers.get("if-none-match", "")
-    return etag in (t.strip().removeprefix("W/") for t in tags.split(","))
-
-
 def _cache_headers(name: str) -> dict[str, str]:
     return IMMUTABLE if HASHED_NAME.search(name) else NO_CACHE
 
@@ -99,19 +91,19 @@ class _Body:
 
     @classmethod
     def of(cls, data: bytes) -> _Body:
-        return cls(data, _etag(hashlib.sha1(data).hexdigest()))
+        return cls(data, etag_for(hashlib.sha1(data).hexdigest()))
 
 
 def _bytes_response(request: Request, body: _Body, media_type: str, headers: dict[str, str]) -> Response:
-    if _not_modified(request, body.etag):
+    if not_modified(request, body.etag):
         return Response(status_code=304, headers={"ETag": body.etag, **headers})
     return Response(body.data, media_type=media_type, headers={"ETag": body.etag, **headers})
 
 
 def _file_response(request: Request, path: Path, headers: dict[str, str]) -> Response:
     st = path.stat()
-    etag = _etag(str(path), st.st_mtime_ns, st.st_size)
-    if _not_modified(request, etag):
+    etag = etag_for(str(path), st.st_mtime_ns, st.st_size)
+    if not_modified(request, etag):
         return Response(status_code=304, headers={"ETag": etag, **headers})
     media_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
     return FileResponse(path, media_type=media_type, stat_result=st, headers={"ETag": etag, **headers})

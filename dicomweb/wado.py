@@ -11,6 +11,7 @@ import pydicom
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
+from dicomweb.conditional import body_response, etag_for, not_modified
 from dicomweb.multipart import (
     closing,
     encode_multipart,
@@ -223,26 +224,33 @@ async def bulkdata(request: Request) -> Response:
             media = frame_media_type(rec.transfer_syntax)
             bodies = [await archive.read_frame(rec, n) for n in range(1, len(rec.frames) + 1)]
             ctype = f"{media}; transfer-syntax={rec.transfer_syntax}"
-            return _bulk_response(request, [(ctype, b) for b in bodies], media, choice.multipart)
+            return _bulk_response(request, rec, [(ctype, b) for b in bodies], media, choice.multipart)
         try:
             data = await asyncio.to_thread(pixel_data_native, archive.blob_path(rec))
         except CannotTranscode as exc:
             raise HTTPError(406, str(exc)) from None
         ctype = f"{OCTET}; transfer-syntax={EXPLICIT_LE}"
-        return _bulk_response(request, [(ctype, data)], OCTET, choice.multipart)
+        return _bulk_response(request, rec, [(ctype, data)], OCTET, choice.multipart)
     if not re.fullmatch(r"[0-9A-F]{8}(/\d+/[0-9A-F]{8})*", tag_path):
         raise HTTPError(400, f"malformed bulk data path {tag_path!r}")
     value = await asyncio.to_thread(_bulk_value, archive.blob_path(rec), tag_path)
     if value is None:
         raise HTTPError(404, f"no bulk data at {tag_path}")
-    return _bulk_response(request, [(OCTET, value)], OCTET, choice.multipart)
+    return _bulk_response(request, rec, [(OCTET, value)], OCTET, choice.multipart)
 
 
-def _bulk_response(request: Request, parts: list[tuple[str, bytes]], media: str, multipart: bool) -> Response:
+def _bulk_response(
+    request: Request, rec: InstanceRecord, parts: list[tuple[str, bytes]], media: str, multipart: bool
+) -> Response:
+    etag = etag_for(rec.blob_key, request.url.path, media, multipart)
     if not multipart and len(parts) == 1:
-        return Response(parts[0][1], media_type=parts[0][0])
+        # Single part: ETag/304 and Range, as Cornerstone3D's range requests expect.
+        return body_response(request, parts[0][1], parts[0][0], etag)
+    if not_modified(request, etag):
+        return Response(status_code=304, headers={"ETag": etag})
     boundary = _boundary(request)
-    return Response(encode_multipart(boundary, parts), media_type=multipart_content_type(boundary, media))
+    return Response(encode_multipart(boundary, parts), media_type=multipart_content_type(boundary, media),
+                    headers={"ETag": etag})
 
 
 # ---- delete ---------------------------------------------------------------------------------------

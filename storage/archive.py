@@ -52,12 +52,12 @@ class Outcome:
     reason: str = ""
 
 
-def blob_key(sop_uid: str) -> str:
-    # Spread over 65k folders so no directory grows huge. Each stored version gets its own key, so
-    # storing an instance again never touches the blob its current index row points at; the old blob
-    # is deleted once the new row is committed.
-    h = hashlib.sha1(sop_uid.encode()).hexdigest()
-    return f"{h[:2]}/{h[2:4]}/{sop_uid}.{time.time_ns():x}.dcm"
+def blob_key(series_uid: str, sop_uid: str) -> str:
+    # One folder per series (so a series uploaded together costs one folder sync), spread over 256
+    # parents. Each stored version gets its own key, so storing an instance again never touches the
+    # blob its current index row points at; the old blob is deleted once the new row is committed.
+    h = hashlib.sha1(series_uid.encode()).hexdigest()
+    return f"{h[:2]}/{series_uid}/{sop_uid}.{time.time_ns():x}.dcm"
 
 
 class Archive:
@@ -92,8 +92,8 @@ class Archive:
         await self.index.close()
 
     @staticmethod
-    def new_blob_key(sop_uid: str) -> str:
-        return blob_key(sop_uid)
+    def new_blob_key(series_uid: str, sop_uid: str) -> str:
+        return blob_key(series_uid, sop_uid)
 
     def new_tmp_dir(self) -> str:
         return tempfile.mkdtemp(dir=self.settings.tmp_dir)
@@ -148,10 +148,8 @@ class Archive:
             await lock.acquire()
         try:
             # Blobs are written (and fsynced) in parallel: fsync releases the GIL.
-            keyed = [(blob_key(sop), path, parsed) for sop, (path, parsed) in chosen.items()]
-            sizes = await asyncio.gather(
-                *(self.blobs.put_file(key, path) for key, path, _ in keyed), return_exceptions=True
-            )
+            keyed = [(blob_key(parsed.series_uid, sop), path, parsed) for sop, (path, parsed) in chosen.items()]
+            sizes = await self.blobs.put_files([(key, path) for key, path, _ in keyed])
             items: list[tuple[ParsedInstance, str, int]] = []
             failed: set[str] = set()
             for (key, _, parsed), size in zip(keyed, sizes, strict=True):

@@ -16,6 +16,7 @@ from typing import Protocol
 
 class BlobStore(Protocol):
     async def put_file(self, key: str, src: Path) -> int: ...
+    async def put_files(self, items: list[tuple[str, Path]]) -> list[int | BaseException]: ...
     async def read(self, key: str, offset: int = 0, length: int | None = None) -> bytes: ...
     async def delete(self, key: str) -> None: ...
     def local_path(self, key: str) -> Path | None: ...
@@ -39,7 +40,8 @@ class LocalBlobStore:
             raise ValueError(f"bad blob key {key!r}")
         return self.root / key
 
-    def _put_sync(self, key: str, src: Path) -> int:
+    def _place(self, key: str, src: Path) -> int:
+        """Link (or copy) `src` under a temporary name, fsync it, rename it to `key`."""
         dest = self.local_path(key)
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.with_name(dest.name + f".tmp{os.getpid()}")
@@ -50,11 +52,30 @@ class LocalBlobStore:
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, dest)
-        _fsync_dir(dest.parent)
         return dest.stat().st_size
 
+    async def put_files(self, items: list[tuple[str, Path]]) -> list[int | BaseException]:
+        """Store several files durably; each result is its size or the error that stopped it.
+
+        Files are written in parallel (fsync releases the GIL), then each folder they went into is
+        fsynced once, so a series uploaded together costs one directory sync, not one per file."""
+        results: list[int | BaseException] = list(await asyncio.gather(
+            *(asyncio.to_thread(self._place, key, src) for key, src in items), return_exceptions=True
+        ))
+        folders = sorted({self.local_path(key).parent for key, _ in items})
+        synced = await asyncio.gather(*(asyncio.to_thread(_fsync_dir, d) for d in folders), return_exceptions=True)
+        for folder, outcome in zip(folders, synced, strict=True):
+            if isinstance(outcome, BaseException):
+                for i, (key, _) in enumerate(items):
+                    if self.local_path(key).parent == folder:
+                        results[i] = outcome
+        return results
+
     async def put_file(self, key: str, src: Path) -> int:
-        return await asyncio.to_thread(self._put_sync, key, src)
+        (result,) = await self.put_files([(key, src)])
+        if isinstance(result, BaseException):
+            raise result
+        return result
 
     def read_sync(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
         with open(self.local_path(key), "rb") as fh:

@@ -129,7 +129,7 @@ class MasterQueue:
             log.warning("encoder failure for %s, kept as received: %s", sop, exc)
             await index.keep_as_received(sop, key, f"encoder failure: {type(exc).__name__}: {exc}")
             return
-        new_key = self.archive.new_blob_key(sop)
+        new_key = self.archive.new_blob_key(master.parsed.series_uid, sop)
         try:
             size = await blobs.put_file(new_key, master.path)
         finally:

@@ -174,3 +174,16 @@ def test_bad_parameters(client: httpx.Client, stored: Stored) -> None:
         assert frame(client, stored, **params).status_code == 400
     r = client.get(stored.url + "/frames/1", params={"layers": "1"}, headers={"Accept": "application/octet-stream"})
     assert r.status_code == 406
+
+
+def test_bulk_data_range_and_etag(client: httpx.Client, stored: Stored) -> None:
+    meta = client.get(stored.url + "/metadata").json()[0]
+    uri = meta["7FE00010"]["BulkDataURI"]
+    accept = {"Accept": "application/octet-stream"}
+    whole = client.get(uri, headers=accept)
+    assert whole.status_code == 200 and len(whole.content) == stored.pixels.nbytes
+    head = client.get(uri, headers={**accept, "Range": "bytes=0-65535"})
+    tail = client.get(uri, headers={**accept, "Range": "bytes=65536-"})
+    assert head.status_code == tail.status_code == 206
+    assert head.content + tail.content == whole.content
+    assert client.get(uri, headers={**accept, "If-None-Match": whole.headers["etag"]}).status_code == 304
