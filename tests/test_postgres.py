@@ -1,0 +1,130 @@
+"""The same server on PostgreSQL: a temporary cluster (Debian's postgresql binaries) on a loopback port.
+
+The services run unchanged on either database; this suite walks the paths whose SQL differs between
+SQLite and PostgreSQL: upserts, case-(in)sensitive matching, grouped counts, the master queue, deletes.
+"""
+
+from __future__ import annotations
+
+import glob
+import io
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pydicom
+import pytest
+from pydicom.uid import generate_uid
+
+from tests.conftest import (
+    PYDICOM_DATA,
+    PYDICOM_TEST_FILES,
+    Server,
+    free_port,
+    new_uids,
+    parse_multipart,
+    stow,
+)
+
+
+def _pg_bin() -> Path:
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    if not found:
+        pytest.fail("PostgreSQL server binaries are missing: run `apt-get install postgresql` (scripts/test.sh does)")
+    return Path(found[-1]).parent
+
+
+def _as_postgres(cmd: list[str]) -> list[str]:
+    # initdb and postgres refuse to run as root.
+    return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else cmd
+
+
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[str]:
+    bin_dir = _pg_bin()
+    # Not under pytest's tmp folder: as root that is private to root, and the server runs as postgres.
+    base = Path(tempfile.mkdtemp(prefix="dicomweb-pg-"))
+    data, sock = base / "data", base / "sock"
+    sock.mkdir()
+    if os.geteuid() == 0:
+        shutil.chown(base, "postgres")
+        shutil.chown(sock, "postgres")
+    port = free_port()
+    init = subprocess.run(_as_postgres([str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust"]),
+                          check=False, capture_output=True, text=True)
+    assert init.returncode == 0, init.stderr
+    subprocess.run(_as_postgres([
+        str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(base / "log"), "-w", "start", "-o",
+        f"-p {port} -k {sock} -c listen_addresses=127.0.0.1 -c fsync=off",
+    ]), check=True, capture_output=True)
+    try:
+        subprocess.run([str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "dicomweb"],
+                       check=True, capture_output=True)
+        yield f"postgresql+asyncpg://postgres@127.0.0.1:{port}/dicomweb"
+    finally:
+        subprocess.run(_as_postgres([str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"]),
+                       check=False, capture_output=True)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def pg_client(postgres: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
+    srv = Server(tmp_path_factory.mktemp("pgserver") / "data", {"DICOMWEB_DATABASE_URL": postgres})
+    with httpx.Client(base_url=srv.root, timeout=60) as client:
+        yield client
+    srv.stop()
+
+
+def wait_for_masters(client: httpx.Client) -> None:
+    deadline = time.time() + 120
+    while client.get("/status").json()["pending_masters"] and time.time() < deadline:
+        time.sleep(0.1)
+    assert client.get("/status").json()["pending_masters"] == 0
+
+
+def test_store_search_retrieve_delete(pg_client: httpx.Client) -> None:
+    study, ct_series = generate_uid(), generate_uid()
+    ct = [new_uids((PYDICOM_DATA / "693_UNCR.dcm").read_bytes(), study=study, series=ct_series, PatientName="Doe^John",
+                   PatientID="PG-1", StudyDate="20200615", InstanceNumber=str(i)) for i in range(3)]
+    mr = new_uids((PYDICOM_TEST_FILES / "MR_small.dcm").read_bytes(), study=study, PatientName="Doe^John",
+                  PatientID="PG-1", StudyDate="20200615")
+    r = stow(pg_client, [*ct, mr], study=study)
+    assert r.status_code == 200, r.text
+    assert stow(pg_client, [ct[0]]).status_code == 200  # the same instance again: one copy
+
+    def studies(**params: str) -> list[dict]:
+        r = pg_client.get("/studies", params=params)
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    (found,) = studies(PatientName="doe*", PatientID="PG-1")
+    assert found["00201208"]["Value"] == [4] and found["00201206"]["Value"] == [2]
+    assert sorted(found["00080061"]["Value"]) == ["CT", "MR"]
+    assert studies(PatientName="joh", fuzzymatching="true", PatientID="PG-1")
+    assert not studies(PatientID="pg-1")  # case-sensitive outside person names
+    assert studies(StudyDate="20200101-20201231", PatientID="PG-1")
+    assert studies(ModalitiesInStudy="MR", PatientID="PG-1")
+    assert studies(PatientID="PG_1") == []  # SQL wildcards are literal
+    r = pg_client.get(f"/studies/{study}/instances", params={"limit": "2"})
+    assert len(r.json()) == 2 and "There are 2 additional results" in r.headers["warning"]
+
+    wait_for_masters(pg_client)
+    ds = pydicom.dcmread(io.BytesIO(ct[1]))
+    url = f"/studies/{study}/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}"
+    assert pg_client.get(url + "/layers").status_code == 200
+    parts = parse_multipart(pg_client.get(url))
+    assert np.array_equal(pydicom.dcmread(io.BytesIO(parts[0][1])).pixel_array, ds.pixel_array)
+    meta = pg_client.get(f"/studies/{study}/series/{ds.SeriesInstanceUID}/metadata").json()
+    assert len(meta) == 3
+
+    assert pg_client.delete(url).status_code == 204
+    assert pg_client.get(url + "/metadata").status_code == 404
+    assert studies(PatientID="PG-1")[0]["00201208"]["Value"] == [3]
+    assert pg_client.delete(f"/studies/{study}").status_code == 204
+    assert studies(PatientID="PG-1") == []
