@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,6 +20,7 @@ import pydicom
 from pydicom.data import get_testdata_file
 from pydicom.encaps import generate_frames
 
+from bench.timing import median_ms
 from storage.codec import cut, decode, encode_master, fidelity_ladder, info, openjpeg_version, to_htj2k
 from storage.codec.htj2k import decode_htj2k
 from storage.codec.master import LADDER
@@ -61,14 +61,6 @@ def load(name: str, kind: str) -> Frame:
     )
 
 
-def median_ms(fn: Callable[[], object], repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1000
-
 
 def image_rows(frames: list[Frame], repeat: int, threads: int) -> list[list[str]]:
     rows = []
@@ -81,16 +73,16 @@ def image_rows(frames: list[Frame], repeat: int, threads: int) -> list[list[str]
             )
 
         master = encode()
-        enc_ms = median_ms(encode, n)
+        enc_ms = median_ms(encode, n, warm_up=False)
 
         def verify(master: bytes = master, f: Frame = f) -> None:
             assert np.array_equal(decode(master, threads=threads), f.pixels)
 
-        ver_ms = median_ms(verify, n)
+        ver_ms = median_ms(verify, n, warm_up=False)
         ladder = fidelity_ladder(master, f.pixels)
         ht = to_htj2k(master, threads=threads)
-        ht_ms = median_ms(lambda master=master: to_htj2k(master, threads=threads), n)
-        ht_dec_ms = median_ms(lambda ht=ht: decode_htj2k(ht), n)
+        ht_ms = median_ms(lambda master=master: to_htj2k(master, threads=threads), n, warm_up=False)
+        ht_dec_ms = median_ms(lambda ht=ht: decode_htj2k(ht), n, warm_up=False)
         h = info(master)
         rows.append(
             [

@@ -25,10 +25,9 @@ import argparse
 import json
 import math
 import os
-import statistics
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
@@ -52,6 +51,7 @@ from bench.server_bench import (
     start_ours,
     stow,
 )
+from bench.timing import median_ms
 from storage.master_queue import DELETE_GRACE_SECONDS
 
 LINK_BITS_PER_SECOND = 2e6
@@ -105,15 +105,6 @@ def uids_of(path: Path) -> tuple[str, str, str]:
     ds = pydicom.dcmread(path, stop_before_pixels=True)
     return ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID
 
-
-def median_ms(fn: Callable[[], object], runs: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t) * 1000)
-    return statistics.median(times)
 
 
 def single_frame_table(client: Client, ours: ServerHandle, images: dict[str, str]) -> list[str]:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import statistics
 import tempfile
 import time
 from collections.abc import Callable
@@ -27,6 +26,7 @@ import pydicom
 from PIL import Image
 from pydicom.data import get_testdata_file
 
+from bench.timing import median_ms
 from storage.codec import cut, decode, info, openjpeg_version
 from storage.masters import make_master
 from storage.render import (
@@ -48,15 +48,6 @@ from storage.render import (
 SOURCE = "RG1_UNCR.dcm"
 THUMB = 256
 
-
-def median_ms(fn: Callable[[], object], repeat: int) -> float:
-    fn()  # warm up: library loading, page cache
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1000
 
 
 def full_decode_then_resize(path: Path, codestream: bytes, size: int) -> bytes:
