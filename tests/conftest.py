@@ -83,6 +83,14 @@ def client(server: Server) -> Iterator[httpx.Client]:
         yield c
 
 
+def wait_for_masters(client: httpx.Client, timeout: float = 300) -> None:
+    """Until the server's background queue has made every master (GET /status)."""
+    deadline = time.time() + timeout
+    while client.get("/status").json()["pending_masters"] and time.time() < deadline:
+        time.sleep(0.1)
+    assert client.get("/status").json()["pending_masters"] == 0, "masters still pending"
+
+
 def multipart_body(files: list[bytes], boundary: str = "test-boundary-1234", ctype: str = "application/dicom") -> bytes:
     out = b""
     for data in files:

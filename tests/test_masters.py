@@ -22,7 +22,15 @@ from storage.codec import info
 from storage.config import Settings
 from storage.dicom_file import parse_fragments
 from storage.verify import verify_archive
-from tests.conftest import PYDICOM_DATA, PYDICOM_TEST_FILES, Server, new_uids, parse_multipart, stow
+from tests.conftest import (
+    PYDICOM_DATA,
+    PYDICOM_TEST_FILES,
+    Server,
+    new_uids,
+    parse_multipart,
+    stow,
+    wait_for_masters,
+)
 
 CT = PYDICOM_DATA / "693_UNCR.dcm"
 STORED = {"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'}
@@ -198,10 +206,7 @@ def test_killed_server_loses_nothing_and_finishes_masters(tmp_path: Path) -> Non
     server = Server(data_dir)
     try:
         with httpx.Client(base_url=server.root, timeout=60) as client:
-            deadline = time.time() + 120
-            while client.get("/status").json()["pending_masters"] and time.time() < deadline:
-                time.sleep(0.2)
-            assert client.get("/status").json()["pending_masters"] == 0
+            wait_for_masters(client)
             parts = parse_multipart(client.get(f"/studies/{study}", headers=STORED))
             assert len(parts) == len(files)
             originals = {pydicom.dcmread(io.BytesIO(f)).SOPInstanceUID: f for f in files}

@@ -12,7 +12,6 @@ import os
 import shutil
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from tests.conftest import (
     new_uids,
     parse_multipart,
     stow,
+    wait_for_masters,
 )
 
 
@@ -79,13 +79,6 @@ def pg_client(postgres: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     with httpx.Client(base_url=srv.root, timeout=60) as client:
         yield client
     srv.stop()
-
-
-def wait_for_masters(client: httpx.Client) -> None:
-    deadline = time.time() + 120
-    while client.get("/status").json()["pending_masters"] and time.time() < deadline:
-        time.sleep(0.1)
-    assert client.get("/status").json()["pending_masters"] == 0
 
 
 def test_store_search_retrieve_delete(pg_client: httpx.Client) -> None:

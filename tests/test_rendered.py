@@ -23,7 +23,15 @@ from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, a
 from pydicom.uid import generate_uid
 
 from storage.render import Viewport, fit, quality_layers, resolution_level
-from tests.conftest import PYDICOM_DATA, PYDICOM_TEST_FILES, Server, new_uids, parse_multipart, stow
+from tests.conftest import (
+    PYDICOM_DATA,
+    PYDICOM_TEST_FILES,
+    Server,
+    new_uids,
+    parse_multipart,
+    stow,
+    wait_for_masters,
+)
 
 PNG = {"Accept": "image/png"}
 
@@ -69,7 +77,7 @@ def without_pixels(name: str) -> bytes:
     return out.getvalue()
 
 
-def wait_for_masters(client: httpx.Client, urls: list[str], timeout: float = 180) -> None:
+def wait_for_instances(client: httpx.Client, urls: list[str], timeout: float = 180) -> None:
     """Until each instance has its master (200) or was kept as received (404)."""
     deadline = time.time() + timeout
     for url in urls:
@@ -174,7 +182,7 @@ def data(client: httpx.Client) -> Stored:
     )
     assert later.ds.StudyInstanceUID == study
     urls = [i.url for i in vars(stored).values() if isinstance(i, Instance)] + [i.url for i in series_one]
-    wait_for_masters(client, urls)
+    wait_for_instances(client, urls)
     return stored
 
 
@@ -273,7 +281,7 @@ def test_window_parameter_overrides_the_voi_lut(client: httpx.Client, data: Stor
 def test_enhanced_ct_uses_its_functional_groups(client: httpx.Client) -> None:
     """eCT_Supplemental keeps rescale and window per frame (Pixel Value Transformation, Frame VOI LUT)."""
     image = store(client, copy_of("eCT_Supplemental.dcm"))
-    wait_for_masters(client, [image.url])
+    wait_for_instances(client, [image.url])
     ds = image.ds
     assert "WindowCenter" not in ds and "RescaleIntercept" not in ds
     shared = ds.SharedFunctionalGroupsSequence[0]
@@ -584,10 +592,7 @@ def test_rendering_while_pending_and_after(tmp_path: Path) -> None:
             assert size_of(thumb.content) == (128, 128) and size_of(small.content) == (256, 256)
             assert study.content == thumb.content
 
-            deadline = time.time() + 300
-            while client.get("/status").json()["pending_masters"] and time.time() < deadline:
-                time.sleep(0.2)
-            assert client.get("/status").json()["pending_masters"] == 0
+            wait_for_masters(client)
             assert client.get(ct.url + "/layers").status_code == 200
 
             # Full size decodes every layer of every level: the same pixels, the same PNG.
