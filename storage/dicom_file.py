@@ -15,10 +15,11 @@ from typing import Any
 
 import orjson
 import pydicom
-from pydicom.dataelem import DataElement, RawDataElement
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
+from storage.dicom_json import dataset_json
 from storage.tags import is_series_level, is_study_level, tag_hex
 from storage.transcode import frame_size
 from storage.uids import is_valid_uid
@@ -111,26 +112,6 @@ def _transfer_syntax(ds: Dataset) -> str:
     if not ds.is_little_endian:
         return "1.2.840.10008.1.2.2"
     return "1.2.840.10008.1.2" if ds.is_implicit_VR else "1.2.840.10008.1.2.1"
-
-
-def _element_path_map(ds: Dataset, prefix: str, out: dict[int, str]) -> None:
-    """id(element) -> bulk data path such as '00540016/0/00181072' (used to name BulkDataURIs)."""
-    for elem in ds:
-        path = f"{prefix}{elem.tag:08X}"
-        out[id(elem)] = path
-        if elem.VR == "SQ":
-            for i, item in enumerate(elem.value or []):
-                _element_path_map(item, f"{path}/{i}/", out)
-
-
-def _metadata_json(ds: Dataset, base: str, threshold: int) -> dict[str, Any]:
-    paths: dict[int, str] = {}
-    _element_path_map(ds, "", paths)
-
-    def bulk_handler(elem: DataElement) -> str:
-        return f"{base}/bulkdata/{paths.get(id(elem), tag_hex(elem.tag))}"
-
-    return ds.to_json_dict(bulk_data_threshold=threshold, bulk_data_element_handler=bulk_handler)
 
 
 def _level_subset(meta: dict[str, Any], wanted) -> dict[str, Any]:
@@ -284,7 +265,7 @@ def _parse(ds: Dataset, path: Path, threshold: int) -> ParsedInstance:
     pixel_elems = {t: ds._dict.pop(t) for t in PIXEL_TAGS if t in ds._dict}
     base = instance_path(study, series, sop)
     try:
-        meta = _metadata_json(ds, base, threshold)
+        meta = dataset_json(ds, base, threshold)
     finally:
         ds._dict.update(pixel_elems)
     for tag in PIXEL_TAGS:
