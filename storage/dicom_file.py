@@ -23,6 +23,7 @@ from storage.dicom_json import dataset_json
 from storage.tags import is_series_level, is_study_level, tag_hex
 from storage.transcode import frame_size
 from storage.uids import is_valid_uid
+from storage.values import json_int, json_text, normalize_time
 
 PIXEL_DATA = 0x7FE00010
 PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)
@@ -54,10 +55,11 @@ class ParsedInstance:
     sop_uid: str
     sop_class_uid: str
     transfer_syntax: str
-    study_attrs: dict[str, Any]
-    series_attrs: dict[str, Any]
-    instance_attrs: dict[str, Any]
-    metadata: dict[str, Any]
+    # Index rows, ready to write (JSON columns already serialised): built in the parsing process, so
+    # only compact values travel back to the server process.
+    study_row: dict[str, Any]
+    series_row: dict[str, Any]
+    instance_row: dict[str, Any]
     # For each frame: the (offset, length) pieces of the file that hold its bytes, in order.
     frames: list[list[tuple[int, int]]] = field(default_factory=list)
     encapsulated: bool = False
@@ -238,7 +240,7 @@ def parse_instance(path: Path, *, bulk_data_threshold: int = 1024) -> ParsedInst
     except Exception as exc:  # noqa: BLE001 - a corrupt element deep in the file
         raise InvalidInstance(f"unreadable dataset: {type(exc).__name__}: {exc}") from None
     parsed.master_candidate = is_master_candidate(ds, parsed.transfer_syntax, parsed.number_of_frames)
-    parsed.sha256 = file_sha256(path)
+    parsed.sha256 = parsed.instance_row["sha256"] = file_sha256(path)
     return parsed
 
 
@@ -273,21 +275,67 @@ def _parse(ds: Dataset, path: Path, threshold: int) -> ParsedInstance:
             vr = ds._dict[tag].VR or "OB"
             meta[tag_hex(tag)] = {"vr": vr if vr in BULK_VRS else "OB", "BulkDataURI": f"{base}/bulkdata/{tag_hex(tag)}"}
     meta = dict(sorted(meta.items()))
-    # Round-trip through orjson now so a value it cannot encode refuses the instance at ingest.
-    orjson.dumps(meta)
+    # Serialised here, so a value orjson cannot encode refuses the instance at ingest.
+    metadata_json = orjson.dumps(meta)
 
     inst_attrs = {k: v for k, v in meta.items() if "BulkDataURI" not in v and "InlineBinary" not in v}
+    study_attrs = _level_subset(inst_attrs, is_study_level)
+    series_attrs = _level_subset(inst_attrs, is_series_level)
     return ParsedInstance(
         study_uid=study,
         series_uid=series,
         sop_uid=sop,
         sop_class_uid=sop_class,
         transfer_syntax=ts,
-        study_attrs=_level_subset(inst_attrs, is_study_level),
-        series_attrs=_level_subset(inst_attrs, is_series_level),
-        instance_attrs=inst_attrs,
-        metadata=meta,
+        study_row=_study_row(study, study_attrs),
+        series_row=_series_row(study, series, series_attrs),
+        instance_row={
+            "sop_uid": sop,
+            "series_uid": series,
+            "study_uid": study,
+            "sop_class_uid": sop_class,
+            "instance_number": json_int(inst_attrs, "00200013"),
+            "number_of_frames": number_of_frames,
+            "bits_allocated": json_int(inst_attrs, "00280100"),
+            "pixel_representation": json_int(inst_attrs, "00280103"),
+            "transfer_syntax": ts,
+            "frames": orjson.dumps(frames),
+            "attrs": orjson.dumps(inst_attrs),
+            "metadata": metadata_json,
+        },
         frames=frames,
         encapsulated=encapsulated,
         number_of_frames=number_of_frames,
     )
+
+
+def _study_row(study: str, a: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "study_uid": study,
+        "patient_name": json_text(a, "00100010"),
+        "patient_id": json_text(a, "00100020"),
+        "patient_birth_date": json_text(a, "00100030"),
+        "patient_sex": json_text(a, "00100040"),
+        "study_date": json_text(a, "00080020"),
+        "study_time": normalize_time(json_text(a, "00080030")),
+        "accession_number": json_text(a, "00080050"),
+        "study_id": json_text(a, "00200010"),
+        "study_description": json_text(a, "00081030"),
+        "referring_physician_name": json_text(a, "00080090"),
+        "attrs": orjson.dumps(a),
+    }
+
+
+def _series_row(study: str, series: str, a: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "series_uid": series,
+        "study_uid": study,
+        "modality": json_text(a, "00080060"),
+        "series_number": json_int(a, "00200011"),
+        "series_description": json_text(a, "0008103E"),
+        "series_date": json_text(a, "00080021"),
+        "series_time": normalize_time(json_text(a, "00080031")),
+        "pps_start_date": json_text(a, "00400244"),
+        "pps_start_time": normalize_time(json_text(a, "00400245")),
+        "attrs": orjson.dumps(a),
+    }

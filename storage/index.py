@@ -14,7 +14,6 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from storage import schema
 from storage.dicom_file import ParsedInstance
-from storage.values import json_int, json_text, normalize_time
 
 S, SE, I, J = schema.studies, schema.series, schema.instances, schema.master_jobs
 
@@ -82,58 +81,19 @@ def _scope(study: str, series: str | None, sop: str | None):
 
 
 def _study_values(p: ParsedInstance) -> dict[str, Any]:
-    a = p.study_attrs
-    return {
-        "study_uid": p.study_uid,
-        "patient_name": json_text(a, "00100010"),
-        "patient_id": json_text(a, "00100020"),
-        "patient_birth_date": json_text(a, "00100030"),
-        "patient_sex": json_text(a, "00100040"),
-        "study_date": json_text(a, "00080020"),
-        "study_time": normalize_time(json_text(a, "00080030")),
-        "accession_number": json_text(a, "00080050"),
-        "study_id": json_text(a, "00200010"),
-        "study_description": json_text(a, "00081030"),
-        "referring_physician_name": json_text(a, "00080090"),
-        "attrs": orjson.dumps(a),
-        "updated_at": time.time(),
-    }
+    return {**p.study_row, "updated_at": time.time()}
 
 
 def _series_values(p: ParsedInstance) -> dict[str, Any]:
-    a = p.series_attrs
-    return {
-        "series_uid": p.series_uid,
-        "study_uid": p.study_uid,
-        "modality": json_text(a, "00080060"),
-        "series_number": json_int(a, "00200011"),
-        "series_description": json_text(a, "0008103E"),
-        "series_date": json_text(a, "00080021"),
-        "series_time": normalize_time(json_text(a, "00080031")),
-        "pps_start_date": json_text(a, "00400244"),
-        "pps_start_time": normalize_time(json_text(a, "00400245")),
-        "attrs": orjson.dumps(a),
-    }
+    return p.series_row
 
 
 def _instance_values(p: ParsedInstance, blob_key: str, size: int) -> dict[str, Any]:
     return {
-        "sop_uid": p.sop_uid,
-        "series_uid": p.series_uid,
-        "study_uid": p.study_uid,
-        "sop_class_uid": p.sop_class_uid,
-        "instance_number": json_int(p.instance_attrs, "00200013"),
-        "number_of_frames": p.number_of_frames,
-        "bits_allocated": json_int(p.instance_attrs, "00280100"),
-        "pixel_representation": json_int(p.instance_attrs, "00280103"),
-        "transfer_syntax": p.transfer_syntax,
+        **p.instance_row,
         "blob_key": blob_key,
         "size": size,
-        "frames": orjson.dumps(p.frames),
-        "attrs": orjson.dumps(p.instance_attrs),
-        "metadata": orjson.dumps(p.metadata),
         "created_at": time.time(),
-        "sha256": p.sha256,
         "fidelity": None,
         "pixel_sha256": None,
     }
