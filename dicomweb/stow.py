@@ -97,6 +97,11 @@ async def store(request: Request) -> Response:
     study = uid_param(request, "study") if "study" in request.path_params else None
     archive: Archive = request.app.state.archive
     tmpdir = archive.new_tmp_dir()
+    async with archive.masters.upload():
+        return await _store(request, archive, study, tmpdir)
+
+
+async def _store(request: Request, archive: Archive, study: str | None, tmpdir: str) -> Response:
     try:
         try:
             parts = await _receive(request, tmpdir)

@@ -13,6 +13,8 @@ import contextlib
 import logging
 import os
 import threading
+import time
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
@@ -29,6 +31,10 @@ NICENESS = 10
 # A request that looked up the received blob just before its master replaced it may still open it:
 # the received blob is deleted only after this grace period.
 DELETE_GRACE_SECONDS = 30.0
+# Uploads come first: masters wait while uploads are arriving (and this long after the last one),
+# but never longer than MAX_YIELD_SECONDS in a row, so a steady stream of uploads cannot starve them.
+QUIET_SECONDS = 1.0
+MAX_YIELD_SECONDS = 30.0
 
 
 def _lower_priority() -> None:
@@ -46,6 +52,25 @@ class MasterQueue:
         self._busy: set[str] = set()
         self._task: asyncio.Task[None] | None = None
         self._doomed: dict[str, asyncio.TimerHandle] = {}
+        self._uploads = 0
+        self._last_upload = 0.0
+
+    @contextlib.asynccontextmanager
+    async def upload(self) -> AsyncIterator[None]:
+        """Mark an upload in progress, so masters give it the CPU."""
+        self._uploads += 1
+        try:
+            yield
+        finally:
+            self._uploads -= 1
+            self._last_upload = time.monotonic()
+
+    async def _yield_to_uploads(self) -> None:
+        started = time.monotonic()
+        while time.monotonic() - started < MAX_YIELD_SECONDS and (
+            self._uploads or time.monotonic() - self._last_upload < QUIET_SECONDS
+        ):
+            await asyncio.sleep(0.1)
 
     def start(self) -> None:
         if self._task is None:
@@ -95,6 +120,7 @@ class MasterQueue:
                 continue
             for sop, key, attempts in jobs:
                 await slots.acquire()
+                await self._yield_to_uploads()
                 self._busy.add(sop)
                 task = asyncio.create_task(self._guarded(sop, key, attempts))
                 task.add_done_callback(lambda _t, s=sop: (self._busy.discard(s), slots.release()))
