@@ -1,3 +1,5 @@
 from dicomweb.cli import main
 
-main()
+# Guarded: worker processes (forkserver) import the main module again, and must not start a server.
+if __name__ == "__main__":
+    main()

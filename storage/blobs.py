@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Protocol
 
@@ -31,9 +32,14 @@ def _fsync_dir(path: Path) -> None:
 
 
 class LocalBlobStore:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, io_threads: int = 32) -> None:
         self.root = root
         self.root.mkdir(parents=True, exist_ok=True)
+        # fsync waits on the disk, not the CPU: many of them in flight keep uploads moving.
+        self._io = ThreadPoolExecutor(io_threads, thread_name_prefix="blob-io")
+
+    async def _run(self, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(self._io, fn, *args)
 
     def local_path(self, key: str) -> Path:
         if ".." in key.split("/") or key.startswith("/"):
@@ -60,10 +66,10 @@ class LocalBlobStore:
         Files are written in parallel (fsync releases the GIL), then each folder they went into is
         fsynced once, so a series uploaded together costs one directory sync, not one per file."""
         results: list[int | BaseException] = list(await asyncio.gather(
-            *(asyncio.to_thread(self._place, key, src) for key, src in items), return_exceptions=True
+            *(self._run(self._place, key, src) for key, src in items), return_exceptions=True
         ))
         folders = sorted({self.local_path(key).parent for key, _ in items})
-        synced = await asyncio.gather(*(asyncio.to_thread(_fsync_dir, d) for d in folders), return_exceptions=True)
+        synced = await asyncio.gather(*(self._run(_fsync_dir, d) for d in folders), return_exceptions=True)
         for folder, outcome in zip(folders, synced, strict=True):
             if isinstance(outcome, BaseException):
                 for i, (key, _) in enumerate(items):
