@@ -70,17 +70,16 @@ class Archive:
         self._sop_locks: dict[str, asyncio.Lock] = {}
         self.masters = MasterQueue(self, settings.workers)
         self._parsers: ProcessPoolExecutor | None = None
+        self._parser_count = 1
         self._decoded = ByteLRU(settings.decoded_cache_bytes)
 
     async def open(self, *, start_masters: bool = True, parser_processes: int | None = None) -> None:
         await self.index.create()
-        workers = parser_processes if parser_processes is not None else (os.cpu_count() or 1)
-        if workers > 1:
-            # forkserver: never fork this process, which has threads (SQLite, codec pool) running.
-            self._parsers = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver"),
-                                                initializer=_warm_parser)
+        self._parser_count = parser_processes if parser_processes is not None else (os.cpu_count() or 1)
+        if self._parser_count > 1:
+            self._parsers = self._new_parser_pool()
             await asyncio.gather(*(asyncio.get_running_loop().run_in_executor(self._parsers, _warm_parser)
-                                   for _ in range(workers)))
+                                   for _ in range(self._parser_count)))
         if start_masters:
             self.masters.start()
 
@@ -105,14 +104,29 @@ class Archive:
 
     # ---- ingest -------------------------------------------------------------------------------
 
+    def _new_parser_pool(self) -> ProcessPoolExecutor:
+        # forkserver: never fork this process, which has threads (SQLite, codec pool) running.
+        return ProcessPoolExecutor(self._parser_count, mp_context=multiprocessing.get_context("forkserver"),
+                                   initializer=_warm_parser)
+
     async def _parse(self, path: Path) -> ParsedInstance:
         # Parsing is pure Python (pydicom) and holds the GIL: worker processes let it use every core.
-        if self._parsers is None:
-            return await asyncio.to_thread(parse_instance, path, bulk_data_threshold=self.settings.bulk_data_threshold)
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            self._parsers, functools.partial(parse_instance, path, bulk_data_threshold=self.settings.bulk_data_threshold)
-        )
+        job = functools.partial(parse_instance, path, bulk_data_threshold=self.settings.bulk_data_threshold)
+        for attempt in (1, 2):
+            pool = self._parsers
+            if pool is None:
+                return await asyncio.to_thread(job)
+            try:
+                return await asyncio.get_running_loop().run_in_executor(pool, job)
+            except BrokenProcessPool:
+                # A parser died (killed, out of memory): replace the pool, so one bad moment does not
+                # refuse every later upload, and try this file once more.
+                if self._parsers is pool:
+                    pool.shutdown(wait=False, cancel_futures=True)
+                    self._parsers = self._new_parser_pool()
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
 
     async def _prepare(self, path: Path, expected_study: str | None) -> tuple[Outcome, ParsedInstance | None]:
         """Parse one received file and check it belongs where it was sent."""

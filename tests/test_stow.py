@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
+import os
+import signal
 import socket
 
 import httpx
@@ -166,4 +169,34 @@ def test_server_survives_garbage(client: httpx.Client, server) -> None:
     for body, ctype in [(b"\xff" * 1000, MULTI), (b"--b0undary\r\n\r\n", MULTI), (b"", "application/dicom")]:
         r = client.post("/studies", content=body, headers={"Content-Type": ctype})
         assert 400 <= r.status_code < 500
+    assert httpx.get(f"{server.base}/healthz").status_code == 200
+
+
+def _descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                ppid = int(open(f"/proc/{entry.name}/stat").read().rsplit(")", 1)[1].split()[1])  # noqa: SIM115
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def test_upload_survives_killed_parser_processes(client: httpx.Client, server) -> None:
+    """Parser worker processes that die are replaced; the next upload is stored."""
+    assert stow(client, [new_uids(CT)]).status_code == 200  # the pool is up
+    workers = [p for p in _descendants(server.proc.pid) if _descendants(p) == []]
+    assert workers, "no parser processes found"
+    for pid in workers:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    r = stow(client, [new_uids(CT), new_uids(CT)])
+    assert r.status_code == 200, r.text
     assert httpx.get(f"{server.base}/healthz").status_code == 200
