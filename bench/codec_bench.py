@@ -20,7 +20,7 @@ import pydicom
 from pydicom.data import get_testdata_file
 from pydicom.encaps import generate_frames
 
-from bench.timing import median_ms
+from bench.measure import median_ms, table
 from storage.codec import cut, decode, encode_master, fidelity_ladder, info, openjpeg_version, to_htj2k
 from storage.codec.htj2k import decode_htj2k
 from storage.codec.master import LADDER
@@ -143,13 +143,6 @@ def cut_rows(frame: Frame, repeat: int, threads: int) -> tuple[list[list[str]], 
         )
     return rows, statistics.median(every) * 1000
 
-
-def table(header: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=True)]
-    lines = ["  ".join(h.rjust(w) for h, w in zip(header, widths, strict=True))]
-    lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(str(c).rjust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
-    return "\n".join(lines)
 
 
 def main() -> None:

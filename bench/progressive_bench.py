@@ -41,6 +41,7 @@ from bench.corpus import (
     Corpus,
     build_corpus,
 )
+from bench.measure import median_ms
 from bench.server_bench import (
     Client,
     Response,
@@ -51,7 +52,6 @@ from bench.server_bench import (
     start_ours,
     stow,
 )
-from bench.timing import median_ms
 from storage.master_queue import DELETE_GRACE_SECONDS
 
 LINK_BITS_PER_SECOND = 2e6

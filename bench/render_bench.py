@@ -26,7 +26,7 @@ import pydicom
 from PIL import Image
 from pydicom.data import get_testdata_file
 
-from bench.timing import median_ms
+from bench.measure import median_ms, table
 from storage.codec import cut, decode, info, openjpeg_version
 from storage.masters import make_master
 from storage.render import (
@@ -60,13 +60,6 @@ def full_decode_then_resize(path: Path, codestream: bytes, size: int) -> bytes:
     image = image.resize(geometry.size, Image.Resampling.LANCZOS)
     return encode(image, "image/jpeg", 75)
 
-
-def table(header: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=True)]
-    lines = ["  ".join(h.rjust(w) for h, w in zip(header, widths, strict=True))]
-    lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(str(c).rjust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
-    return "\n".join(lines)
 
 
 def grey(jpeg: bytes) -> np.ndarray:

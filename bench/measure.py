@@ -1,4 +1,4 @@
-"""Timing helpers shared by the benchmarks."""
+"""Helpers shared by the benchmarks: timing and plain-text tables."""
 
 from __future__ import annotations
 
@@ -18,3 +18,12 @@ def median_ms(fn: Callable[[], object], repeat: int, *, warm_up: bool = True) ->
         fn()
         times.append(time.perf_counter() - start)
     return statistics.median(times) * 1000
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    """A right-aligned plain-text table with a rule under the header."""
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=True)]
+    lines = ["  ".join(h.rjust(w) for h, w in zip(header, widths, strict=True))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(str(c).rjust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
+    return "\n".join(lines)
