@@ -337,11 +337,6 @@ class Index:
         async with self.engine.connect() as conn:
             return (await conn.execute(select(func.count()).select_from(I))).scalar_one()
 
-    async def all_instances(self) -> list[InstanceRecord]:
-        async with self.engine.connect() as conn:
-            rows = (await conn.execute(select(*INSTANCE_COLUMNS))).all()
-        return [InstanceRecord.from_row(r) for r in rows]
-
     async def delete(self, study: str, series: str | None = None, sop: str | None = None) -> list[str]:
         """Remove rows; returns the blob keys to delete (after the rows are gone)."""
         cond = _scope(study, series, sop)

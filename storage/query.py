@@ -15,7 +15,7 @@ from sqlalchemy.sql import ColumnElement
 from storage import schema
 from storage.dicom_file import BASE_PLACEHOLDER
 from storage.index import Index
-from storage.tags import keyword, parse_attribute, tag_hex, vr_of
+from storage.tags import parse_attribute, tag_hex, vr_of
 from storage.uids import is_valid_uid
 from storage.values import json_values, normalize_date, normalize_datetime, normalize_time
 
@@ -406,6 +406,3 @@ def _values(joined: str) -> dict[str, Any]:
 def _cs(joined: str) -> dict[str, Any]:
     return {"vr": "CS", **_values(joined)}
 
-
-def describe(tag: int) -> str:
-    return f"{keyword(tag)} ({tag_hex(tag)})"

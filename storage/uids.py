@@ -2,15 +2,11 @@
 
 import re
 
-_UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
-# Some modalities write components with leading zeros; we store them, but they must still be
-# digits and dots so they are safe in URLs and blob keys.
+# PS3.5 forbids leading zeros in components, but some modalities write them; such UIDs are stored,
+# as long as they are digits and dots (safe in URLs and blob keys).
 _LENIENT_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 
 
 def is_valid_uid(value: str) -> bool:
     return len(value) <= 64 and bool(_LENIENT_UID.match(value))
 
-
-def is_strict_uid(value: str) -> bool:
-    return len(value) <= 64 and bool(_UID.match(value))
