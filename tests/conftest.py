@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 import subprocess
@@ -11,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pydicom
 import pytest
 
@@ -26,6 +28,21 @@ def _data_store() -> Path:
 
 
 PYDICOM_DATA = _data_store()
+
+
+@functools.cache
+def first_frame(name: str) -> tuple[np.ndarray, int, bool, bool]:
+    """(pixels of frame 0, Bits Stored, signed, colour) of a pydicom or pydicom-data test file."""
+    from pydicom.data import get_testdata_file
+
+    path = get_testdata_file(name)
+    if path is None:
+        pytest.skip(f"{name} not available (pip install pydicom-data)")
+    ds = pydicom.dcmread(path)
+    pixels = ds.pixel_array
+    if int(getattr(ds, "NumberOfFrames", 1) or 1) > 1:
+        pixels = pixels[0]
+    return pixels, int(ds.BitsStored), bool(ds.PixelRepresentation), ds.SamplesPerPixel == 3
 
 
 def free_port() -> int:

@@ -8,14 +8,13 @@ from functools import cache
 
 import imagecodecs
 import numpy as np
-import pydicom
 import pytest
 from jpylyzer import boxvalidator
-from pydicom.data import get_testdata_file
 
 from storage.codec import CutError, cut, decode, decode_htj2k, encode_master, info, to_htj2k
 from storage.codec.codestream import PLT, parse
 from storage.codec.openjpeg import encode_j2k
+from tests.conftest import first_frame
 
 WG04 = ["693_UNCR.dcm", "MR2_UNCR.dcm", "RG1_UNCR.dcm", "RG3_UNCR.dcm", "US1_UNCR.dcm"]
 SMALL = ["CT_small.dcm", "MR_small.dcm", "SC_rgb.dcm", "OBXXXX1A.dcm", "emri_small.dcm"]
@@ -24,20 +23,8 @@ PROGRESSIONS = ["LRCP", "RLCP", "RPCL", "PCRL", "CPRL"]
 
 @cache
 def master(name: str) -> bytes:
-    path = get_testdata_file(name)
-    if path is None:
-        pytest.skip(f"{name} not available (pip install pydicom-data)")
-    ds = pydicom.dcmread(path)
-    pixels = ds.pixel_array
-    if int(getattr(ds, "NumberOfFrames", 1) or 1) > 1:
-        pixels = pixels[0]
-    return encode_master(
-        pixels,
-        bits_stored=int(ds.BitsStored),
-        signed=bool(ds.PixelRepresentation),
-        color=ds.SamplesPerPixel == 3,
-        threads=2,
-    )
+    pixels, bits, signed, color = first_frame(name)
+    return encode_master(pixels, bits_stored=bits, signed=signed, color=color, threads=2)
 
 
 def jpylyzer_valid(codestream: bytes, fmt: str = "j2c") -> bool:

@@ -29,6 +29,7 @@ from storage.codec import (
 )
 from storage.codec.master import decomposition_levels
 from storage.codec.openjpeg import OpenJPEGError, bundled_library, glymur_module
+from tests.conftest import first_frame
 
 WG04 = ["693_UNCR.dcm", "MR2_UNCR.dcm", "RG1_UNCR.dcm", "RG3_UNCR.dcm", "US1_UNCR.dcm"]
 SMALL = ["CT_small.dcm", "MR_small.dcm", "SC_rgb.dcm", "OBXXXX1A.dcm", "emri_small.dcm", "SC_rgb_16bit.dcm"]
@@ -36,21 +37,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @cache
-def frame(name: str) -> tuple[np.ndarray, int, bool, bool]:
-    """(pixels of frame 0, Bits Stored, signed, colour) of a test file."""
-    path = get_testdata_file(name)
-    if path is None:
-        pytest.skip(f"{name} not available (pip install pydicom-data)")
-    ds = pydicom.dcmread(path)
-    pixels = ds.pixel_array
-    if int(getattr(ds, "NumberOfFrames", 1) or 1) > 1:
-        pixels = pixels[0]
-    return pixels, int(ds.BitsStored), bool(ds.PixelRepresentation), ds.SamplesPerPixel == 3
-
-
-@cache
 def master(name: str) -> bytes:
-    pixels, bits, signed, color = frame(name)
+    pixels, bits, signed, color = first_frame(name)
     return encode_master(pixels, bits_stored=bits, signed=signed, color=color, threads=2)
 
 
@@ -78,7 +66,7 @@ def test_env_override_and_late_glymur_import() -> None:
 
 @pytest.mark.parametrize("name", WG04 + SMALL)
 def test_master_is_bit_exact_and_well_formed(name: str) -> None:
-    pixels, bits, signed, color = frame(name)
+    pixels, bits, signed, color = first_frame(name)
     data = master(name)
     assert data[:4] == b"\xff\x4f\xff\x51"  # raw codestream, SIZ first
     header = info(data)
@@ -182,7 +170,7 @@ def test_unsupported_input_raises(pixels: np.ndarray, bits: int, signed: bool, c
 def test_threads_share_the_library() -> None:
     # Codec work runs in a thread pool: ctypes callbacks and error handlers
     # are per call, so concurrent encodes and decodes must not interfere.
-    pixels, bits, signed, color = frame("CT_small.dcm")
+    pixels, bits, signed, color = first_frame("CT_small.dcm")
 
     def round_trip(_: int) -> bool:
         data = encode_master(pixels, bits_stored=bits, signed=signed, color=color)
@@ -199,7 +187,7 @@ def test_decode_errors_are_reported() -> None:
 
 @pytest.mark.parametrize("name", ["693_UNCR.dcm", "US1_UNCR.dcm", "CT_small.dcm"])
 def test_fidelity_ladder(name: str) -> None:
-    pixels, _, _, _ = frame(name)
+    pixels, _, _, _ = first_frame(name)
     data = master(name)
     ladder = fidelity_ladder(data, pixels)
     assert [step.layers for step in ladder] == list(range(1, len(LADDER) + 1))
@@ -216,7 +204,7 @@ def test_fidelity_ladder(name: str) -> None:
 
 @pytest.mark.parametrize("name", ["693_UNCR.dcm", "MR2_UNCR.dcm", "US1_UNCR.dcm", *SMALL])
 def test_htj2k_transcode_is_exact(name: str) -> None:
-    pixels, bits, signed, _ = frame(name)
+    pixels, bits, signed, _ = first_frame(name)
     source = master(name)
     ht = to_htj2k(source)
     header = info(ht)
