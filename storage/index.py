@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
-from sqlalchemy import bindparam, delete, event, func, select, update
-from sqlalchemy.engine import Engine
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy import bindparam, create_engine, delete, event, func, make_url, select, update
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from storage import schema
 from storage.dicom_file import ParsedInstance
 
 S, SE, I, J = schema.studies, schema.series, schema.instances, schema.master_jobs
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -117,10 +120,20 @@ class Index:
         self.url = url
         self.engine: AsyncEngine = create_async_engine(url)
         self.is_sqlite = self.engine.dialect.name == "sqlite"
-        if self.is_sqlite:
-            event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
         # SQLite allows one writer; queueing writers here is cheaper than SQLITE_BUSY retries.
         self._write_lock = asyncio.Lock()
+        # On an SQLite file, write transactions run whole in one thread on a plain sqlite3 connection.
+        # Through aiosqlite every statement is a round trip through the event loop, and while an upload
+        # keeps the loop busy each trip waits its turn, with the only write lock held meanwhile.
+        self._writer_engine: Engine | None = None
+        self._writer: ThreadPoolExecutor | None = None
+        if self.is_sqlite:
+            event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+            sync_url = make_url(url).set(drivername="sqlite")
+            if sync_url.database not in (None, "", ":memory:"):
+                self._writer_engine = create_engine(sync_url)
+                event.listen(self._writer_engine, "connect", _sqlite_pragmas)
+                self._writer = ThreadPoolExecutor(1, thread_name_prefix="index-writer")
 
     async def create(self) -> None:
         async with self.engine.begin() as conn:
@@ -128,6 +141,22 @@ class Index:
 
     async def close(self) -> None:
         await self.engine.dispose()
+        if self._writer is not None:
+            self._writer.submit(self._writer_engine.dispose).result()
+            self._writer.shutdown()
+            self._writer = None
+
+    async def _write(self, transaction: Callable[[Connection], T]) -> T:
+        """Run `transaction` (synchronous SQLAlchemy Core on one connection) as one write transaction."""
+        async with self._write_lock:
+            if self._writer is not None:
+                return await asyncio.get_running_loop().run_in_executor(self._writer, self._run_write, transaction)
+            async with self.engine.begin() as conn:
+                return await conn.run_sync(transaction)
+
+    def _run_write(self, transaction: Callable[[Connection], T]) -> T:
+        with self._writer_engine.begin() as conn:
+            return transaction(conn)
 
     @property
     def sync_engine(self) -> Engine:
@@ -140,12 +169,12 @@ class Index:
             from sqlalchemy.dialects.postgresql import insert
         return insert(table)
 
-    async def _upsert(self, conn: AsyncConnection, table, key: str, rows: list[dict[str, Any]]) -> None:
+    def _upsert(self, conn: Connection, table, key: str, rows: list[dict[str, Any]]) -> None:
         if not rows:
             return
         stmt = self._insert(table)
         keep = {c: stmt.excluded[c] for c in rows[0] if c != key}
-        await conn.execute(stmt.on_conflict_do_update(index_elements=[key], set_=keep), rows)
+        conn.execute(stmt.on_conflict_do_update(index_elements=[key], set_=keep), rows)
 
     async def store(self, items: list[tuple[ParsedInstance, str, int]]) -> list[str]:
         """Index stored instances in one transaction; returns blob keys that the rows no longer use."""
@@ -154,69 +183,69 @@ class Index:
         studies_rows = {p.study_uid: _study_values(p) for p, _, _ in items}
         series_rows = {p.series_uid: _series_values(p) for p, _, _ in items}
         inst_rows = {p.sop_uid: _instance_values(p, key, size) for p, key, size in items}
-        async with self._write_lock, self.engine.begin() as conn:
-            old = (
-                await conn.execute(
-                    select(I.c.sop_uid, I.c.study_uid, I.c.series_uid, I.c.blob_key).where(
-                        I.c.sop_uid.in_(list(inst_rows))
-                    )
+
+        def transaction(conn: Connection) -> list[str]:
+            old = conn.execute(
+                select(I.c.sop_uid, I.c.study_uid, I.c.series_uid, I.c.blob_key).where(
+                    I.c.sop_uid.in_(list(inst_rows))
                 )
             ).all()
-            touched_studies = set(studies_rows) | {r.study_uid for r in old}
-            touched_series = set(series_rows) | {r.series_uid for r in old}
-            await self._upsert(conn, S, "study_uid", list(studies_rows.values()))
-            await self._upsert(conn, SE, "series_uid", list(series_rows.values()))
-            await self._upsert(conn, I, "sop_uid", list(inst_rows.values()))
-            await self._queue_masters(conn, items)
-            await self._refresh_counts(conn, touched_studies, touched_series)
-        return [r.blob_key for r in old if r.blob_key != inst_rows[r.sop_uid]["blob_key"]]
+            self._upsert(conn, S, "study_uid", list(studies_rows.values()))
+            self._upsert(conn, SE, "series_uid", list(series_rows.values()))
+            self._upsert(conn, I, "sop_uid", list(inst_rows.values()))
+            self._queue_masters(conn, items)
+            self._refresh_counts(conn, set(studies_rows) | {r.study_uid for r in old},
+                                 set(series_rows) | {r.series_uid for r in old})
+            return [r.blob_key for r in old if r.blob_key != inst_rows[r.sop_uid]["blob_key"]]
 
-    async def _refresh_counts(self, conn: AsyncConnection, studies: set[str], series: set[str]) -> None:
+        return await self._write(transaction)
+
+    def _refresh_counts(self, conn: Connection, studies: set[str], series: set[str]) -> None:
         """Recompute the derived study and series attributes; drop levels left empty.
 
         A handful of grouped queries and one executemany per table, whatever the number of studies a
         request touched (a gateway often sends many small studies at once)."""
         if series:
-            counts = dict((await conn.execute(
+            counts = dict(conn.execute(
                 select(I.c.series_uid, func.count()).where(I.c.series_uid.in_(list(series))).group_by(I.c.series_uid)
-            )).all())
+            ).all())
             if empty := [uid for uid in series if not counts.get(uid)]:
-                await conn.execute(delete(SE).where(SE.c.series_uid.in_(empty)))
+                conn.execute(delete(SE).where(SE.c.series_uid.in_(empty)))
             if counts:
-                await conn.execute(
+                conn.execute(
                     update(SE).where(SE.c.series_uid == bindparam("uid")).values(num_instances=bindparam("n")),
                     [{"uid": uid, "n": n} for uid, n in counts.items()],
                 )
         if not studies:
             return
         wanted = list(studies)
-        n_inst = dict((await conn.execute(
+        n_inst = dict(conn.execute(
             select(I.c.study_uid, func.count()).where(I.c.study_uid.in_(wanted)).group_by(I.c.study_uid)
-        )).all())
-        n_series = dict((await conn.execute(
+        ).all())
+        n_series = dict(conn.execute(
             select(SE.c.study_uid, func.count()).where(SE.c.study_uid.in_(wanted)).group_by(SE.c.study_uid)
-        )).all())
+        ).all())
         modalities: dict[str, set[str]] = {uid: set() for uid in wanted}
-        for uid, modality in await conn.execute(
+        for uid, modality in conn.execute(
             select(SE.c.study_uid, SE.c.modality).where(SE.c.study_uid.in_(wanted)).distinct()
         ):
             if modality:
                 modalities[uid].add(modality)
         classes: dict[str, set[str]] = {uid: set() for uid in wanted}
-        for uid, sop_class in await conn.execute(
+        for uid, sop_class in conn.execute(
             select(I.c.study_uid, I.c.sop_class_uid).where(I.c.study_uid.in_(wanted)).distinct()
         ):
             classes[uid].add(sop_class)
         if empty := [uid for uid in wanted if not n_inst.get(uid)]:
-            await conn.execute(delete(SE).where(SE.c.study_uid.in_(empty)))
-            await conn.execute(delete(S).where(S.c.study_uid.in_(empty)))
+            conn.execute(delete(SE).where(SE.c.study_uid.in_(empty)))
+            conn.execute(delete(S).where(S.c.study_uid.in_(empty)))
         rows = [
             {"uid": uid, "ni": n_inst[uid], "ns": n_series.get(uid, 0),
              "mods": "\\".join(sorted(modalities[uid])), "classes": "\\".join(sorted(classes[uid]))}
             for uid in wanted if n_inst.get(uid)
         ]
         if rows:
-            await conn.execute(
+            conn.execute(
                 update(S).where(S.c.study_uid == bindparam("uid")).values(
                     num_instances=bindparam("ni"), num_series=bindparam("ns"),
                     modalities=bindparam("mods"), sop_classes=bindparam("classes"),
@@ -224,16 +253,16 @@ class Index:
                 rows,
             )
 
-    async def _queue_masters(self, conn: AsyncConnection, items: list[tuple[ParsedInstance, str, int]]) -> None:
+    def _queue_masters(self, conn: Connection, items: list[tuple[ParsedInstance, str, int]]) -> None:
         now = time.time()
         jobs = [
             {"sop_uid": p.sop_uid, "blob_key": key, "state": "pending", "attempts": 0, "reason": "", "updated_at": now}
             for p, key, _ in items if p.master_candidate
         ]
-        await self._upsert(conn, J, "sop_uid", jobs)
+        self._upsert(conn, J, "sop_uid", jobs)
         others = [p.sop_uid for p, _, _ in items if not p.master_candidate]
         if others:
-            await conn.execute(delete(J).where(J.c.sop_uid.in_(others)))
+            conn.execute(delete(J).where(J.c.sop_uid.in_(others)))
 
     # ---- the master queue ----------------------------------------------------------------------
 
@@ -247,16 +276,14 @@ class Index:
         return [(r.sop_uid, r.blob_key, r.attempts) for r in rows]
 
     async def count_attempt(self, sop: str) -> None:
-        async with self._write_lock, self.engine.begin() as conn:
-            await conn.execute(update(J).where(J.c.sop_uid == sop).values(attempts=J.c.attempts + 1))
+        stmt = update(J).where(J.c.sop_uid == sop).values(attempts=J.c.attempts + 1)
+        await self._write(lambda conn: conn.execute(stmt))
 
     async def keep_as_received(self, sop: str, blob_key: str, reason: str) -> None:
         """The instance stays as received; remember why (the job is not retried)."""
-        async with self._write_lock, self.engine.begin() as conn:
-            await conn.execute(
-                update(J).where((J.c.sop_uid == sop) & (J.c.blob_key == blob_key))
-                .values(state="kept", reason=reason[:2000], updated_at=time.time())
-            )
+        stmt = (update(J).where((J.c.sop_uid == sop) & (J.c.blob_key == blob_key))
+                .values(state="kept", reason=reason[:2000], updated_at=time.time()))
+        await self._write(lambda conn: conn.execute(stmt))
 
     async def apply_master(
         self, received_key: str, master: ParsedInstance, master_key: str, size: int,
@@ -267,16 +294,19 @@ class Index:
         values.update(fidelity=orjson.dumps(fidelity), pixel_sha256=pixel_sha256)
         for key in ("sop_uid", "series_uid", "study_uid", "created_at"):
             values.pop(key)
-        async with self._write_lock, self.engine.begin() as conn:
-            result = await conn.execute(
+
+        def transaction(conn: Connection) -> bool:
+            result = conn.execute(
                 update(I).where((I.c.sop_uid == master.sop_uid) & (I.c.blob_key == received_key)).values(**values)
             )
-            await conn.execute(delete(J).where((J.c.sop_uid == master.sop_uid) & (J.c.blob_key == received_key)))
-        return result.rowcount == 1
+            conn.execute(delete(J).where((J.c.sop_uid == master.sop_uid) & (J.c.blob_key == received_key)))
+            return result.rowcount == 1
+
+        return await self._write(transaction)
 
     async def drop_job(self, sop: str, blob_key: str) -> None:
-        async with self._write_lock, self.engine.begin() as conn:
-            await conn.execute(delete(J).where((J.c.sop_uid == sop) & (J.c.blob_key == blob_key)))
+        stmt = delete(J).where((J.c.sop_uid == sop) & (J.c.blob_key == blob_key))
+        await self._write(lambda conn: conn.execute(stmt))
 
     async def job_counts(self) -> dict[str, int]:
         async with self.engine.connect() as conn:
@@ -340,12 +370,15 @@ class Index:
     async def delete(self, study: str, series: str | None = None, sop: str | None = None) -> list[str]:
         """Remove rows; returns the blob keys to delete (after the rows are gone)."""
         cond = _scope(study, series, sop)
-        async with self._write_lock, self.engine.begin() as conn:
-            rows = (await conn.execute(select(I.c.blob_key, I.c.series_uid).where(cond))).all()
+
+        def transaction(conn: Connection) -> list[str]:
+            rows = conn.execute(select(I.c.blob_key, I.c.series_uid).where(cond)).all()
             if not rows:
                 return []
-            await conn.execute(delete(I).where(cond))
+            conn.execute(delete(I).where(cond))
             sops = select(I.c.sop_uid)  # jobs of deleted instances go too
-            await conn.execute(delete(J).where(J.c.sop_uid.not_in(sops)))
-            await self._refresh_counts(conn, {study}, {r.series_uid for r in rows})
-        return [r.blob_key for r in rows]
+            conn.execute(delete(J).where(J.c.sop_uid.not_in(sops)))
+            self._refresh_counts(conn, {study}, {r.series_uid for r in rows})
+            return [r.blob_key for r in rows]
+
+        return await self._write(transaction)
