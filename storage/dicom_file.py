@@ -244,6 +244,17 @@ def parse_instance(path: Path, *, bulk_data_threshold: int = 1024) -> ParsedInst
     return parsed
 
 
+def parse_files(paths: list[Path], bulk_data_threshold: int) -> list[ParsedInstance | InvalidInstance]:
+    """parse_instance for several files; a file that cannot be stored gives its InvalidInstance."""
+    out: list[ParsedInstance | InvalidInstance] = []
+    for path in paths:
+        try:
+            out.append(parse_instance(path, bulk_data_threshold=bulk_data_threshold))
+        except InvalidInstance as exc:
+            out.append(exc)
+    return out
+
+
 def _parse(ds: Dataset, path: Path, threshold: int) -> ParsedInstance:
     study, series, sop = (_uid(ds, k) for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"))
     sop_class = _uid(ds, "SOPClassUID")
