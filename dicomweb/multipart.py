@@ -10,7 +10,6 @@ from __future__ import annotations
 import enum
 import hashlib
 import os
-import tempfile
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -304,8 +303,10 @@ class _Parser:
                 raise MultipartError("multipart body ends before the closing boundary (truncated)")
 
     def _create_temp_file(self) -> tuple[str, BinaryIO]:
-        # Synchronous on purpose, like _write: creating a local file is cheap.
-        fd, path = tempfile.mkstemp(prefix="part-", suffix=".tmp", dir=self.tmpdir)
+        # Synchronous on purpose, like _write: creating a local file is cheap. The folder is this
+        # request's own, so a counter names the files (O_EXCL still refuses to reuse one).
+        path = os.path.join(self.tmpdir, f"part-{len(self.created) + 1}.tmp")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         self.created.append(path)
         return path, open(fd, "wb")
 
@@ -375,7 +376,7 @@ async def read_multipart(
     max_part_size: int | None = None,
     max_parts: int = 10000,
 ) -> list[Part]:
-    """Parse a multipart body, spooling each part to a temp file in ``tmpdir``.
+    """Parse a multipart body, spooling each part to a temp file in ``tmpdir`` (a folder of its own).
 
     The caller owns the returned files (see :func:`cleanup`). On any error,
     including cancellation, every file created so far is removed first.

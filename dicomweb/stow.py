@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 from pathlib import Path
@@ -119,7 +120,9 @@ async def _store(request: Request, archive: Archive, study: str | None, tmpdir: 
                 paths.append(Path(part.path))
         outcomes = await archive.ingest(paths, study) + refused
     finally:
-        shutil.rmtree(tmpdir, ignore_errors=True)
+        # Stored files were moved out; what is left are refused parts. Off the event loop: unlinks wait
+        # for the file system journal.
+        await asyncio.to_thread(shutil.rmtree, tmpdir, True)
     n_ok = sum(o.stored for o in outcomes)
     status = 200 if n_ok == len(outcomes) else 202 if n_ok else 409
     body = orjson.dumps(_response_body(outcomes, study))

@@ -47,21 +47,22 @@ class LocalBlobStore:
         return self.root / key
 
     def _place(self, key: str, src: Path) -> int:
-        """Link (or copy) `src` under a temporary name, fsync it, rename it to `key`."""
+        """Move (or copy) `src` to a temporary name, fsync it, rename it to `key`. `src` is consumed."""
         dest = self.local_path(key)
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.with_name(dest.name + f".tmp{os.getpid()}")
         try:
-            os.link(src, tmp)  # same file system: no copy
+            os.rename(src, tmp)  # same file system: no copy, and nothing left to delete afterwards
         except OSError:
             shutil.copyfile(src, tmp)
+            os.unlink(src)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, dest)
         return dest.stat().st_size
 
     async def put_files(self, items: list[tuple[str, Path]]) -> list[int | BaseException]:
-        """Store several files durably; each result is its size or the error that stopped it.
+        """Store several files durably (consuming them); each result is its size or the error that stopped it.
 
         Files are written in parallel (fsync releases the GIL), then each folder they went into is
         fsynced once, so a series uploaded together costs one directory sync, not one per file."""
@@ -96,8 +97,12 @@ class LocalBlobStore:
             return self.read_sync(key, offset, length)
         return await asyncio.to_thread(self.read_sync, key, offset, length)
 
-    async def delete(self, key: str) -> None:
+    def _delete(self, key: str) -> None:
         try:
             os.unlink(self.local_path(key))
         except FileNotFoundError:
             pass
+
+    async def delete(self, key: str) -> None:
+        # In a thread: an unlink waits for the file system journal, which fsyncs keep busy.
+        await self._run(self._delete, key)

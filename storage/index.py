@@ -122,6 +122,7 @@ class Index:
         self.is_sqlite = self.engine.dialect.name == "sqlite"
         # SQLite allows one writer; queueing writers here is cheaper than SQLITE_BUSY retries.
         self._write_lock = asyncio.Lock()
+        self._upserts: dict[tuple[str, tuple[str, ...]], Any] = {}
         # On an SQLite file, write transactions run whole in one thread on a plain sqlite3 connection.
         # Through aiosqlite every statement is a round trip through the event loop, and while an upload
         # keeps the loop busy each trip waits its turn, with the only write lock held meanwhile.
@@ -172,9 +173,15 @@ class Index:
     def _upsert(self, conn: Connection, table, key: str, rows: list[dict[str, Any]]) -> None:
         if not rows:
             return
-        stmt = self._insert(table)
-        keep = {c: stmt.excluded[c] for c in rows[0] if c != key}
-        conn.execute(stmt.on_conflict_do_update(index_elements=[key], set_=keep), rows)
+        columns = tuple(rows[0])
+        stmt = self._upserts.get((table.name, columns))
+        if stmt is None:
+            # Built once per table and column set: building `excluded` proxies every column of the table,
+            # which cost more than executing the statement.
+            insert = self._insert(table)
+            keep = {c: insert.excluded[c] for c in columns if c != key}
+            stmt = self._upserts[(table.name, columns)] = insert.on_conflict_do_update(index_elements=[key], set_=keep)
+        conn.execute(stmt, rows)
 
     async def store(self, items: list[tuple[ParsedInstance, str, int]]) -> list[str]:
         """Index stored instances in one transaction; returns blob keys that the rows no longer use."""
