@@ -15,17 +15,21 @@ from typing import Any
 
 import orjson
 import pydicom
+from pydicom.datadict import tag_for_keyword
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
 from storage.dicom_json import dataset_json
 from storage.tags import is_series_level, is_study_level, tag_hex
-from storage.transcode import frame_size
+from storage.transcode import native_frame_size
 from storage.uids import is_valid_uid
 from storage.values import json_int, json_text, normalize_time
 
 PIXEL_DATA = 0x7FE00010
+# Image attributes, as DICOM JSON keys.
+SAMPLES_PER_PIXEL, PHOTOMETRIC, NUMBER_OF_FRAMES = "00280002", "00280004", "00280008"
+ROWS, COLUMNS, BITS_ALLOCATED, BITS_STORED = "00280010", "00280011", "00280100", "00280101"
 PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)
 BULK_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
 # Written into stored metadata in place of the public base URL, replaced when serving, so a server
@@ -93,10 +97,16 @@ def read_dataset(path: Path) -> Dataset:
 
 
 def _uid(ds: Dataset, keyword: str) -> str:
-    try:
-        value = ds.get(keyword)
-    except Exception:  # noqa: BLE001 - a corrupt element reads as missing
-        value = None
+    # Read from the raw bytes when possible: pydicom's conversion would replace the raw element by a
+    # DataElement, which then takes the slow road to JSON.
+    raw = ds._dict.get(tag_for_keyword(keyword))
+    if isinstance(raw, RawDataElement) and isinstance(raw.value, bytes):
+        value = raw.value.decode("latin-1").rstrip("\x00 ")
+    else:
+        try:
+            value = ds.get(keyword)
+        except Exception:  # noqa: BLE001 - a corrupt element reads as missing
+            value = None
     if not value:
         raise InvalidInstance(f"missing {keyword}")
     text = str(value).strip().rstrip("\x00")
@@ -117,21 +127,29 @@ def _transfer_syntax(ds: Dataset) -> str:
 
 
 def _level_subset(meta: dict[str, Any], wanted) -> dict[str, Any]:
-    return {k: v for k, v in meta.items() if wanted(int(k, 16))}
+    return {k: v for k, v in meta.items() if wanted(k)}
 
 
-def _native_frames(ds: Dataset, raw: RawDataElement, file_size: int) -> list[list[tuple[int, int]]]:
+def _first(meta: dict[str, Any], key: str) -> Any:
+    """The first value of an attribute in DICOM JSON, None when absent or empty."""
+    values = meta.get(key, {}).get("Value")
+    return values[0] if values else None
+
+
+def _native_frames(meta: dict[str, Any], raw: RawDataElement, file_size: int,
+                   nframes: int) -> list[list[tuple[int, int]]]:
     length = raw.length
     if raw.value_tell + length > file_size:
         raise InvalidInstance("truncated file: pixel data runs past the end of the file")
-    nframes = int(ds.get("NumberOfFrames", 1) or 1)
-    if int(ds.BitsAllocated) == 1:
+    rows, columns, bits = int(_first(meta, ROWS)), int(_first(meta, COLUMNS)), int(_first(meta, BITS_ALLOCATED))
+    if bits == 1:
         # Bit-packed frames need not start on byte boundaries: serve the whole value as one piece.
-        expected = (int(ds.Rows) * int(ds.Columns) * nframes + 7) // 8
+        expected = (rows * columns * nframes + 7) // 8
         if length < expected:
             raise InvalidInstance(f"truncated pixel data: {length} bytes, expected {expected}")
         return [[(raw.value_tell, length)]] if nframes == 1 else []
-    size = frame_size(ds)
+    size = native_frame_size(rows, columns, int(_first(meta, SAMPLES_PER_PIXEL) or 1),
+                             str(_first(meta, PHOTOMETRIC) or ""), bits)
     if length < size * nframes:
         raise InvalidInstance(f"truncated pixel data: {length} bytes for {nframes} frame(s) of {size}")
     return [[(raw.value_tell + i * size, size)] for i in range(nframes)]
@@ -166,14 +184,13 @@ def parse_fragments(value: bytes, value_offset: int) -> tuple[list[int], list[tu
 _FRAME_STARTS = (b"\xff\xd8", b"\xff\x4f\xff\x51", b"\x00\x00\x00\x0cjP")
 
 
-def _encapsulated_frames(ds: Dataset, path: Path, raw) -> list[list[tuple[int, int]]]:
+def _encapsulated_frames(ds: Dataset, path: Path, raw, nframes: int) -> list[list[tuple[int, int]]]:
     value = raw.value
     if value is None:
         with open(path, "rb") as fh:
             fh.seek(raw.value_tell)
             value = fh.read(raw.length) if raw.length != 0xFFFFFFFF else fh.read()
     bot, fragments = parse_fragments(value, raw.value_tell)
-    nframes = int(ds.get("NumberOfFrames", 1) or 1)
     if not fragments:
         raise InvalidInstance("encapsulated pixel data has no fragments")
     if nframes == 1:
@@ -208,16 +225,16 @@ def _encapsulated_frames(ds: Dataset, path: Path, raw) -> list[list[tuple[int, i
     return frames
 
 
-def is_master_candidate(ds: Dataset, ts: str, number_of_frames: int) -> bool:
+def is_master_candidate(meta: dict[str, Any], ts: str, number_of_frames: int) -> bool:
     """Pixel data that can be held losslessly as a layered JPEG 2000 master (checked again, exactly,
-    when the master is made: this only decides whether to try)."""
+    when the master is made: this only decides whether to try). `meta` is the instance's DICOM JSON."""
     if ts not in LOSSLESS_INPUTS or number_of_frames < 1:
         return False
     try:
-        spp = int(ds.get("SamplesPerPixel", 1) or 1)
-        bits = int(ds.BitsAllocated)
-        stored = int(ds.get("BitsStored", bits) or bits)
-        photometric = str(ds.get("PhotometricInterpretation", "")).strip()
+        spp = int(_first(meta, SAMPLES_PER_PIXEL) or 1)
+        bits = int(_first(meta, BITS_ALLOCATED))
+        stored = int(_first(meta, BITS_STORED) or bits)
+        photometric = str(_first(meta, PHOTOMETRIC) or "").strip()
     except (TypeError, ValueError):
         return False
     return bits in (8, 16) and 2 <= stored <= 16 and photometric in MASTER_PHOTOMETRICS.get(spp, set())
@@ -239,7 +256,6 @@ def parse_instance(path: Path, *, bulk_data_threshold: int = 1024) -> ParsedInst
         raise
     except Exception as exc:  # noqa: BLE001 - a corrupt element deep in the file
         raise InvalidInstance(f"unreadable dataset: {type(exc).__name__}: {exc}") from None
-    parsed.master_candidate = is_master_candidate(ds, parsed.transfer_syntax, parsed.number_of_frames)
     parsed.sha256 = parsed.instance_row["sha256"] = file_sha256(path)
     return parsed
 
@@ -261,19 +277,6 @@ def _parse(ds: Dataset, path: Path, threshold: int) -> ParsedInstance:
     ts = _transfer_syntax(ds)
     file_size = path.stat().st_size
 
-    frames: list[list[tuple[int, int]]] = []
-    encapsulated = False
-    raw = ds._dict.get(PIXEL_DATA)
-    # In a deflated file, offsets point into the inflated stream: frames are decoded on request.
-    has_image = "Rows" in ds and "BitsAllocated" in ds
-    number_of_frames = int(ds.get("NumberOfFrames", 1) or 1) if raw is not None and has_image else 0
-    if isinstance(raw, RawDataElement) and has_image and ts != DEFLATED:
-        encapsulated = raw.length == 0xFFFFFFFF
-        if encapsulated:
-            frames = _encapsulated_frames(ds, path, raw)
-        else:
-            frames = _native_frames(ds, raw, file_size)
-
     # Pixel data is described by its frames, never loaded for the JSON: set it aside meanwhile.
     pixel_elems = {t: ds._dict.pop(t) for t in PIXEL_TAGS if t in ds._dict}
     base = instance_path(study, series, sop)
@@ -288,6 +291,20 @@ def _parse(ds: Dataset, path: Path, threshold: int) -> ParsedInstance:
     meta = dict(sorted(meta.items()))
     # Serialised here, so a value orjson cannot encode refuses the instance at ingest.
     metadata_json = orjson.dumps(meta)
+
+    # The image attributes are read from the JSON: asking pydicom would convert each element again.
+    frames: list[list[tuple[int, int]]] = []
+    encapsulated = False
+    raw = ds._dict.get(PIXEL_DATA)
+    has_image = ROWS in meta and BITS_ALLOCATED in meta
+    number_of_frames = int(_first(meta, NUMBER_OF_FRAMES) or 1) if raw is not None and has_image else 0
+    # In a deflated file, offsets point into the inflated stream: frames are decoded on request.
+    if isinstance(raw, RawDataElement) and has_image and ts != DEFLATED:
+        encapsulated = raw.length == 0xFFFFFFFF
+        if encapsulated:
+            frames = _encapsulated_frames(ds, path, raw, number_of_frames)
+        else:
+            frames = _native_frames(meta, raw, file_size, number_of_frames)
 
     inst_attrs = {k: v for k, v in meta.items() if "BulkDataURI" not in v and "InlineBinary" not in v}
     study_attrs = _level_subset(inst_attrs, is_study_level)
@@ -317,6 +334,7 @@ def _parse(ds: Dataset, path: Path, threshold: int) -> ParsedInstance:
         frames=frames,
         encapsulated=encapsulated,
         number_of_frames=number_of_frames,
+        master_candidate=is_master_candidate(meta, ts, number_of_frames),
     )
 
 

@@ -21,13 +21,18 @@ SERIES_TAGS = frozenset(
 )
 
 
-def is_study_level(tag: int) -> bool:
+_STUDY_KEYS = frozenset(f"{t:08X}" for t in STUDY_TAGS)
+_SERIES_KEYS = frozenset(f"{t:08X}" for t in SERIES_TAGS)
+
+
+def is_study_level(key: str) -> bool:
+    """Whether the attribute with this DICOM JSON key (e.g. "00100010") is kept at study level."""
     # The whole Patient module (group 0010) is returned at study level.
-    return tag in STUDY_TAGS or (tag >> 16) == 0x0010
+    return key in _STUDY_KEYS or key.startswith("0010")
 
 
-def is_series_level(tag: int) -> bool:
-    return tag in SERIES_TAGS
+def is_series_level(key: str) -> bool:
+    return key in _SERIES_KEYS
 
 
 def tag_hex(tag: int) -> str:

@@ -87,10 +87,14 @@ def _write(out: io.BytesIO, ds: Dataset, transfer_syntax: str) -> None:
 
 def frame_size(ds: Dataset) -> int:
     """Bytes of one native frame (odd-length pixel data carries a pad byte that belongs to no frame)."""
-    spp = int(ds.get("SamplesPerPixel", 1) or 1)
-    if str(ds.get("PhotometricInterpretation", "")).startswith("YBR_FULL_42") and spp == 3:
-        spp = 2  # 4:2:2 stores two samples per pixel
-    return int(ds.Rows) * int(ds.Columns) * spp * int(ds.BitsAllocated) // 8
+    return native_frame_size(int(ds.Rows), int(ds.Columns), int(ds.get("SamplesPerPixel", 1) or 1),
+                             str(ds.get("PhotometricInterpretation", "")), int(ds.BitsAllocated))
+
+
+def native_frame_size(rows: int, columns: int, samples: int, photometric: str, bits_allocated: int) -> int:
+    if photometric.startswith("YBR_FULL_42") and samples == 3:
+        samples = 2  # 4:2:2 stores two samples per pixel
+    return rows * columns * samples * bits_allocated // 8
 
 
 def frame_native(path: Path, index: int) -> bytes:
