@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import os
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -160,7 +160,8 @@ class _Source:
 
 class _Parser:
     def __init__(
-        self, source: _Source, boundary: bytes, tmpdir: str, max_part_size: int | None, max_parts: int
+        self, source: _Source, boundary: bytes, tmpdir: str, max_part_size: int | None, max_parts: int,
+        on_part: Callable[[Part], None] | None = None,
     ) -> None:
         self.src = source
         self.dash_boundary = b"--" + boundary
@@ -169,6 +170,7 @@ class _Parser:
         self.max_part_size = max_part_size
         self.max_parts = max_parts
         self.parts: list[Part] = []
+        self.on_part = on_part
         self.created: list[str] = []  # every temp file, including a half-written one
 
     async def run(self) -> list[Part]:
@@ -229,7 +231,10 @@ class _Parser:
             else:
                 headers = await self._read_headers()
                 size, kind = await self._read_body(out)
-        self.parts.append(Part(headers, headers.get("content-type"), path, size))
+        part = Part(headers, headers.get("content-type"), path, size)
+        self.parts.append(part)
+        if self.on_part is not None:
+            self.on_part(part)
         return kind
 
     async def _immediate_delimiter(self) -> _Delim | None:
@@ -375,13 +380,17 @@ async def read_multipart(
     *,
     max_part_size: int | None = None,
     max_parts: int = 10000,
+    on_part: Callable[[Part], None] | None = None,
 ) -> list[Part]:
     """Parse a multipart body, spooling each part to a temp file in ``tmpdir`` (a folder of its own).
+
+    ``on_part`` is called with each part as soon as its body is complete, while later parts are still
+    arriving (STOW-RS starts parsing them meanwhile).
 
     The caller owns the returned files (see :func:`cleanup`). On any error,
     including cancellation, every file created so far is removed first.
     """
-    parser = _Parser(_Source(chunks), _boundary_bytes(boundary), tmpdir, max_part_size, max_parts)
+    parser = _Parser(_Source(chunks), _boundary_bytes(boundary), tmpdir, max_part_size, max_parts, on_part)
     try:
         return await parser.run()
     except BaseException:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import aiofiles
@@ -26,7 +27,8 @@ def _media(content_type: str | None) -> str:
     return (content_type or "").split(";")[0].strip().lower()
 
 
-async def _receive(request: Request, tmpdir: str) -> list[Part]:
+async def _receive(request: Request, tmpdir: str, accept: Callable[[Part], None]) -> None:
+    """Spool the body's parts to files in `tmpdir`, handing each to `accept` as soon as it is complete."""
     settings = request.app.state.settings
     declared = request.headers.get("content-length")
     if declared is not None:
@@ -43,10 +45,11 @@ async def _receive(request: Request, tmpdir: str) -> list[Part]:
             raise HTTPError(415, f"multipart/related of type {part_type!r} is not supported: send application/dicom")
         try:
             boundary = boundary_from_content_type(content_type)
-            return await read_multipart(
+            await read_multipart(
                 request.stream(), boundary, tmpdir,
-                max_part_size=settings.max_upload_bytes, max_parts=settings.max_parts,
+                max_part_size=settings.max_upload_bytes, max_parts=settings.max_parts, on_part=accept,
             )
+            return
         except MultipartError as exc:
             raise HTTPError(400, f"malformed multipart body: {exc}") from None
     if media == DICOM:
@@ -58,7 +61,8 @@ async def _receive(request: Request, tmpdir: str) -> list[Part]:
                 if size > settings.max_upload_bytes:
                     raise HTTPError(413, "upload exceeds the size limit")
                 await fh.write(chunk)
-        return [Part(headers={"content-type": content_type}, content_type=content_type, path=path, size=size)]
+        accept(Part(headers={"content-type": content_type}, content_type=content_type, path=path, size=size))
+        return
     raise HTTPError(415, f"unsupported media type {media or '(none)'!r}: use multipart/related; type=\"application/dicom\"")
 
 
@@ -103,23 +107,29 @@ async def store(request: Request) -> Response:
 
 
 async def _store(request: Request, archive: Archive, study: str | None, tmpdir: str) -> Response:
+    batch = archive.batch(study)
+    refused: list[Outcome] = []
+
+    def accept(part: Part) -> None:
+        if _media(part.content_type) not in ("", DICOM):
+            refused.append(Outcome(False, failure_code=CANNOT_UNDERSTAND,
+                                   reason=f"part of type {_media(part.content_type)} is not application/dicom"))
+        elif part.size == 0:
+            refused.append(Outcome(False, failure_code=CANNOT_UNDERSTAND, reason="empty part"))
+        else:
+            batch.add(Path(part.path), part.size)
+
+    finished = False
     try:
         try:
-            parts = await _receive(request, tmpdir)
+            await _receive(request, tmpdir, accept)
         except ClientDisconnect:
             raise HTTPError(400, "client disconnected before the upload was complete") from None
-        paths: list[Path] = []
-        refused: list[Outcome] = []
-        for part in parts:
-            if _media(part.content_type) not in ("", DICOM):
-                refused.append(Outcome(False, failure_code=CANNOT_UNDERSTAND,
-                                       reason=f"part of type {_media(part.content_type)} is not application/dicom"))
-            elif part.size == 0:
-                refused.append(Outcome(False, failure_code=CANNOT_UNDERSTAND, reason="empty part"))
-            else:
-                paths.append(Path(part.path))
-        outcomes = await archive.ingest(paths, study) + refused
+        finished = True
+        outcomes = await batch.finish() + refused
     finally:
+        if not finished:
+            await batch.abandon()
         # Stored files were moved out; what is left are refused parts. Off the event loop: unlinks wait
         # for the file system journal.
         await asyncio.to_thread(shutil.rmtree, tmpdir, True)

@@ -139,14 +139,6 @@ class Archive:
         # Find the file that kills parsers: each one alone, so the others are still stored.
         return [r for p in paths for r in await self._parse_chunk([p], alone=True)]
 
-    async def _parse_all(self, paths: list[Path]) -> list[Parsed]:
-        """Parse files in parallel, one task per parser process rather than per file: every task costs
-        pickling and pipe round trips, a fifth of the parsing itself for a CT slice."""
-        n = min(len(paths), self._parser_count)
-        bounds = [round(i * len(paths) / n) for i in range(n + 1)]
-        chunks = await asyncio.gather(*(self._parse_chunk(paths[bounds[i]:bounds[i + 1]]) for i in range(n)))
-        return [result for chunk in chunks for result in chunk]
-
     def _check(self, result: Parsed, path: Path,
                expected_study: str | None) -> tuple[Outcome, ParsedInstance | None]:
         """The outcome of one parsed file, refused if it does not belong where it was sent."""
@@ -164,9 +156,19 @@ class Archive:
             return outcome, None
         return outcome, result
 
+    def batch(self, expected_study: str | None = None) -> IngestBatch:
+        """Start storing files that arrive one by one (an upload): see IngestBatch."""
+        return IngestBatch(self, expected_study)
+
     async def ingest(self, paths: list[Path], expected_study: str | None = None) -> list[Outcome]:
-        """Store files; each is accepted or refused on its own. Files are consumed (moved or linked)."""
-        parsed_files = await self._parse_all(paths) if paths else []
+        """Store files; each is accepted or refused on its own. Files are consumed (moved)."""
+        batch = self.batch(expected_study)
+        for path in paths:
+            batch.add(path)
+        return await batch.finish()
+
+    async def _store_parsed(self, paths: list[Path], parsed_files: list[Parsed],
+                            expected_study: str | None) -> list[Outcome]:
         prepared = [self._check(r, p, expected_study) for r, p in zip(parsed_files, paths, strict=True)]
         outcomes = [o for o, _ in prepared]
         # The same SOP Instance twice in one request: the last copy wins, stored once.
@@ -273,6 +275,49 @@ class Archive:
         for key in keys:
             await self.forget_blob(key)
         return len(keys)
+
+
+class IngestBatch:
+    """Files of one upload, parsed while the rest of it is still arriving, then stored together.
+
+    Parsing starts for every group of files as soon as the group is complete, so the parser processes
+    work during the upload instead of after it. Groups rather than single files: each task sent to a
+    parser process costs pickling and pipe round trips, a fifth of the parsing itself for a CT slice."""
+
+    GROUP_FILES = 8
+    GROUP_BYTES = 2 << 20
+
+    def __init__(self, archive: Archive, expected_study: str | None) -> None:
+        self.archive = archive
+        self.expected_study = expected_study
+        self._paths: list[Path] = []
+        self._group: list[Path] = []
+        self._group_bytes = 0
+        self._parsing: list[asyncio.Future[list[Parsed]]] = []
+
+    def add(self, path: Path, size: int | None = None) -> None:
+        self._paths.append(path)
+        self._group.append(path)
+        self._group_bytes += size if size is not None else path.stat().st_size
+        if len(self._group) >= self.GROUP_FILES or self._group_bytes >= self.GROUP_BYTES:
+            self._start_group()
+
+    def _start_group(self) -> None:
+        if self._group:
+            self._parsing.append(asyncio.ensure_future(self.archive._parse_chunk(self._group)))
+            self._group, self._group_bytes = [], 0
+
+    async def finish(self) -> list[Outcome]:
+        """Store every file added; one outcome per file, in order."""
+        self._start_group()
+        parsed = [r for group in await asyncio.gather(*self._parsing) for r in group]
+        return await self.archive._store_parsed(self._paths, parsed, self.expected_study)
+
+    async def abandon(self) -> None:
+        """The upload failed: cancel parsing already started (it has no effects), store nothing."""
+        for future in self._parsing:
+            future.cancel()
+        await asyncio.gather(*self._parsing, return_exceptions=True)
 
 
 class ByteLRU:

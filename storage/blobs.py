@@ -17,10 +17,23 @@ from typing import Protocol
 
 class BlobStore(Protocol):
     async def put_file(self, key: str, src: Path) -> int: ...
+    def _place_each(self, items: list[tuple[str, Path]]) -> list[int | BaseException]:
+        results: list[int | BaseException] = []
+        for key, src in items:
+            try:
+                results.append(self._place(key, src))
+            except OSError as exc:
+                results.append(exc)
+        return results
+
     async def put_files(self, items: list[tuple[str, Path]]) -> list[int | BaseException]: ...
     async def read(self, key: str, offset: int = 0, length: int | None = None) -> bytes: ...
     async def delete(self, key: str) -> None: ...
     def local_path(self, key: str) -> Path | None: ...
+
+
+# Files of one put_files call written in parallel.
+PUT_PARALLEL = 4
 
 
 def _fsync_dir(path: Path) -> None:
@@ -32,7 +45,7 @@ def _fsync_dir(path: Path) -> None:
 
 
 class LocalBlobStore:
-    def __init__(self, root: Path, io_threads: int = 32) -> None:
+    def __init__(self, root: Path, io_threads: int = 16) -> None:
         self.root = root
         self.root.mkdir(parents=True, exist_ok=True)
         # fsync waits on the disk, not the CPU: many of them in flight keep uploads moving.
@@ -61,14 +74,27 @@ class LocalBlobStore:
         os.replace(tmp, dest)
         return dest.stat().st_size
 
+    def _place_each(self, items: list[tuple[str, Path]]) -> list[int | BaseException]:
+        results: list[int | BaseException] = []
+        for key, src in items:
+            try:
+                results.append(self._place(key, src))
+            except OSError as exc:
+                results.append(exc)
+        return results
+
     async def put_files(self, items: list[tuple[str, Path]]) -> list[int | BaseException]:
         """Store several files durably (consuming them); each result is its size or the error that stopped it.
 
-        Files are written in parallel (fsync releases the GIL), then each folder they went into is
-        fsynced once, so a series uploaded together costs one directory sync, not one per file."""
-        results: list[int | BaseException] = list(await asyncio.gather(
-            *(self._run(self._place, key, src) for key, src in items), return_exceptions=True
-        ))
+        Files are written a few at a time in parallel: concurrent fsyncs share journal commits, and a
+        few threads each taking a share wake far less often than a thread per file. Then each folder they
+        went into is fsynced once, so a series uploaded together costs one directory sync, not one per file."""
+        if not items:
+            return []
+        n = min(len(items), PUT_PARALLEL)
+        bounds = [round(i * len(items) / n) for i in range(n + 1)]
+        chunks = await asyncio.gather(*(self._run(self._place_each, items[bounds[i]:bounds[i + 1]]) for i in range(n)))
+        results = [r for chunk in chunks for r in chunk]
         folders = sorted({self.local_path(key).parent for key, _ in items})
         synced = await asyncio.gather(*(self._run(_fsync_dir, d) for d in folders), return_exceptions=True)
         for folder, outcome in zip(folders, synced, strict=True):

@@ -484,3 +484,23 @@ async def test_round_trip(tmp_path: Path) -> None:
         {"content-type": "application/dicom", "content-location": f"/i/{i}"} for i in range(5)
     ]
     cleanup(read)
+
+
+@pytest.mark.asyncio
+async def test_each_part_is_handed_over_as_soon_as_it_is_complete(tmp_path: Path) -> None:
+    payloads = [b"a" * 1000, b"b" * 200_000, b"c" * 10]
+    data = encode_multipart(B, [("application/dicom", p, {}) for p in payloads])
+    seen: list[tuple[int, int]] = []  # (part size, body bytes consumed so far) at each hand-over
+    consumed = 0
+
+    async def stream():
+        nonlocal consumed
+        for i in range(0, len(data), 4096):
+            consumed = i + 4096
+            yield data[i:i + 4096]
+
+    parts = await read_multipart(stream(), B, str(tmp_path), on_part=lambda p: seen.append((p.size, consumed)))
+    assert [size for size, _ in seen] == [len(p) for p in payloads]
+    # The first part was handed over long before the body ended.
+    assert seen[0][1] < len(data) // 2
+    cleanup(parts)

@@ -135,6 +135,19 @@ def test_truncated_body_is_400_and_stores_nothing(client: httpx.Client) -> None:
     assert not study_exists(client, study)
 
 
+def test_body_truncated_after_many_parts_stores_nothing(client: httpx.Client, server) -> None:
+    """Parsing starts while the upload arrives; an upload that then breaks still stores nothing and
+    leaves no files behind."""
+    study = generate_uid()
+    body = multipart_body([new_uids(CT, study=study) for _ in range(20)], boundary="b0undary")
+    r = client.post("/studies", content=body[: len(body) - len(CT) // 2], headers={"Content-Type": MULTI})
+    assert r.status_code == 400
+    assert "truncated" in r.json()["error"]
+    assert not study_exists(client, study)
+    assert not any(p.is_file() for p in (server.data_dir / "tmp").rglob("*"))
+    assert stow(client, [new_uids(CT, study=study)]).status_code == 200
+
+
 def test_body_without_any_boundary_is_400(client: httpx.Client) -> None:
     r = client.post("/studies", content=CT, headers={"Content-Type": MULTI})
     assert r.status_code == 400
