@@ -248,7 +248,13 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def parse_instance(path: Path, *, bulk_data_threshold: int = 1024) -> ParsedInstance:
+def parse_instance(path: Path, *, bulk_data_threshold: int = 1024, checksum_candidates: bool = True) -> ParsedInstance:
+    """Everything the index needs about one file, and its SHA-256.
+
+    With `checksum_candidates` false (ingest), a file that will become a master gets no checksum here:
+    its master replaces it within minutes, checked pixel by pixel against it, and gets its own; should
+    no master be made, the master queue computes the received file's checksum then. Hashing a 512x512
+    CT slice costs a third of parsing it, on the path an upload waits for."""
     ds = read_dataset(path)
     try:
         parsed = _parse(ds, path, bulk_data_threshold)
@@ -256,16 +262,17 @@ def parse_instance(path: Path, *, bulk_data_threshold: int = 1024) -> ParsedInst
         raise
     except Exception as exc:  # noqa: BLE001 - a corrupt element deep in the file
         raise InvalidInstance(f"unreadable dataset: {type(exc).__name__}: {exc}") from None
-    parsed.sha256 = parsed.instance_row["sha256"] = file_sha256(path)
+    if checksum_candidates or not parsed.master_candidate:
+        parsed.sha256 = parsed.instance_row["sha256"] = file_sha256(path)
     return parsed
 
 
 def parse_files(paths: list[Path], bulk_data_threshold: int) -> list[ParsedInstance | InvalidInstance]:
-    """parse_instance for several files; a file that cannot be stored gives its InvalidInstance."""
+    """parse_instance for several received files; a file that cannot be stored gives its InvalidInstance."""
     out: list[ParsedInstance | InvalidInstance] = []
     for path in paths:
         try:
-            out.append(parse_instance(path, bulk_data_threshold=bulk_data_threshold))
+            out.append(parse_instance(path, bulk_data_threshold=bulk_data_threshold, checksum_candidates=False))
         except InvalidInstance as exc:
             out.append(exc)
     return out
@@ -330,6 +337,7 @@ def _parse(ds: Dataset, path: Path, threshold: int) -> ParsedInstance:
             "frames": orjson.dumps(frames),
             "attrs": orjson.dumps(inst_attrs),
             "metadata": metadata_json,
+            "sha256": "",
         },
         frames=frames,
         encapsulated=encapsulated,

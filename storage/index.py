@@ -286,11 +286,18 @@ class Index:
         stmt = update(J).where(J.c.sop_uid == sop).values(attempts=J.c.attempts + 1)
         await self._write(lambda conn: conn.execute(stmt))
 
-    async def keep_as_received(self, sop: str, blob_key: str, reason: str) -> None:
-        """The instance stays as received; remember why (the job is not retried)."""
-        stmt = (update(J).where((J.c.sop_uid == sop) & (J.c.blob_key == blob_key))
-                .values(state="kept", reason=reason[:2000], updated_at=time.time()))
-        await self._write(lambda conn: conn.execute(stmt))
+    async def keep_as_received(self, sop: str, blob_key: str, reason: str, sha256: str) -> None:
+        """The instance stays as received; remember why (the job is not retried), and the checksum of
+        the received file, which ingest leaves to the master queue."""
+        job = (update(J).where((J.c.sop_uid == sop) & (J.c.blob_key == blob_key))
+               .values(state="kept", reason=reason[:2000], updated_at=time.time()))
+        checksum = update(I).where((I.c.sop_uid == sop) & (I.c.blob_key == blob_key)).values(sha256=sha256)
+
+        def transaction(conn: Connection) -> None:
+            conn.execute(job)
+            conn.execute(checksum)
+
+        await self._write(transaction)
 
     async def apply_master(
         self, received_key: str, master: ParsedInstance, master_key: str, size: int,

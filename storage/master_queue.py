@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 from storage.codec import MasterNotPossible
+from storage.dicom_file import file_sha256
 from storage.masters import make_master
 
 if TYPE_CHECKING:
@@ -133,10 +134,15 @@ class MasterQueue:
         except Exception:
             log.exception("master job for %s failed; it will be retried", sop)
 
+    async def _keep(self, sop: str, key: str, reason: str) -> None:
+        checksum = await asyncio.get_running_loop().run_in_executor(
+            self.pool, file_sha256, self.archive.blobs.local_path(key))
+        await self.archive.index.keep_as_received(sop, key, reason, checksum)
+
     async def _one(self, sop: str, key: str, attempts: int) -> None:
         index, blobs = self.archive.index, self.archive.blobs
         if attempts >= MAX_ATTEMPTS:
-            await index.keep_as_received(sop, key, f"gave up after {attempts} attempts")
+            await self._keep(sop, key, f"gave up after {attempts} attempts")
             return
         if await index.current_blob(sop) != key:
             await index.drop_job(sop, key)  # replaced or deleted meanwhile
@@ -149,11 +155,11 @@ class MasterQueue:
             )
         except MasterNotPossible as exc:
             log.info("instance %s kept as received: %s", sop, exc)
-            await index.keep_as_received(sop, key, str(exc))
+            await self._keep(sop, key, str(exc))
             return
         except Exception as exc:  # noqa: BLE001 - an encoder failure keeps the instance as received
             log.warning("encoder failure for %s, kept as received: %s", sop, exc)
-            await index.keep_as_received(sop, key, f"encoder failure: {type(exc).__name__}: {exc}")
+            await self._keep(sop, key, f"encoder failure: {type(exc).__name__}: {exc}")
             return
         new_key = self.archive.new_blob_key(master.parsed.series_uid, sop)
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import shutil
@@ -128,6 +129,10 @@ async def test_forced_failure_keeps_instance_as_received(
             state = await archive.index.job_state(outcome.sop_uid)
             assert state[0] == "kept"
             assert ("encoder failure" in state[1]) if fault == "encoder" else ("does not decode" in state[1])
+        # Ingest left the checksum to the master queue, which computed it when it kept the file.
+        checksums = {sop: sha for sop, _, sha, _, _ in await archive.index.checksums()}
+        assert checksums == {o.sop_uid: hashlib.sha256(p.read_bytes()).hexdigest() for p, o in zip(paths, outcomes)}
+        assert (await verify_archive(archive)).ok
         assert not list((archive.settings.tmp_dir).glob("*.dcm")), "no master file left behind"
     finally:
         await archive.close()
@@ -140,6 +145,8 @@ async def test_queue_survives_restart(tmp_path: Path) -> None:
     paths = copies(CT, 3, tmp_path)
     outcomes = await ingest_copies(archive, paths, tmp_path)
     assert (await archive.index.job_counts()) == {"pending": 3}
+    # Files waiting for their master have no checksum yet: the master gets one.
+    assert {sha for _, _, sha, _, _ in await archive.index.checksums()} == {""}
     await archive.close()  # "crash" before any master was made
 
     archive = Archive(cfg)
@@ -148,8 +155,10 @@ async def test_queue_survives_restart(tmp_path: Path) -> None:
         await archive.masters.drain()
         assert (await archive.index.job_counts()) == {}
         for path, outcome in zip(paths, outcomes, strict=True):
-            ds, _ = await stored_dataset(archive, outcome.sop_uid)
+            ds, data = await stored_dataset(archive, outcome.sop_uid)
             assert ds.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.90"
+            checksums = {sop: sha for sop, _, sha, _, _ in await archive.index.checksums()}
+            assert checksums[outcome.sop_uid] == hashlib.sha256(data).hexdigest()
             assert np.array_equal(ds.pixel_array, pydicom.dcmread(path).pixel_array)
     finally:
         await archive.close()
