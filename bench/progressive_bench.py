@@ -4,8 +4,8 @@ Run from the repository: ``python -m bench.progressive_bench [--quick]``.
 
 Both servers get the same corpus (the 300-slice CT and the WG04 CR of bench/corpus.py) by STOW-RS. Then:
 
-0. STOW-RS rate of the CT series and the CR into each server, the time until every master is made, and
-   the bytes each server then keeps.
+0. STOW-RS rate of the CT series and the CR into each server (in alternating slices, as bench.server_bench
+   loads), the background time our masters took, and the bytes each server then keeps.
 1. For the middle CT slice and the 1955x1841 CR: bytes of the first preview (``layers=1&fsiz=256,256``),
    of ``layers=2`` at full size, of the lossless frame and of the uncompressed frame, with the PSNR of
    layer 1 (full size) from ``/layers``.
@@ -46,11 +46,12 @@ from bench.server_bench import (
     Client,
     Response,
     ServerHandle,
+    StowBatch,
     dir_bytes,
+    load,
     prepare_stow,
     start_orthanc,
     start_ours,
-    stow,
 )
 from storage.master_queue import DELETE_GRACE_SECONDS
 
@@ -93,6 +94,31 @@ def wait_for_masters(client: Client, handle: ServerHandle, timeout: float = 1800
             return time.perf_counter() - start
         time.sleep(0.5)
     raise TimeoutError("masters still pending")
+
+
+def ingest_table(ours: ServerHandle, peer: ServerHandle | None, batches: list[StowBatch]) -> list[str]:
+    """STOW rate of the same load into both servers, in alternating slices (as bench.server_bench
+    does, so a noisy moment does not land on one server), the background time our masters took and
+    the bytes each server keeps."""
+    servers = [s for s in (ours, peer) if s is not None]
+    clients = {s.name: Client() for s in servers}
+    try:
+        loaded = load(servers, clients, batches, log=lambda _msg: None)
+        wait_for_masters(clients[ours.name], ours)
+    finally:
+        for c in clients.values():
+            c.close()
+    time.sleep(DELETE_GRACE_SECONDS + 2)  # received files go after the grace period
+    rows = ["| STOW-RS of the CT series and the CR | instances/s | vs Orthanc | background work | bytes stored |",
+            "|---|---:|---:|---:|---:|"]
+    for s in servers:
+        result = loaded[s.name]
+        if result.stow.problem:
+            raise RuntimeError(f"{s.name}: STOW problems: {result.stow.problem}")
+        ratio = f"{result.stow.value / loaded[peer.name].stow.value:.2f}" if peer is not None else "-"
+        work = f"{result.background_seconds:.1f} s (masters)" if s is ours else "none (stored as received)"
+        rows.append(f"| {s.name} | {result.stow.value:.0f} | {ratio} | {work} | {dir_bytes(s.data_dirs):,} |")
+    return rows
 
 
 def instance_url(handle: ServerHandle, study: str, series: str, sop: str) -> str:
@@ -186,18 +212,7 @@ def main(argv: list[str] | None = None) -> int:
         peer = stack.enter_context(start_orthanc()) if ok else None
         if peer is None:
             print(f"Orthanc not installed: skipping peer ({why})")
-        ingest = ["| STOW-RS of the CT series and the CR | instances/s | masters done after | bytes stored |",
-                  "|---|---:|---:|---:|"]
-        for handle in filter(None, (ours, peer)):
-            result = stow(client, handle.dicomweb_url, batches)
-            if result.problems:
-                raise RuntimeError(f"{handle.name}: STOW problems: {result.problems[:3]}")
-            done = f"{wait_for_masters(client, handle):.1f} s" if handle is ours else "(stored as received)"
-            if handle is ours:
-                time.sleep(DELETE_GRACE_SECONDS + 2)  # received files go after the grace period
-            ingest.append(f"| {handle.name} | {result.instances / result.seconds:.0f} | {done} "
-                          f"| {dir_bytes(handle.data_dirs):,} |")
-        print("\n".join(ingest), end="\n\n")
+        print("\n".join(ingest_table(ours, peer, batches)), end="\n\n")
         mid = corpus.ct_sop_uids[len(corpus.ct_sop_uids) // 2]
         images = {
             "CT 512x512, middle slice": instance_url(ours, corpus.ct_study_uid, corpus.ct_series_uid, mid),

@@ -817,11 +817,16 @@ def series_metadata_url(dicomweb_url: str, corpus: Corpus) -> str:
     return f"{dicomweb_url}/studies/{corpus.ct_study_uid}/series/{corpus.ct_series_uid}/metadata"
 
 
+@dataclass
+class LoadResult:
+    stow: Measure  # instances/s over the summed request wall time
+    ingest: Measure  # the same including the background work each slice triggered
+    background_seconds: float  # that background work, waited for before the next slice
+
+
 def load(servers: Sequence[ServerHandle], clients: dict[str, Client], batches: Sequence[StowBatch],
-         chunks: int = 4, log: Callable[[str], None] = print) -> dict[str, tuple[Measure, Measure]]:
-    """STOW the whole corpus into every server; per server (STOW instances/s
-    over the summed request wall time, the same including the background
-    work each slice triggered, waited for before the next slice).
+         chunks: int = 4, log: Callable[[str], None] = print) -> dict[str, LoadResult]:
+    """STOW the whole corpus into every server.
 
     The batches are sent in ``chunks`` contiguous slices, alternating between
     servers (A B, B A, ...), so a burst of background load does not land on a
@@ -865,7 +870,7 @@ def load(servers: Sequence[ServerHandle], clients: dict[str, Client], batches: S
         until_idle = t.seconds + busy
         ingest_m = Measure(t.instances / until_idle if until_idle else None, problem,
                            f"{t.seconds:.2f} s STOW + {busy:.1f} s / {busy_cpu:.1f} CPU-s of background work")
-        out[name] = (stow_m, ingest_m)
+        out[name] = LoadResult(stow_m, ingest_m, busy)
         log(f"[{name}]   {t.per_second:.1f} instances/s ({t.seconds:.2f} s), then {busy:.1f} s of background "
             f"work {problem or ''}")
     return out
@@ -942,8 +947,8 @@ def run_suite(servers: Sequence[ServerHandle], corpus: Corpus, batches: Sequence
     res = {s.name: Results(s.name, s.description) for s in servers}
     clients = {s.name: Client() for s in servers}
     try:
-        for name, (stow_m, ingest_m) in load(servers, clients, batches, log=log).items():
-            res[name].stow_ips, res[name].ingest_ips = stow_m, ingest_m
+        for name, loaded in load(servers, clients, batches, log=log).items():
+            res[name].stow_ips, res[name].ingest_ips = loaded.stow, loaded.ingest
         disk_after_load = {s.name: dir_bytes(s.data_dirs) for s in servers}
 
         json_accept = {"Accept": DICOM_JSON}

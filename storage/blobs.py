@@ -17,15 +17,6 @@ from typing import Protocol
 
 class BlobStore(Protocol):
     async def put_file(self, key: str, src: Path) -> int: ...
-    def _place_each(self, items: list[tuple[str, Path]]) -> list[int | BaseException]:
-        results: list[int | BaseException] = []
-        for key, src in items:
-            try:
-                results.append(self._place(key, src))
-            except OSError as exc:
-                results.append(exc)
-        return results
-
     async def put_files(self, items: list[tuple[str, Path]]) -> list[int | BaseException]: ...
     async def read(self, key: str, offset: int = 0, length: int | None = None) -> bytes: ...
     async def delete(self, key: str) -> None: ...
