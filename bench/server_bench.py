@@ -544,16 +544,24 @@ def time_get(client: Client, url: str, headers: dict[str, str], check: Check, ru
     return latency({"x": client}, {"x": url}, headers, {"x": check}, runs, warmups)["x"]
 
 
+def _json_array(r: Response) -> tuple[list | None, str]:
+    """The JSON array a 200 answer carries, or None and what is wrong with the answer."""
+    if r.status_code != 200:
+        return None, f"HTTP {r.status_code}: {r.text[:200]!r}"
+    try:
+        value = r.json()
+    except ValueError:
+        return None, "answer is not JSON"
+    if not isinstance(value, list):
+        return None, "answer is not a JSON array"
+    return value, ""
+
+
 def qido_check(expected: int, name_prefix: str = "") -> Callable[[Response], str | None]:
     def check(r: Response) -> str | None:
-        if r.status_code != 200:
-            return f"HTTP {r.status_code}: {r.text[:200]!r}"
-        try:
-            rows = r.json()
-        except ValueError:
-            return "answer is not JSON"
-        if not isinstance(rows, list):
-            return "answer is not a JSON array"
+        rows, problem = _json_array(r)
+        if rows is None:
+            return problem
         if len(rows) != expected:
             return f"{len(rows)} studies returned, expected {expected}"
         for row in rows:
@@ -576,14 +584,11 @@ def metadata_check(sops: Sequence[str]) -> Callable[[Response], str | None]:
     want = set(sops)
 
     def check(r: Response) -> str | None:
-        if r.status_code != 200:
-            return f"HTTP {r.status_code}: {r.text[:200]!r}"
-        try:
-            items = r.json()
-        except ValueError:
-            return "answer is not JSON"
-        if not isinstance(items, list) or len(items) != len(want):
-            return f"{len(items) if isinstance(items, list) else '?'} instances, expected {len(want)}"
+        items, problem = _json_array(r)
+        if items is None:
+            return problem
+        if len(items) != len(want):
+            return f"{len(items)} instances, expected {len(want)}"
         got = {it.get("00080018", {}).get("Value", [None])[0] for it in items}
         if got != want:
             return f"SOPInstanceUIDs differ from the series ({len(got & want)} of {len(want)} match)"

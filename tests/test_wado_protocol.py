@@ -157,6 +157,17 @@ def codestreams(source: bytes) -> list[bytes]:
     return list(generate_frames(ds.PixelData, number_of_frames=int(ds.get("NumberOfFrames", 1) or 1)))
 
 
+def unknown_urls(inst: Stored) -> list[str]:
+    """A study, series and instance that do not exist, each beside or above the stored instance."""
+    unknown = generate_uid()
+    return [
+        f"/studies/{unknown}",
+        f"{inst.study_url}/series/{unknown}",
+        f"{inst.series_url}/instances/{unknown}",
+        f"/studies/{unknown}/series/{inst.series}/instances/{inst.sop}",
+    ]
+
+
 def assert_error(response: httpx.Response, status: int) -> None:
     assert response.status_code == status, (response.status_code, response.text)
     assert response.headers["content-type"].startswith("application/json")
@@ -685,13 +696,7 @@ def test_frames_of_unknown_instance_is_404(client: httpx.Client) -> None:
 @pytest.mark.parametrize("suffix", ["", "/metadata"])
 def test_unknown_resources_are_404(client: httpx.Client, suffix: str) -> None:
     inst = store_one(client, CT_SMALL)
-    unknown = generate_uid()
-    for url in (
-        f"/studies/{unknown}",
-        f"{inst.study_url}/series/{unknown}",
-        f"{inst.series_url}/instances/{unknown}",
-        f"/studies/{unknown}/series/{inst.series}/instances/{inst.sop}",
-    ):
+    for url in unknown_urls(inst):
         assert_error(client.get(url + suffix), 404)
 
 
@@ -781,13 +786,7 @@ def test_delete_study(client: httpx.Client) -> None:
 
 def test_delete_unknown_is_404(client: httpx.Client) -> None:
     inst = store_one(client, CT_SMALL)
-    unknown = generate_uid()
-    for url in (
-        f"/studies/{unknown}",
-        f"{inst.study_url}/series/{unknown}",
-        f"{inst.series_url}/instances/{unknown}",
-        f"/studies/{unknown}/series/{inst.series}/instances/{inst.sop}",
-    ):
+    for url in unknown_urls(inst):
         assert_error(client.delete(url), 404)
     assert client.get(inst.url).status_code == 200  # none of that touched the real instance
 
