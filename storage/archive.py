@@ -23,6 +23,7 @@ from pathlib import Path
 
 from storage.blobs import LocalBlobStore
 from storage.codec import decode, to_htj2k
+from storage.codec_check import check_codec_stack
 from storage.config import Settings
 from storage.dicom_file import InvalidInstance, ParsedInstance, parse_files
 from storage.index import Index, InstanceRecord
@@ -75,8 +76,12 @@ class Archive:
         self._parsers: ProcessPoolExecutor | None = None
         self._parser_count = 1
         self._decoded = ByteLRU(settings.decoded_cache_bytes)
+        self.codecs = ""  # codec versions, once check_codec_stack() passed
 
     async def open(self, *, start_masters: bool = True, parser_processes: int | None = None) -> None:
+        if start_masters:
+            # Refuse to run a queue that could only keep every image as received (CodecStackError).
+            self.codecs = await asyncio.to_thread(check_codec_stack)
         await self.index.create()
         self._parser_count = parser_processes if parser_processes is not None else (os.cpu_count() or 1)
         if self._parser_count > 1:
