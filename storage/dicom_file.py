@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,10 +18,13 @@ import orjson
 import pydicom
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataelem import RawDataElement
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_file_meta_info
 
 from storage.dicom_json import dataset_json
+from storage.implementation import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from storage.tags import is_series_level, is_study_level, tag_hex
 from storage.transcode import native_frame_size
 from storage.uids import is_valid_uid
@@ -93,7 +97,40 @@ def read_dataset(path: Path) -> Dataset:
         raise InvalidInstance(f"not a DICOM file: {exc}") from None
     if "SOPInstanceUID" not in ds or "SOPClassUID" not in ds:
         raise InvalidInstance("not a DICOM file: no DICM prefix and no SOP Instance UID")
-    return ds
+    _make_part10(path, ds)
+    try:
+        return pydicom.dcmread(path, defer_size=4096)
+    except Exception as exc:  # noqa: BLE001 - the dataset parsed only with guesses; refuse it
+        raise InvalidInstance(f"no Part 10 header, and the dataset cannot be read as one: {exc}") from None
+
+
+def _make_part10(path: Path, ds: Dataset) -> None:
+    """Give a file that came without a Part 10 header (no preamble, no File Meta Information, as older
+    tools and some gateways write) its preamble and File Meta Information, keeping the dataset's bytes.
+
+    Every stored blob is then a proper Part 10 file: retrievals with `transfer-syntax=*` return what
+    any toolkit can read, and nothing later has to guess the encoding (PS3.10 7.1)."""
+    meta = ds.file_meta if getattr(ds, "file_meta", None) is not None else FileMetaDataset()
+    if "TransferSyntaxUID" in meta:
+        # The meta group is there, only the preamble is missing: the body already starts with it.
+        header = b"\0" * 128 + b"DICM"
+    else:
+        if not ds.is_little_endian and ds.is_implicit_VR:
+            raise InvalidInstance("no Part 10 header, and implicit VR big endian is no DICOM transfer syntax")
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = _uid(ds, "SOPClassUID")
+        meta.MediaStorageSOPInstanceUID = _uid(ds, "SOPInstanceUID")
+        meta.TransferSyntaxUID = _transfer_syntax(ds)
+        meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
+        meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
+        out = DicomBytesIO()
+        write_file_meta_info(out, meta, enforce_standard=True)
+        header = b"\0" * 128 + b"DICM" + out.getvalue()
+    tmp = path.with_name(path.name + ".part10")
+    with open(tmp, "wb") as dst, open(path, "rb") as src:
+        dst.write(header)
+        shutil.copyfileobj(src, dst, 1 << 20)
+    os.replace(tmp, path)
 
 
 def _uid(ds: Dataset, keyword: str) -> str:

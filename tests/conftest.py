@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -52,7 +54,8 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, data_dir: Path, extra_env: dict[str, str] | None = None) -> None:
+    def __init__(self, data_dir: Path, extra_env: dict[str, str] | None = None, *,
+                 program: list[str] | None = None, cwd: Path | None = None, start_timeout: float = 30) -> None:
         self.port = free_port()
         self.data_dir = data_dir
         self.base = f"http://127.0.0.1:{self.port}"
@@ -60,11 +63,14 @@ class Server:
         env = {**os.environ, **(extra_env or {})}
         self.log = open(data_dir.parent / f"server-{self.port}.log", "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "dicomweb", "serve", "--host", "127.0.0.1", "--port", str(self.port),
-             "--data", str(data_dir), "--log-level", "warning"],
-            stdout=self.log, stderr=subprocess.STDOUT, env=env,
+            [*(program or [sys.executable, "-m", "dicomweb"]), "serve", "--host", "127.0.0.1",
+             "--port", str(self.port), "--data", str(data_dir), "--log-level", "warning"],
+            stdout=self.log, stderr=subprocess.STDOUT, env=env, cwd=cwd,
+            # Its own process group: stop() can end the parser processes (forkserver, resource tracker,
+            # workers) too, which outlive a server killed with SIGKILL in the crash tests.
+            start_new_session=True,
         )
-        deadline = time.time() + 30
+        deadline = time.time() + start_timeout
         while time.time() < deadline:
             try:
                 if httpx.get(f"{self.base}/healthz", timeout=1).status_code == 200:
@@ -75,7 +81,7 @@ class Server:
                 break
             time.sleep(0.1)
         self.stop()
-        raise RuntimeError(f"server did not start; see {self.log.name}")
+        raise RuntimeError(f"server did not start:\n{Path(self.log.name).read_text()[-3000:]}")
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -84,6 +90,10 @@ class Server:
                 self.proc.wait(10)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
+                self.proc.wait()
+        # Whatever the server left behind (after a SIGKILL, its parser processes) goes with its group.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
         self.log.close()
 
 

@@ -9,13 +9,16 @@ import signal
 import socket
 
 import httpx
+import numpy as np
 import pydicom
 from pydicom.uid import generate_uid
 
-from tests.conftest import PYDICOM_TEST_FILES, multipart_body, new_uids, stow
+from storage.implementation import IMPLEMENTATION_CLASS_UID
+from tests.conftest import PYDICOM_DATA, PYDICOM_TEST_FILES, multipart_body, new_uids, parse_multipart, stow
 
 CT = (PYDICOM_TEST_FILES / "CT_small.dcm").read_bytes()
 MULTI = 'multipart/related; type="application/dicom"; boundary=b0undary'
+STORED = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 
 
 def referenced(body: dict) -> list[str]:
@@ -213,3 +216,37 @@ def test_upload_survives_killed_parser_processes(client: httpx.Client, server) -
     r = stow(client, [new_uids(CT), new_uids(CT)])
     assert r.status_code == 200, r.text
     assert httpx.get(f"{server.base}/healthz").status_code == 200
+
+
+def headerless(name: str) -> tuple[pydicom.Dataset, bytes]:
+    """A copy of a pydicom-data file stored the way old tools write it: no preamble, no File Meta."""
+    ds = pydicom.dcmread(PYDICOM_DATA / name, force=True)
+    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = (generate_uid() for _ in range(3))
+    out = io.BytesIO()
+    ds.save_as(out, implicit_vr=True, little_endian=True, enforce_file_format=False)
+    data = out.getvalue()
+    assert data[128:132] != b"DICM" and not data.startswith(b"\x02\x00")
+    ds.file_meta = pydicom.dataset.FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.ImplicitVRLittleEndian  # so pydicom decodes the original
+    return ds, data
+
+
+def test_file_without_part10_header_is_stored_as_part10(client: httpx.Client) -> None:
+    """pydicom-data's OT-PAL-8-face.dcm has no preamble and no File Meta Information: it is stored with
+    them added (dataset bytes unchanged), so every retrieval of it works."""
+    original, data = headerless("OT-PAL-8-face.dcm")
+    r = stow(client, [data])
+    assert r.status_code == 200, r.text
+    url = r.json()["00081199"]["Value"][0]["00081190"]["Value"][0]
+    stored = parse_multipart(client.get(url, headers={"Accept": STORED}))[0][1]
+    ds = pydicom.dcmread(io.BytesIO(stored))  # a proper Part 10 file: no force needed
+    assert ds.file_meta.MediaStorageSOPInstanceUID == original.SOPInstanceUID
+    assert ds.file_meta.ImplementationClassUID == IMPLEMENTATION_CLASS_UID
+    assert ds.file_meta.TransferSyntaxUID in ("1.2.840.10008.1.2", "1.2.840.10008.1.2.4.90")
+    assert np.array_equal(ds.pixel_array, original.pixel_array)
+    native = parse_multipart(client.get(url))[0][1]
+    assert np.array_equal(pydicom.dcmread(io.BytesIO(native)).pixel_array, original.pixel_array)
+    for resource in ("/rendered", "/thumbnail", "/frames/1/rendered"):
+        r = client.get(url + resource)
+        assert r.status_code == 200, (resource, r.text)
+        assert r.headers["content-type"] == "image/jpeg"
