@@ -108,16 +108,20 @@ async def store(request: Request) -> Response:
 
 async def _store(request: Request, archive: Archive, study: str | None, tmpdir: str) -> Response:
     batch = archive.batch(study)
-    refused: list[Outcome] = []
+    # Outcomes by part number (from 1): a failure item without UIDs must still say which part it was.
+    refused: dict[int, Outcome] = {}
+    ingested: list[int] = []
 
     def accept(part: Part) -> None:
+        number = len(refused) + len(ingested) + 1
         if _media(part.content_type) not in ("", DICOM):
-            refused.append(Outcome(False, failure_code=CANNOT_UNDERSTAND,
-                                   reason=f"part of type {_media(part.content_type)} is not application/dicom"))
+            refused[number] = Outcome(False, failure_code=CANNOT_UNDERSTAND,
+                                      reason=f"type {_media(part.content_type)} is not application/dicom")
         elif part.size == 0:
-            refused.append(Outcome(False, failure_code=CANNOT_UNDERSTAND, reason="empty part"))
+            refused[number] = Outcome(False, failure_code=CANNOT_UNDERSTAND, reason="empty part")
         else:
             batch.add(Path(part.path), part.size)
+            ingested.append(number)
 
     finished = False
     try:
@@ -126,7 +130,11 @@ async def _store(request: Request, archive: Archive, study: str | None, tmpdir: 
         except ClientDisconnect:
             raise HTTPError(400, "client disconnected before the upload was complete") from None
         finished = True
-        outcomes = await batch.finish() + refused
+        by_part = dict(zip(ingested, await batch.finish(), strict=True)) | refused
+        outcomes = [by_part[n] for n in sorted(by_part)]
+        for number, outcome in by_part.items():
+            if not outcome.stored:
+                outcome.reason = f"part {number}: {outcome.reason}"
     finally:
         if not finished:
             await batch.abandon()
