@@ -1,14 +1,26 @@
 #!/usr/bin/env bash
-# The whole test suite on a fresh machine: the project with its test extras, the browser prerequisites
-# (Debian chromium, Playwright's driver, the npm decoder, prebuilt OHIF), Debian's PostgreSQL server
-# binaries (the PostgreSQL tests start their own temporary cluster), then pytest.
+# The whole test suite on a fresh machine: a virtual environment (.venv, or $VENV) with the project and
+# its test extras, the browser prerequisites (Debian chromium, Playwright's driver, the npm decoder,
+# prebuilt OHIF), Debian's PostgreSQL server binaries (the PostgreSQL tests start their own temporary
+# cluster), then pytest. Arguments go to pytest. Never installs into the system's Python (Debian's is
+# externally managed, and a shared interpreter would hide what a plain install lacks).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python3 -m pip install -q --disable-pip-version-check -e '.[test]'
-bash scripts/setup-browser.sh
-if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
-  SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+VENV=${VENV:-.venv}
+SUDO=""
+[ "$(id -u)" = 0 ] || SUDO=sudo
+apt_install() {
   $SUDO apt-get update -q
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q postgresql
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q "$@"
+}
+
+if [ ! -x "$VENV/bin/python" ]; then
+  # Debian's python3 needs python3-venv for ensurepip.
+  python3 -m venv "$VENV" 2>/dev/null || { apt_install python3-venv && python3 -m venv "$VENV"; }
 fi
-python3 -m pytest -q "$@"
+"$VENV/bin/python" -m pip install -q --disable-pip-version-check -e '.[test]'
+PYTHON="$VENV/bin/python" bash scripts/setup-browser.sh
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+  apt_install postgresql
+fi
+"$VENV/bin/python" -m pytest -q "$@"
