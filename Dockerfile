@@ -5,7 +5,7 @@ WORKDIR /web
 COPY viewer-demo/package.json viewer-demo/package-lock.json ./
 RUN npm ci --no-audit --no-fund \
     && npm pack @ohif/app@3.13.2 \
-    && mkdir -p .ohif && tar -xzf ohif-app-*.tgz -C .ohif --strip-components=1 package/dist \
+    && mkdir -p .ohif && tar -xzf ohif-app-*.tgz -C .ohif --strip-components=1 --exclude='*.map' package/dist \
     && rm ohif-app-*.tgz
 
 FROM python:3.11-slim
@@ -28,5 +28,5 @@ USER dicomweb
 VOLUME ["/data"]
 EXPOSE 8000
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
-    CMD python -c "import urllib.request,sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/healthz').status != 200)"
+    CMD python -c "import os,sys,urllib.request; port = os.environ.get('DICOMWEB_PORT', '8000'); sys.exit(urllib.request.urlopen(f'http://127.0.0.1:{port}/healthz').status != 200)"
 CMD ["dicomweb", "serve"]
