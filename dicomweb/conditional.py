@@ -53,7 +53,7 @@ def body_response(
         picked = _byte_range(range_header, len(body))
         if picked is False:
             return Response(status_code=416, headers={**headers, "Content-Range": f"bytes */{len(body)}"})
-        if picked:
+        if isinstance(picked, tuple):
             first, last = picked
             headers["Content-Range"] = f"bytes {first}-{last}/{len(body)}"
             return Response(body[first: last + 1], status_code=206, media_type=media_type, headers=headers)

@@ -67,7 +67,7 @@ def choices(ranges: list[MediaRange], default_type: str, single_types: set[str])
         return [Choice(default_type, None, True)]
     out: list[Choice] = []
     for r in ranges:
-        syntaxes = r.params.get("transfer-syntax") or [None]
+        syntaxes: list[str | None] = [*r.params.get("transfer-syntax", [])] or [None]
         if r.type == "multipart/related":
             media = (r.param("type") or default_type).lower()
             multipart = True

@@ -6,6 +6,7 @@ import asyncio
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pydicom
 from starlette.requests import Request
@@ -95,8 +96,9 @@ async def retrieve(request: Request) -> Response:
     for choice in choices(accept_ranges(request), DICOM, single_ok):
         if choice.media_type not in (DICOM, "*/*", "*"):
             continue
-        plan = [(rec, _instance_syntax(choice, rec)) for rec in recs]
-        if any(ts is None for _, ts in plan):
+        syntaxes = [_instance_syntax(choice, rec) for rec in recs]
+        plan = [(rec, ts) for rec, ts in zip(recs, syntaxes, strict=True) if ts is not None]
+        if len(plan) < len(recs):
             continue
         return await _instances_response(request, archive, plan, choice.multipart)
     stored = sorted({r.transfer_syntax for r in recs})
@@ -193,9 +195,8 @@ PIXEL_PATHS = {"7FE00010", "7FE00008", "7FE00009"}
 
 
 def _bulk_value(path: Path, tag_path: str) -> bytes | None:
-    ds = pydicom.dcmread(path)
     parts = tag_path.strip("/").split("/")
-    node = ds
+    node: Any = pydicom.dcmread(path)
     try:
         for i, item in enumerate(parts):
             if i % 2 == 0:

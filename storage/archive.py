@@ -212,8 +212,8 @@ class Archive:
             for lock in locks:
                 lock.release()
             for sop in chosen:
-                lock = self._sop_locks.get(sop)
-                if lock is not None and not lock.locked():
+                held = self._sop_locks.get(sop)
+                if held is not None and not held.locked():
                     self._sop_locks.pop(sop, None)
         self.masters.notify()
         for o in outcomes:

@@ -22,6 +22,8 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_file_meta_info
+from pydicom.tag import BaseTag
+from pydicom.uid import UID
 
 from storage.dicom_json import dataset_json
 from storage.implementation import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
@@ -30,11 +32,11 @@ from storage.transcode import native_frame_size
 from storage.uids import is_valid_uid
 from storage.values import json_int, json_text, normalize_time
 
-PIXEL_DATA = 0x7FE00010
+PIXEL_DATA = BaseTag(0x7FE00010)
 # Image attributes, as DICOM JSON keys.
 SAMPLES_PER_PIXEL, PHOTOMETRIC, NUMBER_OF_FRAMES = "00280002", "00280004", "00280008"
 ROWS, COLUMNS, BITS_ALLOCATED, BITS_STORED = "00280010", "00280011", "00280100", "00280101"
-PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)
+PIXEL_TAGS = (PIXEL_DATA, BaseTag(0x7FE00008), BaseTag(0x7FE00009))
 BULK_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
 # Written into stored metadata in place of the public base URL, replaced when serving, so a server
 # moved behind a proxy or to another host needs no re-index.
@@ -118,9 +120,9 @@ def _make_part10(path: Path, ds: Dataset) -> None:
         if not ds.is_little_endian and ds.is_implicit_VR:
             raise InvalidInstance("no Part 10 header, and implicit VR big endian is no DICOM transfer syntax")
         meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = _uid(ds, "SOPClassUID")
-        meta.MediaStorageSOPInstanceUID = _uid(ds, "SOPInstanceUID")
-        meta.TransferSyntaxUID = _transfer_syntax(ds)
+        meta.MediaStorageSOPClassUID = UID(_uid(ds, "SOPClassUID"))
+        meta.MediaStorageSOPInstanceUID = UID(_uid(ds, "SOPInstanceUID"))
+        meta.TransferSyntaxUID = UID(_transfer_syntax(ds))
         meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
         meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
         out = DicomBytesIO()
@@ -136,7 +138,7 @@ def _make_part10(path: Path, ds: Dataset) -> None:
 def _uid(ds: Dataset, keyword: str) -> str:
     # Read from the raw bytes when possible: pydicom's conversion would replace the raw element by a
     # DataElement, which then takes the slow road to JSON.
-    raw = ds._dict.get(tag_for_keyword(keyword))
+    raw = ds._dict.get(BaseTag(tag_for_keyword(keyword) or 0))
     if isinstance(raw, RawDataElement) and isinstance(raw.value, bytes):
         value = raw.value.decode("latin-1").rstrip("\x00 ")
     else:
