@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 import orjson
 from sqlalchemy import bindparam, create_engine, delete, event, func, make_url, select, update
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection, Engine, Row
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from storage import schema
@@ -142,7 +142,7 @@ class Index:
 
     async def close(self) -> None:
         await self.engine.dispose()
-        if self._writer is not None:
+        if self._writer is not None and self._writer_engine is not None:
             self._writer.submit(self._writer_engine.dispose).result()
             self._writer.shutdown()
             self._writer = None
@@ -156,6 +156,7 @@ class Index:
                 return await conn.run_sync(transaction)
 
     def _run_write(self, transaction: Callable[[Connection], T]) -> T:
+        assert self._writer_engine is not None  # only called when the writer thread exists
         with self._writer_engine.begin() as conn:
             return transaction(conn)
 
@@ -213,7 +214,7 @@ class Index:
         A handful of grouped queries and one executemany per table, whatever the number of studies a
         request touched (a gateway often sends many small studies at once)."""
         if series:
-            counts = dict(conn.execute(
+            counts: dict[str, int] = dict(conn.execute(
                 select(I.c.series_uid, func.count()).where(I.c.series_uid.in_(list(series))).group_by(I.c.series_uid)
             ).all())
             if empty := [uid for uid in series if not counts.get(uid)]:
@@ -226,10 +227,10 @@ class Index:
         if not studies:
             return
         wanted = list(studies)
-        n_inst = dict(conn.execute(
+        n_inst: dict[str, int] = dict(conn.execute(
             select(I.c.study_uid, func.count()).where(I.c.study_uid.in_(wanted)).group_by(I.c.study_uid)
         ).all())
-        n_series = dict(conn.execute(
+        n_series: dict[str, int] = dict(conn.execute(
             select(SE.c.study_uid, func.count()).where(SE.c.study_uid.in_(wanted)).group_by(SE.c.study_uid)
         ).all())
         modalities: dict[str, set[str]] = {uid: set() for uid in wanted}
@@ -396,3 +397,38 @@ class Index:
             return [r.blob_key for r in rows]
 
         return await self._write(transaction)
+
+    # ---- reports (the import and verify commands) --------------------------------------------------
+
+    # Values per IN (...) list: well under SQLite's and asyncpg's limits on bound parameters.
+    REPORT_CHUNK = 500
+
+    async def existing_sops(self, sops: list[str]) -> set[str]:
+        """Which of these SOP Instance UIDs the archive holds."""
+        found: set[str] = set()
+        async with self.engine.connect() as conn:
+            for i in range(0, len(sops), self.REPORT_CHUNK):
+                q = select(I.c.sop_uid).where(I.c.sop_uid.in_(sops[i: i + self.REPORT_CHUNK]))
+                found.update((await conn.execute(q)).scalars())
+        return found
+
+    async def master_report(self, sops: list[str]) -> list[Row[Any]]:
+        """Per instance: whether it has its master, else its master job's state and reason (None when no
+        master was wanted: lossy originals, no pixel data), and what explains that (transfer syntax,
+        frames, Bits Allocated). Rows have sop_uid, has_master, state, reason, transfer_syntax,
+        number_of_frames, bits_allocated."""
+        columns = (I.c.sop_uid, I.c.fidelity.isnot(None).label("has_master"), J.c.state, J.c.reason,
+                   I.c.transfer_syntax, I.c.number_of_frames, I.c.bits_allocated)
+        rows: list[Row[Any]] = []
+        async with self.engine.connect() as conn:
+            for i in range(0, len(sops), self.REPORT_CHUNK):
+                q = (select(*columns).select_from(I.outerjoin(J, I.c.sop_uid == J.c.sop_uid))
+                     .where(I.c.sop_uid.in_(sops[i: i + self.REPORT_CHUNK])))
+                rows += (await conn.execute(q)).all()
+        return rows
+
+    async def kept_reasons(self) -> dict[str, int]:
+        """How many instances the master queue kept as received, per reason."""
+        q = select(J.c.reason, func.count()).where(J.c.state == "kept").group_by(J.c.reason)
+        async with self.engine.connect() as conn:
+            return {reason: n for reason, n in (await conn.execute(q)).all()}
