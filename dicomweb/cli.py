@@ -12,11 +12,16 @@ import asyncio
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from storage.config import SettingError, Settings, env_choice, env_int, settings_from_env
+
+if TYPE_CHECKING:
+    from storage.archive import Archive
 
 DISTRIBUTION = "dicomweb-progressive"
 DEFAULTS = Settings()
@@ -30,6 +35,14 @@ def package_version() -> str:
         return version(DISTRIBUTION)
     except PackageNotFoundError:  # run from a checkout that was never installed
         return "unknown (not installed)"
+
+
+class CommandError(Exception):
+    """The command cannot go on; str() is the one line printed, `status` the exit status."""
+
+    def __init__(self, message: str, status: int = 1) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 def fail(message: str, status: int) -> int:
@@ -66,6 +79,43 @@ def index_label(settings: Settings) -> str:
         raise SettingError("--database-url (or DICOMWEB_DATABASE_URL) is not a database URL") from None
     kind = {"sqlite": "SQLite", "postgresql": "PostgreSQL"}.get(url.get_backend_name(), url.get_backend_name())
     return f"{kind} {url.render_as_string(hide_password=True)}"
+
+
+def codec_stack() -> str:
+    """The codec versions, or CommandError with the reason. Quietly: glymur's warning about a library
+    it cannot load would add lines that the error's one line already says."""
+    from storage.codec_check import CodecStackError, check_codec_stack
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return check_codec_stack()
+        except CodecStackError as exc:
+            raise CommandError(str(exc)) from None
+
+
+async def open_archive(settings: Settings, *, start_masters: bool, parser_processes: int | None = None) -> Archive:
+    """The opened archive, or CommandError saying which folder or database could not be opened."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from storage.archive import Archive
+
+    try:
+        archive = Archive(settings)
+    except OSError as exc:
+        raise CommandError(f"cannot use the data folder {settings.data_dir}: {exc}") from None
+    try:
+        await archive.open(start_masters=start_masters, parser_processes=parser_processes)
+    except (SQLAlchemyError, OSError) as exc:
+        await archive.close()
+        reason = (str(exc).splitlines() or [""])[0]  # SQLAlchemy adds lines (statement, help link)
+        raise CommandError(f"cannot open the index ({index_label(settings)}): {type(exc).__name__}: {reason}") from None
+    return archive
+
+
+async def _try_open(settings: Settings) -> None:
+    archive = await open_archive(settings, start_masters=False, parser_processes=1)
+    await archive.close()
 
 
 def port_number(text: str) -> int:
@@ -127,18 +177,15 @@ def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from dicomweb.app import create_app
-    from storage.codec_check import CodecStackError, check_codec_stack
 
     settings = settings_from(args)
     host = args.host or os.environ.get("DICOMWEB_HOST", "").strip() or "127.0.0.1"
     port = args.port if args.port is not None else env_int("DICOMWEB_PORT", 8000, minimum=1, maximum=65535)
     level = args.log_level or env_choice("DICOMWEB_LOG_LEVEL", "info", LOG_LEVELS)
-    try:
-        # Before uvicorn: a broken install refuses to start with one line, not a lifespan traceback.
-        # (The lifespan's own check then costs a few milliseconds: the imports are done.)
-        codecs = check_codec_stack()
-    except CodecStackError as exc:
-        return fail(str(exc), 1)
+    # Before uvicorn: a broken install or an unreachable database refuses to start with one line, not a
+    # lifespan traceback. (The lifespan's own checks then cost a few milliseconds.)
+    codecs = codec_stack()
+    asyncio.run(_try_open(settings))
     configure_logging(level)
     print(banner(settings, host, port, codecs, level), flush=True)
     # uvicorn's access log prints query strings (patient names in QIDO): ours, in create_app, does not.
@@ -151,11 +198,9 @@ def serve(args: argparse.Namespace) -> int:
 async def _verify(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from storage.archive import Archive
     from storage.verify import verify_archive
 
-    archive = Archive(settings_from(args))
-    await archive.open(start_masters=False)
+    archive = await open_archive(settings_from(args), start_masters=False)
     try:
         total = await archive.index.count_instances()
         with tqdm(total=total, unit="instance", disable=args.quiet) as bar:
@@ -253,6 +298,8 @@ def main(argv: list[str] | None = None) -> None:
         status = command(args)
     except SettingError as exc:
         status = fail(str(exc), 2)
+    except CommandError as exc:
+        status = fail(str(exc), exc.status)
     except KeyboardInterrupt:
         status = 130
     sys.exit(status)

@@ -31,9 +31,8 @@ from pydicom.uid import UID
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from dicomweb.cli import fail, index_label
+from dicomweb.cli import CommandError, codec_stack, index_label, open_archive
 from storage.archive import Archive, Outcome
-from storage.codec_check import CodecStackError, check_codec_stack
 from storage.config import Settings
 from storage.dicom_file import LOSSLESS_INPUTS
 
@@ -135,7 +134,10 @@ async def store_files(archive: Archive, files: list[Path], tally: Tally, quiet: 
         for i in range(0, len(files), BATCH):
             chunk = files[i: i + BATCH]
             for path, outcome in zip(chunk, await _ingest(archive, chunk), strict=True):
-                for message in tally.add(path, outcome).warnings:
+                tally.add(path, outcome)
+                # A refused file's reason says enough; what pydicom said while trying (text files read
+                # as DICOM give "Expected implicit VR...") is noise on screen, and kept in the report.
+                for message in outcome.warnings if outcome.stored else []:
                     tqdm.write(f"warning: {path}: {message}", file=sys.stderr)
             bar.update(len(chunk))
 
@@ -234,8 +236,8 @@ def summary(tally: Tally, no_masters: bool) -> list[str]:
     lines += _reasons(kept, "master_reason")
     lines.append(_line(len(waiting), "waiting for a master" + (
         " (the server's background queue makes them)" if no_masters else "")))
-    if warned := [r for r in files if r.warnings]:
-        lines.append(f"{len(warned)} file(s) read with parser warnings (shown above, and in --report)")
+    if warned := [r for r in files if r.warnings and r.outcome != REFUSED]:
+        lines.append(f"{len(warned)} stored file(s) with parser warnings (shown above, and in --report)")
     return lines
 
 
@@ -268,11 +270,12 @@ async def run_import(args: argparse.Namespace, settings: Settings) -> int:
     files, missing = walk(args.paths)
     make = not args.no_masters
     try:
-        codecs = await asyncio.to_thread(check_codec_stack)
-    except CodecStackError as exc:
+        codecs = codec_stack()  # nothing else runs yet: no need to leave the event loop
+    except CommandError as exc:
         if make:
-            return fail(str(exc), 1)
-        codecs = "cannot make masters here (the server will refuse to start until this is fixed)"
+            raise
+        # Storing needs no codec; the server that makes the masters will say the same at start-up.
+        codecs = "none: this installation cannot make masters"
         print(f"dicomweb: warning: {exc}", file=sys.stderr)
     print(f"importing {len(files)} file(s) into {settings.data_dir.resolve()} "
           f"(index: {index_label(settings)}); codecs: {codecs}", flush=True)
@@ -280,10 +283,9 @@ async def run_import(args: argparse.Namespace, settings: Settings) -> int:
     tally = Tally()
     for path in missing:
         tally.results.append(FileResult(path, REFUSED, reason="no such file or folder"))
-    archive = Archive(settings)
     # At least two parser processes: a file's warnings come back with its outcome only from a parser
     # process (storage/parse_warnings.py), even on a one-core machine.
-    await archive.open(start_masters=make, parser_processes=max(2, os.cpu_count() or 1))
+    archive = await open_archive(settings, start_masters=make, parser_processes=max(2, os.cpu_count() or 1))
     try:
         with logging_redirect_tqdm():
             await store_files(archive, files, tally, args.quiet)
