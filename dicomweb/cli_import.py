@@ -267,6 +267,11 @@ def _quiet_logging() -> None:
 
 
 async def run_import(args: argparse.Namespace, settings: Settings) -> int:
+    if args.report:
+        try:  # before the import, not after an hour of it
+            args.report.write_text("")
+        except OSError as exc:
+            raise CommandError(f"cannot write the report {args.report}: {exc.strerror}") from None
     files, missing = walk(args.paths)
     make = not args.no_masters
     try:

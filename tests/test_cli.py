@@ -195,6 +195,10 @@ def test_import_of_good_files_exits_0_and_missing_paths_are_refused(tmp_path: Pa
     assert done.returncode == 0, done.stdout + done.stderr
     assert "1 master(s) made (layered lossless JPEG 2000, checked bit-exact)" in lines_of(done.stdout)
 
+    unwritable = tmp_path / "no-such-folder" / "report.csv"
+    assert_one_line_error(run("import", "--data", data, "--report", str(unwritable), str(source)),
+                          1, "cannot write the report")
+
     missing = tmp_path / "no-such-folder"
     done = run("import", "--data", data, "--quiet", str(missing))
     assert done.returncode == 1
