@@ -262,8 +262,9 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
 def _import_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("import", help="store DICOM files and folders through the ingest path",
                        description="Store DICOM files and folders (recursively) through the same ingest "
-                                   "path as STOW-RS, then make their masters. Exit status 0 when every "
-                                   "file was stored, 1 when some were refused or nothing could start.")
+                                   "path as STOW-RS, then make their masters. Exit status: 0 when every "
+                                   "file was stored, 1 when some were refused (or the import could not "
+                                   "start), 2 for a malformed setting.")
     p.add_argument("paths", nargs="+", metavar="PATH", help="DICOM file or folder")
     _storage_options(p)
     p.add_argument("--report", metavar="FILE", type=Path,
@@ -276,7 +277,10 @@ def _import_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _verify_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("verify", help="re-check every blob's checksum and that every master decodes bit-exact")
+    p = sub.add_parser("verify", help="re-check every blob's checksum and that every master decodes bit-exact",
+                       description="Re-check every blob against its checksum and every master against the "
+                                   "pixels it was made from; list why instances were kept as received. "
+                                   "Exit status 0 when no problem was found, 1 otherwise.")
     _storage_options(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=verify)
