@@ -107,7 +107,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         finally:
             await archive.close()
 
-    # Outermost, so every answer is logged, CORS preflights included.
+    # First, so it logs every answer (CORS preflights included); an unhandled error is logged as 500.
     middleware = [Middleware(AccessLogMiddleware)] if settings.access_log else []
     if settings.cors_origins:
         middleware.append(
