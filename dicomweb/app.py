@@ -14,6 +14,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Mount, Route
 
 from dicomweb import frames, progressive, qido, rendered, stow, wado
+from dicomweb.access_log import AccessLogMiddleware
 from dicomweb.responses import HTTPError, error_response
 from dicomweb.static_sites import static_routes
 from storage.archive import Archive
@@ -106,7 +107,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
         finally:
             await archive.close()
 
-    middleware = []
+    # First, so it logs every answer (CORS preflights included); an unhandled error is logged as 500.
+    middleware = [Middleware(AccessLogMiddleware)] if settings.access_log else []
     if settings.cors_origins:
         middleware.append(
             Middleware(

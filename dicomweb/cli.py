@@ -1,4 +1,9 @@
-"""Command line: `dicomweb serve` and `dicomweb import`."""
+"""Command line: `dicomweb serve`, `dicomweb import` and `dicomweb verify`.
+
+Each option falls back to an environment variable (named in --help), then to a built-in default. A
+malformed value, from either, is one line on stderr and exit status 2, never a traceback; `--help` reads
+no environment value, so it works whatever the environment holds.
+"""
 
 from __future__ import annotations
 
@@ -6,150 +11,299 @@ import argparse
 import asyncio
 import logging
 import os
-import shutil
 import sys
-import tempfile
-from collections import Counter
+import warnings
+from collections.abc import Callable
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from storage.config import settings_from_env
+from storage.config import SettingError, Settings, env_choice, env_int, settings_from_env
+
+if TYPE_CHECKING:
+    from storage.archive import Archive
+
+DISTRIBUTION = "dicomweb-progressive"
+DEFAULTS = Settings()
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+TRACE = 5  # uvicorn's level below debug
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
-def _settings(args: argparse.Namespace):
-    overrides = {"data_dir": Path(args.data) if args.data else None}
-    if getattr(args, "database_url", None):
-        overrides["database_url"] = args.database_url
-    if getattr(args, "root", None):
-        overrides["root"] = "/" + args.root.strip("/")
-    return settings_from_env().with_overrides(**overrides)
+def package_version() -> str:
+    try:
+        return version(DISTRIBUTION)
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown (not installed)"
 
 
-def serve(args: argparse.Namespace) -> None:
+class CommandError(Exception):
+    """The command cannot go on; str() is the one line printed, `status` the exit status."""
+
+    def __init__(self, message: str, status: int = 1) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def fail(message: str, status: int) -> int:
+    """Print one line on stderr, argparse's way, and give the exit status."""
+    print(f"dicomweb: error: {message}", file=sys.stderr)
+    return status
+
+
+# ---- settings ------------------------------------------------------------------------------------
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    """Environment settings with the command line's overrides; raises SettingError."""
+    root = getattr(args, "root", None)
+    settings = settings_from_env().with_overrides(
+        data_dir=Path(args.data) if args.data else None,
+        database_url=args.database_url,
+        root="/" + root.strip("/") if root else None,
+        access_log=getattr(args, "access_log", None),
+    )
+    index_label(settings)  # a malformed database URL is a setting error, not a traceback at start-up
+    return settings
+
+
+def index_label(settings: Settings) -> str:
+    """What kind of index, and where, never with the password of a database URL."""
+    from sqlalchemy import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    if not settings.database_url:
+        return f"SQLite {(settings.data_dir / 'index.sqlite').resolve()}"
+    try:
+        url = make_url(settings.database_url)
+    except ArgumentError:
+        raise SettingError("--database-url (or DICOMWEB_DATABASE_URL) is not a database URL") from None
+    kind = {"sqlite": "SQLite", "postgresql": "PostgreSQL"}.get(url.get_backend_name(), url.get_backend_name())
+    return f"{kind} {url.render_as_string(hide_password=True)}"
+
+
+def codec_stack() -> str:
+    """The codec versions, or CommandError with the reason. Quietly: glymur's warning about a library
+    it cannot load would add lines that the error's one line already says."""
+    from storage.codec_check import CodecStackError, check_codec_stack
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return check_codec_stack()
+        except CodecStackError as exc:
+            raise CommandError(str(exc)) from None
+
+
+async def open_archive(settings: Settings, *, start_masters: bool, parser_processes: int | None = None) -> Archive:
+    """The opened archive, or CommandError saying which folder or database could not be opened."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from storage.archive import Archive
+
+    try:
+        archive = Archive(settings)
+    except OSError as exc:
+        raise CommandError(f"cannot use the data folder {settings.data_dir}: {exc}") from None
+    try:
+        await archive.open(start_masters=start_masters, parser_processes=parser_processes)
+    except (SQLAlchemyError, OSError) as exc:
+        await archive.close()
+        reason = (str(exc).splitlines() or [""])[0]  # SQLAlchemy adds lines (statement, help link)
+        raise CommandError(f"cannot open the index ({index_label(settings)}): {type(exc).__name__}: {reason}") from None
+    return archive
+
+
+async def _try_open(settings: Settings) -> None:
+    archive = await open_archive(settings, start_masters=False, parser_processes=1)
+    await archive.close()
+
+
+def port_number(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid port: {text!r}") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port {port} is out of range (1 to 65535)")
+    return port
+
+
+# ---- serve ---------------------------------------------------------------------------------------
+
+def browse_host(host: str) -> str:
+    """The host part of a URL an operator can open for a listen address."""
+    if host in ("0.0.0.0", ""):
+        return "127.0.0.1"
+    if host == "::":
+        return "[::1]"
+    return f"[{host}]" if ":" in host else host
+
+
+def banner(settings: Settings, host: str, port: int, codecs: str, log_level: str) -> str:
+    """What an operator wants to know at start-up: where to point a browser or viewer, where the data is."""
+    base = f"http://{browse_host(host)}:{port}"
+    root = settings.root.rstrip("/")
+    if not settings.access_log:
+        access = "off"
+    elif logging.getLogger("dicomweb.access").isEnabledFor(logging.INFO):
+        access = "on (method, path without query string, status, bytes, time, client)"
+    else:
+        access = f"on, but hidden at log level {log_level}"
+    rows = [
+        ("DICOMweb root", f"{base}{root}"),
+        ("viewer demo", f"{base}/viewer-demo/"),
+        ("OHIF", f"{base}/ohif/"),
+        ("OHIF progressive", f"{base}/ohif-progressive/"),
+        ("health", f"{base}/healthz"),
+        ("status", f"{base}{root}/status"),
+        ("data folder", str(settings.data_dir.resolve())),
+        ("index", index_label(settings)),
+        ("codecs", codecs),
+        ("access log", access),
+    ]
+    if settings.public_url:
+        rows.insert(1, ("public URL", settings.public_url))
+    listening = f" (listening on every interface, {host})" if host in ("0.0.0.0", "::", "") else ""
+    lines = [f"dicomweb {package_version()} starting on {base}{listening}"]
+    lines += [f"  {name:<17} {value}" for name, value in rows]
+    return "\n".join(lines)
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(level=TRACE if level == "trace" else level.upper(), format=LOG_FORMAT)
+
+
+def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from dicomweb.app import create_app
 
-    settings = _settings(args)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    print(f"dicomweb: data in {settings.data_dir.resolve()}, DICOMweb root "
-          f"http://{args.host}:{args.port}{settings.root}", flush=True)
-    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level,
-                access_log=args.log_level == "debug")
+    settings = settings_from(args)
+    host = args.host or os.environ.get("DICOMWEB_HOST", "").strip() or "127.0.0.1"
+    port = args.port if args.port is not None else env_int("DICOMWEB_PORT", 8000, minimum=1, maximum=65535)
+    level = args.log_level or env_choice("DICOMWEB_LOG_LEVEL", "info", LOG_LEVELS)
+    # Before uvicorn: a broken install or an unreachable database refuses to start with one line, not a
+    # lifespan traceback. (The lifespan's own checks then cost a few milliseconds.)
+    codecs = codec_stack()
+    asyncio.run(_try_open(settings))
+    configure_logging(level)
+    print(banner(settings, host, port, codecs, level), flush=True)
+    # uvicorn's access log prints query strings (patient names in QIDO): ours, in create_app, does not.
+    uvicorn.run(create_app(settings), host=host, port=port, log_level=level, access_log=False)
+    return 0
 
 
-def _walk(paths: list[str]) -> list[Path]:
-    files: list[Path] = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            files += sorted(f for f in p.rglob("*") if f.is_file())
-        elif p.is_file():
-            files.append(p)
-        else:
-            print(f"warning: {p} does not exist", file=sys.stderr)
-    return files
-
-
-async def _import(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    from storage.archive import Archive
-
-    settings = _settings(args)
-    archive = Archive(settings)
-    await archive.open(start_masters=not args.no_masters)
-    files = _walk(args.paths)
-    stored = 0
-    refused: Counter[str] = Counter()
-    examples: dict[str, Path] = {}
-    batch = 16
-    try:
-        with tqdm(total=len(files), unit="file", disable=args.quiet) as bar:
-            for i in range(0, len(files), batch):
-                chunk = files[i: i + batch]
-                # Ingest consumes its input (it links it into the archive): give it copies.
-                tmp = Path(tempfile.mkdtemp(dir=settings.tmp_dir))
-                copies = []
-                for j, f in enumerate(chunk):
-                    dest = tmp / f"{j}.dcm"
-                    await asyncio.to_thread(shutil.copyfile, f, dest)
-                    copies.append(dest)
-                outcomes = await archive.ingest(copies)
-                shutil.rmtree(tmp, ignore_errors=True)
-                for f, o in zip(chunk, outcomes, strict=True):
-                    if o.stored:
-                        stored += 1
-                    else:
-                        refused[o.reason] += 1
-                        examples.setdefault(o.reason, f)
-                bar.update(len(chunk))
-        if not args.no_masters:
-            pending = (await archive.index.job_counts()).get("pending", 0)
-            if pending and not args.quiet:
-                print(f"making {pending} layered JPEG 2000 master(s)...", flush=True)
-            await archive.masters.drain()
-        jobs = await archive.index.job_counts()
-    finally:
-        await archive.close()
-    print(f"stored {stored} of {len(files)} file(s); refused {sum(refused.values())}")
-    if args.no_masters:
-        print(f"  {jobs.get('pending', 0)} master(s) left for the server to make")
-    else:
-        print(f"  kept as received (no lossless master possible): {jobs.get('kept', 0)}")
-    for reason, n in refused.most_common():
-        print(f"  {n:6d} x {reason}  (e.g. {examples[reason]})")
-    return 0 if not refused else 1
-
+# ---- verify --------------------------------------------------------------------------------------
 
 async def _verify(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from storage.archive import Archive
     from storage.verify import verify_archive
 
-    archive = Archive(_settings(args))
-    await archive.open(start_masters=False)
+    archive = await open_archive(settings_from(args), start_masters=False)
     try:
         total = await archive.index.count_instances()
         with tqdm(total=total, unit="instance", disable=args.quiet) as bar:
             report = await verify_archive(archive, bar.update)
         jobs = await archive.index.job_counts()
+        kept = await archive.index.kept_reasons()
     finally:
         await archive.close()
     print(f"checked {report.instances} instance(s): {report.masters} master(s) decoded bit-exact, "
           f"{jobs.get('pending', 0)} waiting for a master, {jobs.get('kept', 0)} kept as received; "
           f"{len(report.problems)} problem(s)")
+    if kept:
+        print("kept as received, by reason:")
+        for reason, n in sorted(kept.items(), key=lambda item: (-item[1], item[0])):
+            print(f"  {n:6d}  {reason}")
     for problem in report.problems:
         print(f"  {problem}")
     return 0 if report.ok else 1
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="dicomweb", description="DICOMweb server with progressive JPEG 2000")
-    sub = parser.add_subparsers(dest="command", required=True)
+def verify(args: argparse.Namespace) -> int:
+    return asyncio.run(_verify(args))
 
-    p = sub.add_parser("serve", help="run the HTTP server")
-    p.add_argument("--host", default=os.environ.get("DICOMWEB_HOST", "127.0.0.1"))
-    p.add_argument("--port", type=int, default=int(os.environ.get("DICOMWEB_PORT", "8000")))
-    p.add_argument("--data", help="data folder (index and blobs); env DICOMWEB_DATA")
-    p.add_argument("--database-url", help="SQLAlchemy URL, e.g. postgresql+asyncpg://...; env DICOMWEB_DATABASE_URL")
-    p.add_argument("--root", help="DICOMweb root path (default /dicom-web); env DICOMWEB_ROOT")
-    p.add_argument("--log-level", default="info")
+
+def import_files(args: argparse.Namespace) -> int:
+    from dicomweb.cli_import import run_import
+
+    return asyncio.run(run_import(args, settings_from(args)))
+
+
+# ---- the parser ----------------------------------------------------------------------------------
+
+def _storage_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", metavar="DIR",
+                   help="data folder: SQLite index, blobs and uploads in progress "
+                        "(env DICOMWEB_DATA; default ./dicomweb-data)")
+    p.add_argument("--database-url", metavar="URL",
+                   help="SQLAlchemy URL of the index, e.g. postgresql+asyncpg://user:pw@host/db "
+                        "(env DICOMWEB_DATABASE_URL; default: SQLite in the data folder)")
+
+
+def _serve_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="run the HTTP server",
+                       description="Run the DICOMweb server (QIDO-RS, WADO-RS, STOW-RS) and the viewer pages.")
+    p.add_argument("--host", help="listen address; 0.0.0.0 for every interface (env DICOMWEB_HOST; default 127.0.0.1)")
+    p.add_argument("--port", type=port_number, help="listen port (env DICOMWEB_PORT; default 8000)")
+    _storage_options(p)
+    p.add_argument("--root", metavar="PATH",
+                   help=f"URL path of the DICOMweb API (env DICOMWEB_ROOT; default {DEFAULTS.root})")
+    p.add_argument("--log-level", choices=LOG_LEVELS, type=str.lower,
+                   help="least important messages shown; the access log is at info "
+                        "(env DICOMWEB_LOG_LEVEL; default info)")
+    p.add_argument("--access-log", action=argparse.BooleanOptionalAction, default=None,
+                   help="one line per request: method, path without its query string (no patient data), "
+                        "status, bytes, time, client (env DICOMWEB_ACCESS_LOG=0 turns it off; default on)")
     p.set_defaults(func=serve)
 
-    p = sub.add_parser("import", help="store DICOM files and folders through the ingest path")
-    p.add_argument("paths", nargs="+")
-    p.add_argument("--data", help="data folder; env DICOMWEB_DATA")
-    p.add_argument("--database-url")
-    p.add_argument("--quiet", action="store_true")
+
+def _import_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("import", help="store DICOM files and folders through the ingest path",
+                       description="Store DICOM files and folders (recursively) through the same ingest "
+                                   "path as STOW-RS, then make their masters. Exit status: 0 when every "
+                                   "file was stored, 1 when some were refused (or the import could not "
+                                   "start), 2 for a malformed setting.")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="DICOM file or folder")
+    _storage_options(p)
+    p.add_argument("--report", metavar="FILE", type=Path,
+                   help="write every file's outcome to FILE as CSV: path, outcome, SOP Instance UID, "
+                        "reason, master, master reason, parser warnings")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--no-masters", action="store_true",
                    help="store only; leave making masters to the server's background queue")
-    p.set_defaults(func=lambda a: sys.exit(asyncio.run(_import(a))))
+    p.set_defaults(func=import_files)
 
-    p = sub.add_parser("verify", help="re-check every blob's checksum and that every master decodes bit-exact")
-    p.add_argument("--data", help="data folder; env DICOMWEB_DATA")
-    p.add_argument("--database-url")
-    p.add_argument("--quiet", action="store_true")
-    p.set_defaults(func=lambda a: sys.exit(asyncio.run(_verify(a))))
 
-    args = parser.parse_args(argv)
-    args.func(args)
+def _verify_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("verify", help="re-check every blob's checksum and that every master decodes bit-exact",
+                       description="Re-check every blob against its checksum and every master against the "
+                                   "pixels it was made from; list why instances were kept as received. "
+                                   "Exit status 0 when no problem was found, 1 otherwise.")
+    _storage_options(p)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=verify)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dicomweb", description="DICOMweb server with progressive JPEG 2000")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_serve_parser, _import_parser, _verify_parser):
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    command: Callable[[argparse.Namespace], int] = args.func
+    try:
+        status = command(args)
+    except SettingError as exc:
+        status = fail(str(exc), 2)
+    except CommandError as exc:
+        status = fail(str(exc), exc.status)
+    except KeyboardInterrupt:
+        status = 130
+    sys.exit(status)

@@ -18,17 +18,18 @@ import time
 from collections import OrderedDict
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from storage.blobs import LocalBlobStore
 from storage.codec import decode, to_htj2k
 from storage.codec_check import check_codec_stack
 from storage.config import Settings
-from storage.dicom_file import InvalidInstance, ParsedInstance, parse_files
+from storage.dicom_file import InvalidInstance, ParsedInstance
 from storage.index import Index, InstanceRecord
 from storage.master_queue import MasterQueue
 from storage.masters import container_dtype
+from storage.parse_warnings import parse_files_noting_warnings
 from storage.transcode import frame_native
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,8 @@ OUT_OF_RESOURCES = 0xA700
 
 # What parsing one received file gives: the instance, why it cannot be stored, or the parser's death.
 Parsed = ParsedInstance | InvalidInstance | BrokenProcessPool
+# With the warnings the parser gave about the file.
+Noted = tuple[Parsed, list[str]]
 
 
 @dataclass
@@ -54,6 +57,10 @@ class Outcome:
     series_uid: str | None = None
     failure_code: int = 0
     reason: str = ""
+    # Stored, and the archive already held this SOP Instance: this copy replaced it.
+    replaced: bool = False
+    # What the parser warned about while reading the file (malformed but readable structure).
+    warnings: list[str] = field(default_factory=list)
 
 
 def blob_key(series_uid: str, sop_uid: str) -> str:
@@ -135,12 +142,13 @@ class Archive:
                     raise
         raise AssertionError("unreachable")
 
-    async def _parse_chunk(self, paths: list[Path], alone: bool = False) -> list[Parsed]:
+    async def _parse_chunk(self, paths: list[Path], alone: bool = False) -> list[Noted]:
         try:
-            return await self._run_parser(functools.partial(parse_files, paths, self.settings.bulk_data_threshold))
+            return await self._run_parser(
+                functools.partial(parse_files_noting_warnings, paths, self.settings.bulk_data_threshold))
         except BrokenProcessPool as exc:
             if alone or len(paths) == 1:
-                return [exc] * len(paths)
+                return [(exc, [])] * len(paths)
         # Find the file that kills parsers: each one alone, so the others are still stored.
         return [r for p in paths for r in await self._parse_chunk([p], alone=True)]
 
@@ -172,10 +180,11 @@ class Archive:
             batch.add(path)
         return await batch.finish()
 
-    async def _store_parsed(self, paths: list[Path], parsed_files: list[Parsed],
+    async def _store_parsed(self, paths: list[Path], parsed_files: list[Noted],
                             expected_study: str | None) -> list[Outcome]:
-        prepared = [self._check(r, p, expected_study) for r, p in zip(parsed_files, paths, strict=True)]
+        prepared = [self._check(r, p, expected_study) for (r, _), p in zip(parsed_files, paths, strict=True)]
         outcomes = [o for o, _ in prepared]
+        _note_warnings(outcomes, [noted for _, noted in parsed_files])
         # The same SOP Instance twice in one request: the last copy wins, stored once.
         chosen: dict[str, tuple[Path, ParsedInstance]] = {}
         for path, (_, parsed) in zip(paths, prepared, strict=True):
@@ -196,7 +205,10 @@ class Archive:
                     failed.add(parsed.sop_uid)
                 else:
                     items.append((parsed, key, size))
+            existing: set[str] = set()
             try:
+                # Asked under the SOP locks: no other upload to this server stores these instances meanwhile.
+                existing = await self.index.existing_sops([p.sop_uid for p, _, _ in items])
                 stale = await self.index.store(items)
             except Exception as exc:
                 # Nothing was committed: drop the new blobs so no orphan remains, and refuse them.
@@ -219,6 +231,7 @@ class Archive:
         for o in outcomes:
             if o.stored and o.sop_uid in failed:
                 o.stored, o.failure_code, o.reason = False, OUT_OF_RESOURCES, reason
+            o.replaced = o.stored and o.sop_uid in existing
         return outcomes
 
     # ---- reads --------------------------------------------------------------------------------
@@ -298,7 +311,7 @@ class IngestBatch:
         self._paths: list[Path] = []
         self._group: list[Path] = []
         self._group_bytes = 0
-        self._parsing: list[asyncio.Future[list[Parsed]]] = []
+        self._parsing: list[asyncio.Future[list[Noted]]] = []
 
     def add(self, path: Path, size: int | None = None) -> None:
         self._paths.append(path)
@@ -351,9 +364,18 @@ class ByteLRU:
             self.size -= len(dropped)
 
 
+def _note_warnings(outcomes: list[Outcome], noted: list[list[str]]) -> None:
+    """Give each outcome its file's parser warnings; the log gets them at debug level only, since
+    they can quote values of the file (patient data)."""
+    for outcome, messages in zip(outcomes, noted, strict=True):
+        outcome.warnings = messages
+        for message in messages:
+            log.debug("parser warning for %s: %s", outcome.sop_uid or "a refused file", message)
+
+
 def _warm_parser() -> None:
     """Import what parsing needs, so the first upload does not pay for it."""
-    import storage.dicom_file  # noqa: F401
+    import storage.parse_warnings  # noqa: F401
 
 
 def _write_atomic(path: Path, data: bytes) -> None:

@@ -1,7 +1,8 @@
 """Settings shared by the CLI, the server and scripts.
 
 Every setting has an embedded default (SQLite and a folder under ``data_dir``) and can come from an
-environment variable, so a container or a systemd unit needs no config file.
+environment variable, so a container or a systemd unit needs no config file. A malformed value raises
+SettingError naming the variable, so the command line can answer with one line instead of a traceback.
 """
 
 from __future__ import annotations
@@ -9,11 +10,49 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
+
+TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
+FALSE_WORDS = frozenset({"0", "false", "no", "off"})
 
 
-def _env_int(name: str, default: int) -> int:
-    value = os.environ.get(name)
-    return int(value) if value else default
+class SettingError(ValueError):
+    """A setting from the environment cannot be used; str() names the variable and the value."""
+
+
+def env_int(name: str, default: int, *, minimum: int = 0, maximum: int | None = None) -> int:
+    """Integer variable `name`, or `default` when unset or empty."""
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        raise SettingError(f"{name}={value!r} is not a whole number") from None
+    if number < minimum or (maximum is not None and number > maximum):
+        bounds = f"from {minimum} to {maximum}" if maximum is not None else f"at least {minimum}"
+        raise SettingError(f"{name}={value} is out of range (expected {bounds})")
+    return number
+
+
+def env_bool(name: str, default: bool) -> bool:
+    """Boolean variable `name` (1/0, true/false, yes/no, on/off), or `default` when unset or empty."""
+    value = os.environ.get(name, "").strip().lower()
+    if not value:
+        return default
+    if value in TRUE_WORDS | FALSE_WORDS:
+        return value in TRUE_WORDS
+    raise SettingError(f"{name}={value!r} is not one of 1/0, true/false, yes/no, on/off")
+
+
+def env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:
+    """Variable `name` if it is one of `choices` (case-insensitive), or `default` when unset or empty."""
+    value = os.environ.get(name, "").strip().lower()
+    if not value:
+        return default
+    if value not in choices:
+        raise SettingError(f"{name}={value!r} is not one of {', '.join(choices)}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -34,6 +73,8 @@ class Settings:
     workers: int = 0  # codec worker threads; 0 = one per core
     # Memory for recently decoded (uncompressed) frames.
     decoded_cache_bytes: int = 256 * 1024**2
+    # One line per request (method, path without its query string, status, bytes, time, client).
+    access_log: bool = True
 
     @property
     def blob_dir(self) -> Path:
@@ -49,11 +90,12 @@ class Settings:
             return self.database_url
         return f"sqlite+aiosqlite:///{(self.data_dir / 'index.sqlite').resolve()}"
 
-    def with_overrides(self, **changes: object) -> Settings:
+    def with_overrides(self, **changes: Any) -> Settings:
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
 
 
 def settings_from_env() -> Settings:
+    """Settings from DICOMWEB_* variables; raises SettingError for a malformed one."""
     env = os.environ
     origins = tuple(o.strip() for o in env.get("DICOMWEB_CORS_ORIGINS", "").split(",") if o.strip())
     return Settings(
@@ -61,9 +103,10 @@ def settings_from_env() -> Settings:
         database_url=env.get("DICOMWEB_DATABASE_URL", ""),
         root="/" + env.get("DICOMWEB_ROOT", "/dicom-web").strip("/"),
         public_url=env.get("DICOMWEB_PUBLIC_URL", "").rstrip("/"),
-        max_upload_bytes=_env_int("DICOMWEB_MAX_UPLOAD_BYTES", 8 * 1024**3),
-        max_parts=_env_int("DICOMWEB_MAX_PARTS", 20000),
+        max_upload_bytes=env_int("DICOMWEB_MAX_UPLOAD_BYTES", 8 * 1024**3, minimum=1),
+        max_parts=env_int("DICOMWEB_MAX_PARTS", 20000, minimum=1),
         cors_origins=origins,
-        workers=_env_int("DICOMWEB_WORKERS", 0),
-        decoded_cache_bytes=_env_int("DICOMWEB_DECODED_CACHE_MB", 256) * 1024**2,
+        workers=env_int("DICOMWEB_WORKERS", 0),
+        decoded_cache_bytes=env_int("DICOMWEB_DECODED_CACHE_MB", 256) * 1024**2,
+        access_log=env_bool("DICOMWEB_ACCESS_LOG", True),
     )

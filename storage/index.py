@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 import orjson
 from sqlalchemy import bindparam, create_engine, delete, event, func, make_url, select, update
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection, Engine, Row
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from storage import schema
@@ -397,3 +397,38 @@ class Index:
             return [r.blob_key for r in rows]
 
         return await self._write(transaction)
+
+    # ---- reports (the import and verify commands) --------------------------------------------------
+
+    # Values per IN (...) list: well under SQLite's and asyncpg's limits on bound parameters.
+    REPORT_CHUNK = 500
+
+    async def existing_sops(self, sops: list[str]) -> set[str]:
+        """Which of these SOP Instance UIDs the archive holds."""
+        found: set[str] = set()
+        async with self.engine.connect() as conn:
+            for i in range(0, len(sops), self.REPORT_CHUNK):
+                q = select(I.c.sop_uid).where(I.c.sop_uid.in_(sops[i: i + self.REPORT_CHUNK]))
+                found.update((await conn.execute(q)).scalars())
+        return found
+
+    async def master_report(self, sops: list[str]) -> list[Row[Any]]:
+        """Per instance: whether it has its master, else its master job's state and reason (None when no
+        master was wanted: lossy originals, no pixel data), and what explains that (transfer syntax,
+        frames, Bits Allocated). Rows have sop_uid, has_master, state, reason, transfer_syntax,
+        number_of_frames, bits_allocated."""
+        columns = (I.c.sop_uid, I.c.fidelity.isnot(None).label("has_master"), J.c.state, J.c.reason,
+                   I.c.transfer_syntax, I.c.number_of_frames, I.c.bits_allocated)
+        rows: list[Row[Any]] = []
+        async with self.engine.connect() as conn:
+            for i in range(0, len(sops), self.REPORT_CHUNK):
+                q = (select(*columns).select_from(I.outerjoin(J, I.c.sop_uid == J.c.sop_uid))
+                     .where(I.c.sop_uid.in_(sops[i: i + self.REPORT_CHUNK])))
+                rows += (await conn.execute(q)).all()
+        return rows
+
+    async def kept_reasons(self) -> dict[str, int]:
+        """How many instances the master queue kept as received, per reason."""
+        q = select(J.c.reason, func.count()).where(J.c.state == "kept").group_by(J.c.reason)
+        async with self.engine.connect() as conn:
+            return {reason: n for reason, n in (await conn.execute(q)).all()}
