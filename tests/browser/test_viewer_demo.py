@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
@@ -42,7 +43,8 @@ def check_progressive(server: Server, state: dict[str, Any]) -> None:
     assert state["pixelsSha256"] == uncompressed_frame_sha256(server.base + state["frameUrl"])
 
 
-def test_desktop_preview_then_lossless(open_page: Any, browser_server: Server, studies: Studies) -> None:
+def test_desktop_preview_then_lossless(open_page: Any, browser_server: Server, studies: Studies,
+                                       shots: Path) -> None:
     page, _ = open_page(1280, 800)
     page.goto(demo_url(browser_server, studies))
     state = wait_state(page, FINAL)
@@ -52,7 +54,7 @@ def test_desktop_preview_then_lossless(open_page: Any, browser_server: Server, s
     assert stages["lossless"]["transferSyntax"] == "1.2.840.10008.1.2.4.90", stages  # the whole master
     check_progressive(browser_server, state)
     wait_state(page, "document.querySelector('#badge').textContent.includes('LOSSLESS')")
-    screenshot(page, "viewer-demo-desktop.png")
+    screenshot(page, shots, "viewer-demo-desktop.png")
 
     # Window/level by dragging on the image.
     box = page.locator("#viewport").bounding_box()
@@ -71,11 +73,12 @@ def test_desktop_preview_then_lossless(open_page: Any, browser_server: Server, s
     assert state["pixelsSha256"] == uncompressed_frame_sha256(browser_server.base + state["frameUrl"])
 
 
-def test_slow_link_shows_preview_first(open_page: Any, browser_server: Server, studies: Studies) -> None:
+def test_slow_link_shows_preview_first(open_page: Any, browser_server: Server, studies: Studies,
+                                       shots: Path) -> None:
     page, _ = open_page(1280, 800)
     page.goto(demo_url(browser_server, studies, link="512k"))
     wait_state(page, "s.stage === 'preview'")
-    screenshot(page, "viewer-demo-preview.png")
+    screenshot(page, shots, "viewer-demo-preview.png")
     state = wait_state(page, FINAL)
     check_progressive(browser_server, state)
     lossless = next(s for s in state["stages"] if s["name"] == "lossless")
@@ -84,7 +87,8 @@ def test_slow_link_shows_preview_first(open_page: Any, browser_server: Server, s
     assert state["firstImageMs"] < state["firstLosslessMs"], state
 
 
-def test_phone_viewport(open_page: Any, browser_server: Server, studies: Studies) -> None:
+def test_phone_viewport(open_page: Any, browser_server: Server, studies: Studies,
+                        shots: Path) -> None:
     width, height = 390, 844
     page, _ = open_page(width, height, mobile=True)
     page.goto(f"{browser_server.base}/viewer-demo/")
@@ -101,7 +105,7 @@ def test_phone_viewport(open_page: Any, browser_server: Server, studies: Studies
     assert slider["y"] + slider["height"] <= height, f"the slider is below the screen: {slider}"
     assert page.locator("#badge").is_visible()
     wait_state(page, "document.querySelector('#badge').textContent.includes('LOSSLESS')")
-    screenshot(page, "viewer-demo-phone.png")
+    screenshot(page, shots, "viewer-demo-phone.png")
     page.locator("#next").tap()
     state = wait_state(page, f"s.slice === 1 && {FINAL}")
     assert state["lossless"]
