@@ -102,7 +102,8 @@ def asset_dirs() -> list[Path]:
     if env := os.environ.get("DICOMWEB_VIEWER_DEMO_DIR"):
         return [Path(env)]
     user = user_assets_dir()
-    return ([user] if user is not None else []) + [CHECKOUT_DEMO]
+    checkout = CHECKOUT_DEMO if (CHECKOUT_DEMO / "package.json").is_file() else None  # not when pip-installed
+    return [d for d in (user, checkout) if d is not None]
 
 
 @dataclass
@@ -124,8 +125,8 @@ class Located:
 def web_files() -> Located:
     # The pages are part of the package; DICOMWEB_VIEWER_DEMO_DIR/web, when there, is a copy being worked on.
     env = os.environ.get("DICOMWEB_VIEWER_DEMO_DIR")
-    return Located("the viewer demo's pages", "index.html",
-                   ([Path(env) / "web"] if env else []) + [PACKAGE_WEB, CHECKOUT_DEMO / "web"])
+    packaged = PACKAGE_WEB if PACKAGE_WEB.is_dir() else CHECKOUT_DEMO / "web"
+    return Located("the viewer demo's pages", "index.html", ([Path(env) / "web"] if env else []) + [packaged])
 
 
 def codec_files() -> Located:
@@ -139,6 +140,8 @@ def ohif_files() -> Located:
 
 def install_commands(located: Located) -> list[str]:
     """Shell commands that put the missing npm assets where this server looks first (Node.js's npm needed)."""
+    if not located.candidates:  # no home folder, no checkout, no variable: nowhere to look
+        return ["export DICOMWEB_VIEWER_DEMO_DIR=/some/folder  # then restart the server and reload this page"]
     target = located.candidates[0]
     if located.marker == "openjpegwasm_decode.js":
         prefix = shlex.quote(str(target.parents[len(Path(CODEC_SUBDIR).parts) - 1]))  # it holds node_modules/
