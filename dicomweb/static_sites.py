@@ -64,6 +64,9 @@ HTJ2K_ACCEPT = [
 ]
 OHIF_SITES = {"/ohif": False, "/ohif-progressive": True}  # mount -> progressive
 NO_CACHE = {"Cache-Control": "no-cache"}
+# For the few HTML pages made here (the landing page, "not installed").
+PAGE_STYLE = ("<style>body{font:16px/1.5 system-ui,sans-serif;max-width:48rem;margin:2rem auto;padding:0 1rem}"
+              "pre{background:#eee;padding:.5rem;overflow-x:auto}</style>")
 IMMUTABLE = {"Cache-Control": "public, max-age=31536000, immutable"}
 # Content-hashed file names in OHIF's dist: 12.bundle.b4688cdbdd856b75.js, 0ddf166f7a343eda.wasm.
 HASHED_NAME = re.compile(r"(^|\.)[0-9a-f]{16}\.(js|wasm|woff2)$")
@@ -222,7 +225,7 @@ def _missing_page(located: Located) -> str:
 
 def _missing(located: Located) -> Response:
     title = f"{located.what} is not installed"
-    body = f"<!doctype html><meta charset=utf-8><title>{title}</title><h1>{title}</h1>{_missing_page(located)}"
+    body = f"<!doctype html><meta charset=utf-8><title>{title}</title>{PAGE_STYLE}<h1>{title}</h1>{_missing_page(located)}"
     return HTMLResponse(body, status_code=503, headers=NO_CACHE)
 
 
@@ -410,7 +413,7 @@ def landing_route(settings: Settings, codec: Located, ohif: Located) -> Route:
             ohif_item = f"<li>OHIF v3 (<code>/ohif/</code>) is not installed.{_missing_page(ohif)}</li>"
         body = (
             "<!doctype html><meta charset=utf-8><meta name=viewport content='width=device-width'>"
-            "<title>dicomweb-progressive</title><h1>dicomweb-progressive</h1>"
+            f"<title>dicomweb-progressive</title>{PAGE_STYLE}<h1>dicomweb-progressive</h1>"
             f"<p>A DICOMweb server (QIDO-RS, WADO-RS, STOW-RS). DICOMweb root: <code>{root}</code>, e.g. "
             f'<a href="{root.lstrip("/")}/studies">{root}/studies</a>; health: <a href="healthz">/healthz</a>.</p>'
             f'<ul><li><a href="viewer-demo/">Viewer demo</a>: progressive stack viewer{status}</li>{ohif_item}</ul>'

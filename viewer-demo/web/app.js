@@ -331,10 +331,13 @@ function updatePanel(slice) {
   }
   $('quality-text').replaceChildren(...lines.map((l) => el('span', {}, l)));
   const sum = view.loader.summary();
-  $('series-text').textContent = `${plural(sum.slices, 'slice')}: ${sum.previews} loaded, ${sum.lossless} lossless · ` +
+  const full = sum.full === sum.lossless ? `${sum.lossless} lossless`
+    : `${sum.full} in full (${sum.lossless} lossless, ${sum.full - sum.lossless} lossy originals)`;
+  $('series-text').textContent = `${plural(sum.slices, 'slice')}: ${sum.previews} loaded, ${full} · ` +
     `${kb(sum.bytes)} received over ${LINKS[view.link].label}` +
     (view.firstImageMs !== null ? ` · first image ${ms(view.firstImageMs)}` : '') +
-    (view.firstLosslessMs !== null ? ` · lossless ${ms(view.firstLosslessMs)}` : '');
+    (view.firstLosslessMs !== null
+      ? ` · ${slice.best?.quality === 'original' ? 'full image' : 'lossless'} ${ms(view.firstLosslessMs)}` : '');
 }
 
 let publishedImage = null;

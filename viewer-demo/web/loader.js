@@ -246,7 +246,8 @@ export class SeriesLoader {
     return {
       slices: this.slices.length,
       previews: count((s) => s.best),
-      lossless: count((s) => s.best && s.best.quality !== 'lossy'),
+      full: count((s) => s.best && s.best.quality !== 'lossy'), // lossless, or a lossy original in full
+      lossless: count((s) => s.best?.quality === 'lossless'),
       bytes: this.slices.reduce((n, s) => n + s.stages.reduce((m, st) => m + st.bytes, 0), 0),
       ms: performance.now() - this.started,
       done: this.slices.every((s) => s.next >= s.stages.length && !s.busy),
