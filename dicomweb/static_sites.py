@@ -1,7 +1,8 @@
 """Browser sites served beside the DICOMweb API, so no second web server is needed.
 
+- ``/``: a landing page that links to the DICOMweb root and the viewers, and says what is not installed.
 - ``/viewer-demo/``: the progressive stack viewer in ``viewer-demo/web`` (plain ES modules), with the
-  OpenJPEG WebAssembly decoder from ``viewer-demo/node_modules`` under ``/viewer-demo/codec/``.
+  OpenJPEG WebAssembly decoder (npm ``@cornerstonejs/codec-openjpeg``) under ``/viewer-demo/codec/``.
 - ``/ohif/`` and ``/ohif-progressive/``: the prebuilt OHIF v3 viewer (``@ohif/app``'s ``dist/``, unpacked by
   ``scripts/setup-browser.sh``), each with an ``app-config.js`` generated here whose data source is this
   server. The progressive one asks for frames as HTJ2K (``image/jphc``, 1.2.840.10008.1.2.4.202), which OHIF
