@@ -1,7 +1,8 @@
 """Browser sites served beside the DICOMweb API, so no second web server is needed.
 
+- ``/``: a landing page that links to the DICOMweb root and the viewers, and says what is not installed.
 - ``/viewer-demo/``: the progressive stack viewer in ``viewer-demo/web`` (plain ES modules), with the
-  OpenJPEG WebAssembly decoder from ``viewer-demo/node_modules`` under ``/viewer-demo/codec/``.
+  OpenJPEG WebAssembly decoder (npm ``@cornerstonejs/codec-openjpeg``) under ``/viewer-demo/codec/``.
 - ``/ohif/`` and ``/ohif-progressive/``: the prebuilt OHIF v3 viewer (``@ohif/app``'s ``dist/``, unpacked by
   ``scripts/setup-browser.sh``), each with an ``app-config.js`` generated here whose data source is this
   server. The progressive one asks for frames as HTJ2K (``image/jphc``, 1.2.840.10008.1.2.4.202), which OHIF
@@ -11,20 +12,30 @@ OHIF's build assumes it lives at ``/``: its ``index.html`` names ``/app.bundle..
 and webpack's chunk path is the literal ``"/"``. Those few strings are rewritten at serve time (the dist stays
 as npm shipped it), and client-side routes (``/ohif/viewer?StudyInstanceUIDs=...``) get ``index.html``.
 
-Where the files are: ``DICOMWEB_VIEWER_DEMO_DIR`` (default: ``viewer-demo`` beside the ``dicomweb`` package,
-else in the working directory) and ``DICOMWEB_OHIF_DIST`` (default: ``<viewer-demo>/.ohif/dist``).
+Where the files are (never the working directory, so the server can be started anywhere):
+
+- the demo's pages: shipped in the package (``dicomweb/viewer_web``, mapped from ``viewer-demo/web`` by
+  pyproject.toml), or ``viewer-demo/web`` of a source checkout;
+- the npm assets (the decoder and OHIF's dist) in a folder laid out like ``viewer-demo/`` (``node_modules/``,
+  ``.ohif/dist``): ``DICOMWEB_VIEWER_DEMO_DIR`` when set (then only there); else the first that holds them of
+  the per-user folder ``${XDG_DATA_HOME:-~/.local/share}/dicomweb/viewer-demo``, where
+  ``scripts/setup-browser.sh`` installs them by default, and a source checkout's ``viewer-demo/``.
+  ``DICOMWEB_OHIF_DIST``, when set, is OHIF's dist itself.
+While something is missing it is looked for again on each request, so installing it needs no restart.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import html
 import json
 import mimetypes
 import os
 import re
+import shlex
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from starlette.requests import Request
@@ -34,10 +45,29 @@ from starlette.routing import BaseRoute, Route
 from dicomweb.conditional import etag_for, not_modified
 from storage.config import Settings
 
-SETUP_HINT = "run scripts/setup-browser.sh (it installs the npm packages and unpacks OHIF)"
-HTJ2K_ACCEPT = "multipart/related; type=image/jphc; transfer-syntax=1.2.840.10008.1.2.4.202"
+# What scripts/setup-browser.sh installs (its OHIF_VERSION, and viewer-demo/package-lock.json); the hints on
+# the "not installed" pages name them, and tests/browser/test_static_sites.py keeps them in step.
+OHIF_VERSION = "3.13.2"
+CODEC_PACKAGE, CODEC_VERSION = "@cornerstonejs/codec-openjpeg", "1.3.6"
+PACKAGE_WEB = Path(__file__).resolve().parent / "viewer_web"
+CHECKOUT_DEMO = Path(__file__).resolve().parents[1] / "viewer-demo"
+CODEC_SUBDIR = "node_modules/@cornerstonejs/codec-openjpeg/dist"
+OHIF_SUBDIR = ".ohif/dist"
+# /ohif-progressive/ prefers HTJ2K (.202), which OHIF streams and decodes at a lower resolution first. Only
+# layered masters can be sent that way, so the second entry (OHIF's own default, a lower q) takes every other
+# instance as stored: lossy originals (JPEG baseline ultrasound) and instances whose master is still being
+# made. OHIF joins the list with commas into one Accept header (core/utils/generateAcceptHeader.ts returns a
+# configured list as is; XHR and fetch turn the array into "a,b"), and the server takes the first range it can
+# serve, highest q first (dicomweb/accept.py, dicomweb/frames.py).
+HTJ2K_ACCEPT = [
+    "multipart/related; type=image/jphc; transfer-syntax=1.2.840.10008.1.2.4.202",
+    "multipart/related; type=application/octet-stream; transfer-syntax=*; q=0.5",
+]
 OHIF_SITES = {"/ohif": False, "/ohif-progressive": True}  # mount -> progressive
 NO_CACHE = {"Cache-Control": "no-cache"}
+# For the few HTML pages made here (the landing page, "not installed").
+PAGE_STYLE = ("<style>body{font:16px/1.5 system-ui,sans-serif;max-width:48rem;margin:2rem auto;padding:0 1rem}"
+              "pre{background:#eee;padding:.5rem;overflow-x:auto}</style>")
 IMMUTABLE = {"Cache-Control": "public, max-age=31536000, immutable"}
 # Content-hashed file names in OHIF's dist: 12.bundle.b4688cdbdd856b75.js, 0ddf166f7a343eda.wasm.
 HASHED_NAME = re.compile(r"(^|\.)[0-9a-f]{16}\.(js|wasm|woff2)$")
@@ -57,15 +87,82 @@ mimetypes.add_type("application/wasm", ".wasm")
 mimetypes.add_type("text/javascript", ".mjs")
 
 
-def viewer_demo_dir() -> Path:
+def user_assets_dir() -> Path | None:
+    """``${XDG_DATA_HOME:-~/.local/share}/dicomweb/viewer-demo``: where scripts/setup-browser.sh installs the
+    decoder and OHIF by default, so a server installed with pip finds them (None without a home folder)."""
+    base = os.environ.get("XDG_DATA_HOME", "")
+    if not os.path.isabs(base):  # the XDG spec: a relative value is to be ignored
+        try:
+            base = str(Path.home() / ".local" / "share")
+        except RuntimeError:  # a system user without a home folder
+            return None
+    return Path(base) / "dicomweb" / "viewer-demo"
+
+
+def asset_dirs() -> list[Path]:
+    """Folders laid out like viewer-demo/ (node_modules/, .ohif/dist) where the npm assets are looked for:
+    DICOMWEB_VIEWER_DEMO_DIR alone when it is set; else the per-user folder the setup script installs into,
+    then a source checkout's viewer-demo/ (where earlier versions of the script installed them)."""
     if env := os.environ.get("DICOMWEB_VIEWER_DEMO_DIR"):
-        return Path(env)
-    beside = Path(__file__).resolve().parents[1] / "viewer-demo"
-    return beside if beside.is_dir() else Path.cwd() / "viewer-demo"
+        return [Path(env)]
+    user = user_assets_dir()
+    checkout = CHECKOUT_DEMO if (CHECKOUT_DEMO / "package.json").is_file() else None  # not when pip-installed
+    return [d for d in (user, checkout) if d is not None]
 
 
-def ohif_dist_dir(demo: Path) -> Path:
-    return Path(os.environ.get("DICOMWEB_OHIF_DIST") or demo / ".ohif" / "dist")
+@dataclass
+class Located:
+    """The first of `candidates` that holds `marker`. While none does, each call looks again, so files
+    installed while the server runs are found without a restart; `candidates[0]` is where to install."""
+
+    what: str
+    marker: str
+    candidates: list[Path]
+    _found: Path | None = field(default=None, repr=False)
+
+    def get(self) -> Path | None:
+        if self._found is None or not (self._found / self.marker).is_file():
+            self._found = next((c for c in self.candidates if (c / self.marker).is_file()), None)
+        return self._found
+
+
+def web_files() -> Located:
+    # The pages are part of the package; DICOMWEB_VIEWER_DEMO_DIR/web, when there, is a copy being worked on.
+    env = os.environ.get("DICOMWEB_VIEWER_DEMO_DIR")
+    packaged = PACKAGE_WEB if PACKAGE_WEB.is_dir() else CHECKOUT_DEMO / "web"
+    return Located("the viewer demo's pages", "index.html", ([Path(env) / "web"] if env else []) + [packaged])
+
+
+def codec_files() -> Located:
+    return Located("the JPEG 2000 decoder", "openjpegwasm_decode.js", [d / CODEC_SUBDIR for d in asset_dirs()])
+
+
+def ohif_files() -> Located:
+    env = os.environ.get("DICOMWEB_OHIF_DIST")
+    return Located("OHIF", "index.html", [Path(env)] if env else [d / OHIF_SUBDIR for d in asset_dirs()])
+
+
+def install_commands(located: Located) -> list[str]:
+    """Shell commands that put the missing npm assets where this server looks first (Node.js's npm needed)."""
+    if not located.candidates:  # no home folder, no checkout, no variable: nowhere to look
+        return ["export DICOMWEB_VIEWER_DEMO_DIR=/some/folder  # then restart the server and reload this page"]
+    target = located.candidates[0]
+    if located.marker == "openjpegwasm_decode.js":
+        prefix = shlex.quote(str(target.parents[len(Path(CODEC_SUBDIR).parts) - 1]))  # it holds node_modules/
+        return [f"npm install --prefix {prefix} --no-save --no-package-lock {CODEC_PACKAGE}@{CODEC_VERSION}"]
+    dist, tgz = shlex.quote(str(target)), f"ohif-app-{OHIF_VERSION}.tgz"
+    return [
+        f"mkdir -p {dist} && cd {dist}",
+        f"npm pack @ohif/app@{OHIF_VERSION}",
+        f"tar -xzf {tgz} --strip-components=2 --wildcards 'package/dist/*' --exclude='*.map' && rm {tgz}",
+    ]
+
+
+def setup_hint(located: Located) -> str:
+    """Plain text: where the files were looked for, and what installs them."""
+    return (f"{located.what} is not installed; looked in: {', '.join(map(str, located.candidates))}. "
+            f"To install it: {' ; '.join(install_commands(located))} "
+            "(from a source checkout, scripts/setup-browser.sh --viewers-only installs the decoder and OHIF).")
 
 
 # ---- files ------------------------------------------------------------------------------------------
@@ -117,9 +214,19 @@ def _add_slash(prefix: str) -> Route:
     return Route(prefix.rstrip("/"), redirect, methods=["GET", "HEAD"])
 
 
-def _missing(what: str, path: Path) -> Response:
-    body = (f"<!doctype html><title>{what} is not installed</title><h1>{what} is not installed</h1>"
-            f"<p>{path} is missing: {SETUP_HINT}.</p>")
+def _missing_page(located: Located) -> str:
+    places = "".join(f"<li><code>{html.escape(str(c))}</code></li>" for c in located.candidates)
+    commands = html.escape("\n".join(install_commands(located)))
+    return (f"<p>{located.what[0].upper() + located.what[1:]} is not installed: this server looked in</p>"
+            f"<ul>{places}</ul><p>These commands install it where this server looks first (they need Node.js's "
+            f"<code>npm</code>); then reload, no restart needed:</p><pre>{commands}</pre>"
+            "<p>From a source checkout, <code>scripts/setup-browser.sh --viewers-only</code> installs the "
+            "viewer demo's decoder and OHIF there.</p>")
+
+
+def _missing(located: Located) -> Response:
+    title = f"{located.what} is not installed"
+    body = f"<!doctype html><meta charset=utf-8><title>{title}</title>{PAGE_STYLE}<h1>{title}</h1>{_missing_page(located)}"
     return HTMLResponse(body, status_code=503, headers=NO_CACHE)
 
 
@@ -130,22 +237,27 @@ def _module_config(settings: Settings) -> _Body:
 
 # ---- viewer-demo -------------------------------------------------------------------------------------
 
-def viewer_demo_routes(settings: Settings, demo: Path) -> list[BaseRoute]:
-    web = demo / "web"
-    codec = demo / "node_modules" / "@cornerstonejs" / "codec-openjpeg" / "dist"
+def viewer_demo_routes(settings: Settings, web: Located, codec: Located) -> list[BaseRoute]:
     config = _module_config(settings)
 
     async def page(request: Request) -> Response:
         rel = request.path_params["path"] or "index.html"
         if rel == "config.js":
             return _bytes_response(request, config, "text/javascript", NO_CACHE)
-        path = _inside(web, rel)
+        root = web.get()
+        if root is None:  # a package built without its data files
+            return Response(f"not installed: {web.what}, looked in {', '.join(map(str, web.candidates))}", 404)
+        path = _inside(root, rel)
         return _file_response(request, path, NO_CACHE) if path else Response("not found", 404)
 
     async def decoder(request: Request) -> Response:
-        path = _inside(codec, request.path_params["path"])
+        root = codec.get()
+        if root is None:
+            # The page then decodes nothing itself: the server renders previews and sends uncompressed frames.
+            return Response(setup_hint(codec), 404)
+        path = _inside(root, request.path_params["path"])
         if path is None:
-            return Response(f"the JPEG 2000 decoder is not installed: {SETUP_HINT}", 404)
+            return Response("not found", 404)
         return _file_response(request, path, {"Cache-Control": "public, max-age=86400"})
 
     return [
@@ -175,7 +287,7 @@ def ohif_app_config(settings: Settings, mount: str, progressive: bool) -> _Body:
         "omitQuotationForMultipartRequest": True,
     }
     if progressive:
-        source["acceptHeader"] = [HTJ2K_ACCEPT]
+        source["acceptHeader"] = HTJ2K_ACCEPT
     config = {
         "name": "dicomweb-progressive" + mount,
         "routerBasename": mount,
@@ -241,14 +353,15 @@ def _fix_asset(body: bytes) -> bytes | None:
     return None if fixed == body else fixed
 
 
-def _ohif_site(settings: Settings, dist: Path, rewrites: _Rewrites, mount: str, progressive: bool) -> list[BaseRoute]:
+def _ohif_site(settings: Settings, ohif: Located, rewrites: _Rewrites, mount: str, progressive: bool) -> list[BaseRoute]:
     prefix = mount + "/"
     app_config = ohif_app_config(settings, mount, progressive)
     fix_index = _fix_index(prefix)
 
     async def site(request: Request) -> Response:
-        if not (dist / "index.html").is_file():
-            return _missing("OHIF", dist)
+        dist = ohif.get()
+        if dist is None:
+            return _missing(ohif)
         rel = request.path_params["path"]
         if rel == "app-config.js":
             return _bytes_response(request, app_config, "text/javascript", NO_CACHE)
@@ -272,13 +385,47 @@ def _ohif_site(settings: Settings, dist: Path, rewrites: _Rewrites, mount: str, 
     ]
 
 
-def ohif_routes(settings: Settings, dist: Path) -> list[BaseRoute]:
+def ohif_routes(settings: Settings, ohif: Located) -> list[BaseRoute]:
     rewrites = _Rewrites()
     return [route for mount, progressive in OHIF_SITES.items()
-            for route in _ohif_site(settings, dist, rewrites, mount, progressive)]
+            for route in _ohif_site(settings, ohif, rewrites, mount, progressive)]
+
+
+# ---- the landing page --------------------------------------------------------------------------------
+
+def describe_sites(base: str) -> list[str]:
+    """One line per browser site, with whether its files are installed (for the start-up banner)."""
+    codec, ohif = codec_files().get(), ohif_files().get()
+    return [
+        f"viewer demo: {base}/viewer-demo/" + ("" if codec else " (decoding on the server: npm decoder not installed)"),
+        f"OHIF:        {base}/ohif/ and {base}/ohif-progressive/" + ("" if ohif else " (not installed: open it for how)"),
+    ]
+
+
+def landing_route(settings: Settings, codec: Located, ohif: Located) -> Route:
+    """`GET /`: what this server offers, with links, instead of a bare 404."""
+    async def landing(request: Request) -> Response:
+        root = html.escape(settings.root)
+        status = "" if codec.get() else " (the page's JPEG 2000 decoder is not installed: the server decodes)"
+        if ohif.get():
+            ohif_item = ('<li><a href="ohif/">OHIF v3</a>: frames as stored (layered lossless JPEG 2000); '
+                         '<a href="ohif-progressive/">OHIF, progressive</a>: HTJ2K, decoded while it streams in</li>')
+        else:
+            ohif_item = f"<li>OHIF v3 (<code>/ohif/</code>) is not installed.{_missing_page(ohif)}</li>"
+        body = (
+            "<!doctype html><meta charset=utf-8><meta name=viewport content='width=device-width'>"
+            f"<title>dicomweb-progressive</title>{PAGE_STYLE}<h1>dicomweb-progressive</h1>"
+            f"<p>A DICOMweb server (QIDO-RS, WADO-RS, STOW-RS). DICOMweb root: <code>{root}</code>, e.g. "
+            f'<a href="{root.lstrip("/")}/studies">{root}/studies</a>; health: <a href="healthz">/healthz</a>.</p>'
+            f'<ul><li><a href="viewer-demo/">Viewer demo</a>: progressive stack viewer{status}</li>{ohif_item}</ul>'
+        )
+        return HTMLResponse(body, headers=NO_CACHE)
+
+    return Route("/", landing, methods=["GET", "HEAD"])
 
 
 def static_routes(settings: Settings) -> list[BaseRoute]:
-    """Routes for /viewer-demo/ and the OHIF mounts; add them after the DICOMweb mount."""
-    demo = viewer_demo_dir()
-    return viewer_demo_routes(settings, demo) + ohif_routes(settings, ohif_dist_dir(demo))
+    """Routes for `/`, /viewer-demo/ and the OHIF mounts; add them after the DICOMweb mount."""
+    codec, ohif = codec_files(), ohif_files()
+    return ([landing_route(settings, codec, ohif)] + viewer_demo_routes(settings, web_files(), codec)
+            + ohif_routes(settings, ohif))

@@ -3,37 +3,58 @@
 #   - Debian's chromium (Playwright's own browser download is not used) and a font for screenshots;
 #   - Python Playwright (its PyPI wheel carries the driver; `playwright install` is never run);
 #   - viewer-demo's npm packages (the OpenJPEG WebAssembly decoder) from package-lock.json;
-#   - the prebuilt OHIF v3 viewer (@ohif/app's dist/), unpacked into viewer-demo/.ohif/dist (git-ignored).
+#   - the prebuilt OHIF v3 viewer (@ohif/app's dist/).
+# The last two go where a server finds them wherever it was installed and started: by default the per-user
+# folder ${XDG_DATA_HOME:-~/.local/share}/dicomweb/viewer-demo, laid out like viewer-demo/ (node_modules/,
+# .ohif/dist). The server reads the same variables (dicomweb/static_sites.py).
+# Options: --viewers-only (just the decoder and OHIF, what a server needs; no chromium, no Playwright).
 # Environment: PYTHON (default: python3, or python), OHIF_VERSION (default 3.13.2),
-# DICOMWEB_OHIF_DIST (where to unpack OHIF; the server reads the same variable).
+# DICOMWEB_VIEWER_DEMO_DIR (install into this folder instead; e.g. the checkout's viewer-demo),
+# DICOMWEB_OHIF_DIST (where to unpack OHIF).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 here=$(pwd)
 
+viewers_only=false
+case "${1:-}" in
+  --viewers-only) viewers_only=true ;;
+  "") ;;
+  *) echo "usage: $0 [--viewers-only]" >&2; exit 2 ;;
+esac
+
+data_home=${XDG_DATA_HOME:-}
+case "$data_home" in /*) ;; *) data_home=$HOME/.local/share ;; esac  # XDG: a relative value is ignored
+TARGET=${DICOMWEB_VIEWER_DEMO_DIR:-$data_home/dicomweb/viewer-demo}
 OHIF_VERSION=${OHIF_VERSION:-3.13.2}
-OHIF_DIST=${DICOMWEB_OHIF_DIST:-$here/viewer-demo/.ohif/dist}
+OHIF_DIST=${DICOMWEB_OHIF_DIST:-$TARGET/.ohif/dist}
 PYTHON=${PYTHON:-$(command -v python || command -v python3)}
 SUDO=""
 [ "$(id -u)" = 0 ] || SUDO=sudo
 step() { printf '\n== %s\n' "$*"; }
 
-step "chromium (Debian package)"
-if [ -x /usr/bin/chromium ] && fc-list 2>/dev/null | grep -qi liberation; then
-  echo "already installed: $(/usr/bin/chromium --version 2>/dev/null | head -n 1)"
-else
-  $SUDO apt-get update -q
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q chromium fonts-liberation
+if ! $viewers_only; then
+  step "chromium (Debian package)"
+  if [ -x /usr/bin/chromium ] && fc-list 2>/dev/null | grep -qi liberation; then
+    echo "already installed: $(/usr/bin/chromium --version 2>/dev/null | head -n 1)"
+  else
+    $SUDO apt-get update -q
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q chromium fonts-liberation
+  fi
+
+  step "Python Playwright (driver only; the browser is /usr/bin/chromium)"
+  if "$PYTHON" -c "import playwright.sync_api" 2>/dev/null; then
+    echo "already installed: playwright $("$PYTHON" -m pip show playwright 2>/dev/null | sed -n 's/^Version: //p')"
+  else
+    "$PYTHON" -m pip install -q --disable-pip-version-check 'playwright>=1.45,<2'
+  fi
 fi
 
-step "Python Playwright (driver only; the browser is /usr/bin/chromium)"
-if "$PYTHON" -c "import playwright.sync_api" 2>/dev/null; then
-  echo "already installed: playwright $("$PYTHON" -m pip show playwright 2>/dev/null | sed -n 's/^Version: //p')"
-else
-  "$PYTHON" -m pip install -q --disable-pip-version-check 'playwright>=1.45,<2'
-fi
-
-step "viewer-demo npm packages (npm ci)"
-cd "$here/viewer-demo"
+step "viewer-demo npm packages (npm ci) -> $TARGET/node_modules"
+mkdir -p "$TARGET"
+cd "$TARGET"
+for f in package.json package-lock.json; do  # the checkout's lock decides; copied only when it differs
+  cmp -s "$here/viewer-demo/$f" "$f" 2>/dev/null || cp "$here/viewer-demo/$f" "$f"
+done
 want=$(node -p "require('./package-lock.json').packages['node_modules/@cornerstonejs/codec-openjpeg'].version")
 have=$(node -p "require('./node_modules/@cornerstonejs/codec-openjpeg/package.json').version" 2>/dev/null || true)
 if [ "$want" = "$have" ]; then
@@ -61,4 +82,5 @@ else
 fi
 
 step "done"
+echo "installed in $TARGET (a server started anywhere finds it there)"
 echo "viewer-demo: http://HOST:PORT/viewer-demo/   OHIF: http://HOST:PORT/ohif/ and /ohif-progressive/"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,15 @@ class Studies:
     ct_sops: list[str]
     small_study: str
     small_series: str
-    names: list[str] = field(default_factory=list)
+    sr_series: str  # a second series of the small study: a structured report, no images
+    lossy_study: str  # a lossy original (JPEG baseline, RGB), kept as received: no master
+    lossy_series: str
+    no_modality_study: str  # JPEG baseline without Modality and without a patient name
+    names: list[str] = field(default_factory=list)  # patient family names, one per study that has one
+
+    @property
+    def all(self) -> list[str]:
+        return [self.ct_study, self.small_study, self.lossy_study, self.no_modality_study]
 
 
 @dataclass
@@ -49,9 +58,17 @@ def uncompressed_frame_sha256(url: str) -> str:
     return hashlib.sha256(r.content).hexdigest()
 
 
-def screenshot(page: Any, name: str, **kwargs: Any) -> Path:
-    DOCS.mkdir(exist_ok=True)
-    path = DOCS / name
+def screenshot_dir(temporary: Path) -> Path:
+    """Where screenshots go: `temporary` unless DICOMWEB_SCREENSHOTS asks for docs/ (the README's pictures,
+    tracked in git, so a plain test run leaves the tree clean) or names another folder."""
+    wanted = os.environ.get("DICOMWEB_SCREENSHOTS", "")
+    folder = DOCS if wanted == "docs" else Path(wanted) if wanted else temporary
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def screenshot(page: Any, folder: Path, name: str, **kwargs: Any) -> Path:
+    path = folder / name
     page.screenshot(path=str(path), **kwargs)
     return path
 

@@ -1,8 +1,9 @@
 """Browser tests: Debian's headless chromium, driven by Python Playwright, against the real server.
 
 The server is a dedicated one (so the study list holds exactly what these tests stored), loaded through
-STOW-RS with a 5-slice CT series made from WG04's 693_UNCR.dcm and pydicom's CT_small.dcm. Screenshots go to
-docs/ for the README. Without chromium, Playwright or the npm assets the tests fail and say to run
+STOW-RS with a 5-slice CT series made from WG04's 693_UNCR.dcm, pydicom's CT_small.dcm with a structured report
+beside it, a lossy original (JPEG baseline) and a study without Modality. Screenshots go to a temporary folder;
+DICOMWEB_SCREENSHOTS=docs writes them to docs/ for the README. Without chromium, Playwright or the npm assets the tests fail and say to run
 scripts/setup-browser.sh; DICOMWEB_SKIP_BROWSER=1 skips them instead.
 """
 
@@ -10,7 +11,6 @@ from __future__ import annotations
 
 import io
 import os
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,11 +19,11 @@ import httpx
 import numpy as np
 import pydicom
 import pytest
-from browser_support import PageLog, Studies
+from browser_support import PageLog, Studies, screenshot_dir
 from pydicom.uid import generate_uid
 
-from dicomweb.static_sites import ohif_dist_dir, viewer_demo_dir
-from tests.conftest import PYDICOM_DATA, PYDICOM_TEST_FILES, Server, new_uids, stow
+from dicomweb.static_sites import codec_files, ohif_files
+from tests.conftest import PYDICOM_DATA, PYDICOM_TEST_FILES, Server, new_uids, stow, wait_for_masters
 
 CHROMIUM = Path("/usr/bin/chromium")
 # The machine's closed network refuses background connections; these keep chromium from trying.
@@ -39,7 +39,6 @@ CT_DESCRIPTION = "Head CT, WG04 693 (browser tests)"
 
 
 def missing_prerequisites() -> list[str]:
-    demo = viewer_demo_dir()
     missing = []
     if not CHROMIUM.exists():
         missing.append(f"{CHROMIUM} (Debian package chromium)")
@@ -47,11 +46,10 @@ def missing_prerequisites() -> list[str]:
         import playwright.sync_api  # noqa: F401
     except ImportError:
         missing.append("Python package playwright")
-    codec = demo / "node_modules/@cornerstonejs/codec-openjpeg/dist/openjpegwasm_decode.js"
-    if not codec.exists():
-        missing.append(f"{codec} (npm ci in viewer-demo)")
-    if not (ohif_dist_dir(demo) / "index.html").exists():
-        missing.append(f"{ohif_dist_dir(demo)}/index.html (OHIF v3 from npm @ohif/app)")
+    # Looked up as the server does (the same process environment: the server inherits it).
+    for located in (codec_files(), ohif_files()):
+        if located.get() is None:
+            missing.append(f"{located.what} ({located.marker} in none of {', '.join(map(str, located.candidates))})")
     return missing
 
 
@@ -88,20 +86,6 @@ def ct_series_files(study: str, series: str) -> list[bytes]:
     return files
 
 
-def wait_for_masters(client: httpx.Client, timeout: float = 180) -> dict[str, Any] | None:
-    """Wait until the background conversion into layered J2K masters is done (None: no status resource)."""
-    deadline = time.time() + timeout
-    while True:
-        r = client.get("/status")
-        if r.status_code == 404:
-            return None
-        r.raise_for_status()
-        status = r.json()
-        if status.get("pending_masters", 0) == 0 or time.time() > deadline:
-            return status
-        time.sleep(0.25)
-
-
 @pytest.fixture(scope="session")
 def browser_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     srv = Server(tmp_path_factory.mktemp("browser") / "data")
@@ -120,15 +104,36 @@ def studies(browser_server: Server) -> Studies:
         r = stow(client, ct_series_files(ct_study, ct_series))
         assert r.status_code == 200, r.text
         small = pydicom.dcmread(PYDICOM_TEST_FILES / "CT_small.dcm")
-        small_study, small_series = generate_uid(), generate_uid()
-        r = stow(client, [new_uids((PYDICOM_TEST_FILES / "CT_small.dcm").read_bytes(),
-                                   study=small_study, series=small_series)])
-        assert r.status_code == 200, r.text
+        small_study, small_series, sr_series = generate_uid(), generate_uid(), generate_uid()
+        lossy_study, lossy_series, no_modality_study = generate_uid(), generate_uid(), generate_uid()
+        files = [
+            new_uids((PYDICOM_TEST_FILES / "CT_small.dcm").read_bytes(), study=small_study, series=small_series),
+            # A series without images next to the CT one (same patient, so the study keeps its name).
+            new_uids((PYDICOM_TEST_FILES / "test-SR.dcm").read_bytes(), study=small_study, series=sr_series,
+                     PatientName=str(small.PatientName), PatientID=small.PatientID),
+            # JPEG baseline, Lossy Image Compression 01: kept as received, it never gets a master.
+            new_uids((PYDICOM_TEST_FILES / "SC_rgb_jpeg_dcmtk.dcm").read_bytes(), study=lossy_study,
+                     series=lossy_series, StudyDescription="JPEG baseline RGB (browser tests)"),
+            # No Modality (0008,0060) and no patient name: the study's ModalitiesInStudy has no value.
+            new_uids((PYDICOM_TEST_FILES / "SC_jpeg_no_color_transform.dcm").read_bytes(), study=no_modality_study),
+        ]
+        for file in files:
+            r = stow(client, [file])
+            assert r.status_code == 200, r.text
         wait_for_masters(client)
         sops = [i["00080018"]["Value"][0]
                 for i in client.get(f"/studies/{ct_study}/series/{ct_series}/instances").json()]
-        names = [pydicom.dcmread(PYDICOM_DATA / "693_UNCR.dcm").PatientName.family_name, small.PatientName.family_name]
-    return Studies(ct_study, ct_series, sops, small_study, small_series, names)
+        names = [pydicom.dcmread(PYDICOM_DATA / "693_UNCR.dcm").PatientName.family_name,
+                 small.PatientName.family_name,
+                 pydicom.dcmread(PYDICOM_TEST_FILES / "SC_rgb_jpeg_dcmtk.dcm").PatientName.family_name]
+    return Studies(ct_study, ct_series, sops, small_study, small_series, sr_series, lossy_study, lossy_series,
+                   no_modality_study, names)
+
+
+@pytest.fixture(scope="session")
+def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The folder for screenshots (a temporary one unless DICOMWEB_SCREENSHOTS=docs)."""
+    return screenshot_dir(tmp_path_factory.mktemp("screenshots"))
 
 
 # ---- the browser -----------------------------------------------------------------------------------------

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
+import pytest
 from browser_support import PageLog, Studies, png_spread, screenshot
 
 from tests.conftest import Server
@@ -49,15 +51,32 @@ def wait_until_quiet(page: Any, log: PageLog, quiet: float = 1.5, timeout: float
         page.wait_for_timeout(250)
 
 
-def open_ct_in_ohif(open_page: Any, server: Server, studies: Studies, mount: str, list_shot: str | None) -> tuple[Any, PageLog]:
+# Study rows of OHIF 3.13's study list (its first row holds the filter inputs).
+STUDY_ROWS = "tbody tr:not([data-filter-row])"
+CONNECTION_ERROR = "Data Source Connection Error"
+
+
+def wait_for_study_list(page: Any, studies: Studies) -> None:
+    """Until the list shows every stored study; fails on OHIF's connection error page."""
+    n = len(studies.all)
+    deadline = time.time() + 90
+    while page.locator(STUDY_ROWS).count() != n:
+        if page.get_by_text(CONNECTION_ERROR).count():
+            raise AssertionError(f"OHIF's study list says {CONNECTION_ERROR!r}: {page.inner_text('body')[:500]}")
+        if time.time() > deadline:
+            raise AssertionError(f"the study list shows {page.locator(STUDY_ROWS).count()} of {n} studies: "
+                                 f"{page.inner_text('body')[:800]}")
+        page.wait_for_timeout(250)
+    assert page.locator('button[aria-label="Rows per page"]').inner_text().endswith(f"of {n}")
+    for name in studies.names:
+        assert page.get_by_text(name).count(), f"{name} is not in the study list"
+    assert not page.get_by_text(CONNECTION_ERROR).count()
+
+
+def open_in_ohif(open_page: Any, server: Server, study: str, mount: str) -> tuple[Any, PageLog]:
     page, log = open_page(1280, 800)
     page.context.add_init_script(NO_TOUR)
-    page.goto(f"{server.base}{mount}/")
-    for name in studies.names:  # the study list shows every stored study
-        page.get_by_text(name).first.wait_for(timeout=90_000)
-    if list_shot:
-        screenshot(page, list_shot)
-    page.goto(f"{server.base}{mount}/viewer?StudyInstanceUIDs={studies.ct_study}")
+    page.goto(f"{server.base}{mount}/viewer?StudyInstanceUIDs={study}")
     spread = wait_for_image(page)
     wait_until_quiet(page, log)
     assert spread > 10, f"the viewport stayed blank (gray-level spread {spread:.1f}); {log.summary()}"
@@ -68,9 +87,22 @@ def frame_responses(log: PageLog) -> list[tuple[str, int, str]]:
     return [r for r in log.responses if "/frames/" in r[0]]
 
 
-def test_ohif_shows_study_list_and_draws_ct(open_page: Any, browser_server: Server, studies: Studies) -> None:
-    page, log = open_ct_in_ohif(open_page, browser_server, studies, "/ohif", "ohif-study-list.png")
-    screenshot(page, "ohif-ct.png")
+@pytest.mark.parametrize("mount", ["/ohif", "/ohif-progressive"])
+def test_ohif_study_list_shows_every_study(open_page: Any, browser_server: Server, studies: Studies,
+                                           shots: Path, mount: str) -> None:
+    """Including one without Modality (its ModalitiesInStudy has no value), which must not break the list."""
+    page, log = open_page(1280, 800)
+    page.context.add_init_script(NO_TOUR)
+    page.goto(f"{browser_server.base}{mount}/")
+    wait_for_study_list(page, studies)
+    if mount == "/ohif":
+        screenshot(page, shots, "ohif-study-list.png")
+    assert not log.bad_responses() and not log.failed, log.summary()
+
+
+def test_ohif_draws_ct(open_page: Any, browser_server: Server, studies: Studies, shots: Path) -> None:
+    page, log = open_in_ohif(open_page, browser_server, studies.ct_study, "/ohif")
+    screenshot(page, shots, "ohif-ct.png")
     assert not log.bad_responses() and not log.failed, log.summary()
     frames = frame_responses(log)
     assert frames, log.summary()
@@ -78,10 +110,21 @@ def test_ohif_shows_study_list_and_draws_ct(open_page: Any, browser_server: Serv
     assert all("image/jp2" in ctype for _, _, ctype in frames), frames
 
 
-def test_ohif_progressive_gets_htj2k(open_page: Any, browser_server: Server, studies: Studies) -> None:
-    page, log = open_ct_in_ohif(open_page, browser_server, studies, "/ohif-progressive", None)
-    screenshot(page, "ohif-progressive-ct.png")
+def test_ohif_progressive_gets_htj2k(open_page: Any, browser_server: Server, studies: Studies, shots: Path) -> None:
+    page, log = open_in_ohif(open_page, browser_server, studies.ct_study, "/ohif-progressive")
+    screenshot(page, shots, "ohif-progressive-ct.png")
     assert not log.bad_responses() and not log.failed, log.summary()
     frames = frame_responses(log)
     assert frames, log.summary()
     assert all("image/jphc" in ctype for _, _, ctype in frames), frames
+
+
+@pytest.mark.parametrize("mount", ["/ohif", "/ohif-progressive"])
+def test_ohif_draws_lossy_original(open_page: Any, browser_server: Server, studies: Studies, mount: str) -> None:
+    """A JPEG baseline original has no master, so no HTJ2K: the progressive site's Accept list falls back to
+    the frame as stored."""
+    _, log = open_in_ohif(open_page, browser_server, studies.lossy_study, mount)
+    assert not log.bad_responses() and not log.failed, log.summary()
+    frames = frame_responses(log)
+    assert frames, log.summary()
+    assert all("image/jpeg" in ctype and "1.2.840.10008.1.2.4.50" in ctype for _, _, ctype in frames), frames

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
@@ -42,17 +43,20 @@ def check_progressive(server: Server, state: dict[str, Any]) -> None:
     assert state["pixelsSha256"] == uncompressed_frame_sha256(server.base + state["frameUrl"])
 
 
-def test_desktop_preview_then_lossless(open_page: Any, browser_server: Server, studies: Studies) -> None:
-    page, _ = open_page(1280, 800)
+def test_desktop_preview_then_lossless(open_page: Any, browser_server: Server, studies: Studies,
+                                       shots: Path) -> None:
+    page, log = open_page(1280, 800)
     page.goto(demo_url(browser_server, studies))
     state = wait_state(page, FINAL)
+    # The master's fidelity ladder is shown once a master answered.
+    wait_state(page, "document.querySelector('#quality-text').textContent.includes('quality layers')")
     assert state["decoder"] == "openjpeg-wasm", state["decoderProblem"]
     stages = {s["name"]: s for s in state["stages"]}
     assert stages["preview"]["transferSyntax"] == "1.2.840.10008.1.2.4.91", stages  # a cut of the master
     assert stages["lossless"]["transferSyntax"] == "1.2.840.10008.1.2.4.90", stages  # the whole master
     check_progressive(browser_server, state)
     wait_state(page, "document.querySelector('#badge').textContent.includes('LOSSLESS')")
-    screenshot(page, "viewer-demo-desktop.png")
+    screenshot(page, shots, "viewer-demo-desktop.png")
 
     # Window/level by dragging on the image.
     box = page.locator("#viewport").bounding_box()
@@ -69,13 +73,15 @@ def test_desktop_preview_then_lossless(open_page: Any, browser_server: Server, s
     state = wait_state(page, f"s.slice === 1 && {FINAL}")
     assert state["lossless"]
     assert state["pixelsSha256"] == uncompressed_frame_sha256(browser_server.base + state["frameUrl"])
+    assert not log.console and not log.bad_responses() and not log.failed, log.summary()
 
 
-def test_slow_link_shows_preview_first(open_page: Any, browser_server: Server, studies: Studies) -> None:
+def test_slow_link_shows_preview_first(open_page: Any, browser_server: Server, studies: Studies,
+                                       shots: Path) -> None:
     page, _ = open_page(1280, 800)
     page.goto(demo_url(browser_server, studies, link="512k"))
     wait_state(page, "s.stage === 'preview'")
-    screenshot(page, "viewer-demo-preview.png")
+    screenshot(page, shots, "viewer-demo-preview.png")
     state = wait_state(page, FINAL)
     check_progressive(browser_server, state)
     lossless = next(s for s in state["stages"] if s["name"] == "lossless")
@@ -84,7 +90,8 @@ def test_slow_link_shows_preview_first(open_page: Any, browser_server: Server, s
     assert state["firstImageMs"] < state["firstLosslessMs"], state
 
 
-def test_phone_viewport(open_page: Any, browser_server: Server, studies: Studies) -> None:
+def test_phone_viewport(open_page: Any, browser_server: Server, studies: Studies,
+                        shots: Path) -> None:
     width, height = 390, 844
     page, _ = open_page(width, height, mobile=True)
     page.goto(f"{browser_server.base}/viewer-demo/")
@@ -101,7 +108,7 @@ def test_phone_viewport(open_page: Any, browser_server: Server, studies: Studies
     assert slider["y"] + slider["height"] <= height, f"the slider is below the screen: {slider}"
     assert page.locator("#badge").is_visible()
     wait_state(page, "document.querySelector('#badge').textContent.includes('LOSSLESS')")
-    screenshot(page, "viewer-demo-phone.png")
+    screenshot(page, shots, "viewer-demo-phone.png")
     page.locator("#next").tap()
     state = wait_state(page, f"s.slice === 1 && {FINAL}")
     assert state["lossless"]
@@ -130,3 +137,32 @@ def test_without_page_decoder_uses_server_rendering(open_page: Any, browser_serv
     assert state["history"] == ["preview", "lossless"], json.dumps(state, indent=1)
     assert state["lossless"]
     assert state["pixelsSha256"] == uncompressed_frame_sha256(browser_server.base + state["frameUrl"])
+
+
+def test_lossy_original_says_so(open_page: Any, browser_server: Server, studies: Studies) -> None:
+    """A JPEG baseline original has no master: a server-rendered preview, then the stored image decoded by the
+    server, called what it is everywhere; no request is refused (no error in the console)."""
+    page, log = open_page(1280, 800)
+    page.goto(f"{browser_server.base}/viewer-demo/?study={studies.lossy_study}&series={studies.lossy_series}")
+    state = wait_state(page, FINAL)
+    assert state["history"] == ["preview", "original"], json.dumps(state, indent=1)
+    assert state["quality"] == "original" and not state["lossless"]
+    stages = {s["name"]: s for s in state["stages"]}
+    assert stages["preview"]["variant"].startswith("server-rendered"), stages
+    assert stages["original"]["variant"] == "uncompressed, no JPEG 2000 master to send", stages
+    assert state["pixelsSha256"] == uncompressed_frame_sha256(browser_server.base + state["frameUrl"])
+    assert page.locator("#badge").inner_text() == "FULL (lossy original)"
+    rows = page.locator("#stages tbody").inner_text()
+    assert "original" in rows and "lossless" not in rows and "master" not in rows.replace("no JPEG 2000 master", ""), rows
+    assert "lossy-compressed" in page.locator("#quality-text").inner_text()
+    assert not log.console and not log.bad_responses() and not log.failed, log.summary()
+
+
+def test_series_without_images(open_page: Any, browser_server: Server, studies: Studies) -> None:
+    """A structured report's series: said so, not "loading" forever."""
+    page, log = open_page(1280, 800)
+    page.goto(f"{browser_server.base}/viewer-demo/?study={studies.small_study}&series={studies.sr_series}")
+    wait_state(page, "s.view === 'viewer' && s.sliceCount === 0 && s.done")
+    assert page.locator("#badge").inner_text() == "no images"
+    assert "no images" in page.locator("#series-text").inner_text()
+    assert not log.console and not log.bad_responses() and not log.failed, log.summary()

@@ -173,7 +173,7 @@ async function openSeries() {
   const metadata = await web.metadata(view.study, view.series);
   const slices = slicesOf(metadata);
   if (!slices.length) {
-    $('series-text').textContent = 'This series has no images.';
+    showNoImages(metadata.length);
     return;
   }
   const first = slices[0].meta;
@@ -197,8 +197,23 @@ async function openSeries() {
   });
   view.loader = loader;
   view.loader.focus(view.slice);
-  fetchLayers();
   redraw();
+}
+
+// A series of documents or reports (SR, KO, PR...): nothing to draw, and nothing will come.
+function showNoImages(instances) {
+  view.loader = null;
+  $('badge').className = 'badge';
+  $('badge').textContent = 'no images';
+  $('ov-slice').textContent = '';
+  $('stages').tBodies[0].replaceChildren();
+  $('quality-text').replaceChildren();
+  $('series-text').textContent = `This series has no images (${plural(instances, 'instance')} without pixel data).`;
+  const canvas = $('canvas');
+  canvas.getContext('2d').clearRect(0, 0, canvas.width, canvas.height);
+  window.viewerState = {
+    ready: true, view: 'viewer', study: view.study, series: view.series, sliceCount: 0, done: true,
+  };
 }
 
 function onSliceChange(slice, kind) {
@@ -206,6 +221,7 @@ function onSliceChange(slice, kind) {
     const t = performance.now() - view.loader.started;
     view.firstImageMs ??= t;
     if (slice.best.quality !== 'lossy') view.firstLosslessMs ??= t;
+    fetchLayers();
   }
   if (slice.index === view.slice || kind === 'image') scheduleRedraw();
 }
@@ -290,15 +306,15 @@ function updatePanel(slice) {
   const body = $('stages').tBodies[0];
   body.replaceChildren(...slice.stages.map((st) => el('tr', { class: `st-${st.status}` },
     el('td', {}, st.name, el('small', {}, st.variant)),
-    el('td', {}, st.status === 'waiting' || st.status === 'skipped' ? '—'
+    el('td', {}, st.status === 'waiting' ? '—'
       : st.total ? `${kb(st.bytes)} / ${kb(st.total)}` : kb(st.bytes)),
     el('td', {}, st.ms ? ms(st.ms) : ''),
     el('td', { title: st.error }, st.status === 'failed' ? '✗' : st.status === 'done' ? '✓'
-      : st.status === 'loading' ? '…' : st.status === 'skipped' ? 'skip' : ''))));
+      : st.status === 'loading' ? '…' : ''))));
   const best = slice.best;
   const ladder = view.layers.get(slice.instanceUrl);
   const lines = [];
-  if (best?.quality === 'lossless') lines.push('Displayed pixels are the master\'s, bit for bit.');
+  if (best?.quality === 'lossless') lines.push('Displayed pixels are the stored image\'s, bit for bit.');
   else if (best?.quality === 'original') lines.push('Displayed pixels are the stored original, which was lossy-compressed.');
   else if (best) lines.push(`Lossy preview (${best.image.width}×${best.image.height} of ${slice.columns}×${slice.rows}); the lossless frame follows.`);
   for (const st of slice.stages) {
@@ -315,10 +331,13 @@ function updatePanel(slice) {
   }
   $('quality-text').replaceChildren(...lines.map((l) => el('span', {}, l)));
   const sum = view.loader.summary();
-  $('series-text').textContent = `${plural(sum.slices, 'slice')}: ${sum.previews} loaded, ${sum.lossless} lossless · ` +
+  const full = sum.full === sum.lossless ? `${sum.lossless} lossless`
+    : `${sum.full} in full (${sum.lossless} lossless, ${sum.full - sum.lossless} lossy originals)`;
+  $('series-text').textContent = `${plural(sum.slices, 'slice')}: ${sum.previews} loaded, ${full} · ` +
     `${kb(sum.bytes)} received over ${LINKS[view.link].label}` +
     (view.firstImageMs !== null ? ` · first image ${ms(view.firstImageMs)}` : '') +
-    (view.firstLosslessMs !== null ? ` · lossless ${ms(view.firstLosslessMs)}` : '');
+    (view.firstLosslessMs !== null
+      ? ` · ${slice.best?.quality === 'original' ? 'full image' : 'lossless'} ${ms(view.firstLosslessMs)}` : '');
 }
 
 let publishedImage = null;
@@ -369,9 +388,11 @@ function publishState(slice) {
   window.viewerState = state;
 }
 
+// The master's fidelity ladder, asked for only once a master answered for this slice: an instance without
+// one (a lossy original, or a master still being made) would answer 404 or 503, an error in the console.
 async function fetchLayers() {
   const slice = currentSlice();
-  if (!slice || view.layers.has(slice.instanceUrl)) return;
+  if (!slice?.hasMaster || view.layers.has(slice.instanceUrl)) return;
   view.layers.set(slice.instanceUrl, null);
   const ladder = await web.layers(slice.instanceUrl);
   view.layers.set(slice.instanceUrl, ladder);

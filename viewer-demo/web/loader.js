@@ -4,11 +4,18 @@
 // overtaken by its own lossless frame); slices run in parallel, the current slice first, then the
 // others by distance, previews of all before the lossless frames of the far ones. Each stage tries its
 // variants in order, e.g. a JPEG 2000 cut decoded in the page, else the server's rendered preview.
+//
+// Not every instance has a layered master (a lossy original is kept as received; a new one waits for its
+// master), and asking for one it does not have would be answered 406 or 503, which the browser reports as an
+// error. So the JPEG 2000 requests carry a fallback in the same Accept header, and the answer's media type
+// says what came: `image/jp2` (a cut or the whole master, or a J2K original as stored) or, when the server
+// has no J2K to send, `application/octet-stream`, the stored frame decoded by the server at full size.
 
 import { HttpError, mediaParams } from './net.js';
 import { bitmapImage, pixelImage, typedPixels } from './render.js';
 
 const J2K_LOSSLESS = '1.2.840.10008.1.2.4.90';
+const J2K_OR_UNCOMPRESSED = 'image/jp2, application/octet-stream; q=0.5';
 const CONCURRENCY = 2;
 // The preview: the first `layers` quality layers of the smallest resolution level at least `size` pixels
 // across (fsiz). Two of the master's six layers keep a brain window readable; ?preview=1,128 and the like
@@ -28,18 +35,19 @@ export const MODES = {
 };
 
 // What each variant asks the server for, and how it turns the answer into an image.
+// label(slice) says what is asked for; once answered, answered(slice, mediaParams) says what came.
 const VARIANTS = {
   'j2k-cut': {
     needsDecoder: true,
     label: (s) => `JPEG 2000, ${preview.layers} layer${preview.layers > 1 ? 's' : ''}, ≥${previewSize(s)} px`,
     url: (s) => `${s.frameUrl}?layers=${preview.layers}&fsiz=${previewSize(s)},${previewSize(s)}`,
-    accept: 'image/jp2',
+    accept: J2K_OR_UNCOMPRESSED,
   },
   'j2k-full': {
     needsDecoder: true,
     label: () => 'JPEG 2000, whole master',
     url: (s) => s.frameUrl,
-    accept: 'image/jp2',
+    accept: J2K_OR_UNCOMPRESSED,
   },
   rendered: {
     needsDecoder: false,
@@ -78,13 +86,20 @@ export class SeriesLoader {
       history: [], // names of the stages that became this slice's image, in order
       next: 0,
       busy: false,
+      hasMaster: false, // a layered master answered (so its fidelity ladder, /layers, exists)
       stages: this.mode.stages.map((st) => ({
-        name: st.name, status: 'waiting', variant: '', bytes: 0, total: 0, ms: 0, decodeMs: 0,
+        // What a lossy original's full image is called, from the start (Lossy Image Compression 01).
+        name: st.name === 'lossless' && s.lossyOriginal ? 'original' : st.name,
+        status: 'waiting', variant: '', bytes: 0, total: 0, ms: 0, decodeMs: 0,
         error: '', // why the stage failed
         fallbacks: [], // variants that failed before the one used
-
       })),
     }));
+  }
+
+  // A lossy original has no master to cut a preview from: the server renders one.
+  variantsFor(slice, spec) {
+    return slice.lossyOriginal ? spec.variants.filter((v) => v !== 'j2k-cut') : spec.variants;
   }
 
   focus(index) {
@@ -126,17 +141,18 @@ export class SeriesLoader {
     stage.status = 'loading';
     this.onChange(slice, 'progress');
     try {
-      const result = await this.fetchStage(slice, stage, spec.variants);
+      const result = await this.fetchStage(slice, stage, this.variantsFor(slice, spec));
       if (result) {
+        // The row is named after what came: a lossy original is the full image, not a lossless one.
+        if (result.quality === 'original') stage.name = 'original';
+        else if (result.quality === 'lossless') stage.name = 'lossless';
         slice.best = { ...result, stage: stage.name, bytes: stage.bytes };
         slice.history.push(stage.name);
+        slice.hasMaster ||= result.fromMaster;
         stage.status = 'done';
         stage.quality = result.quality;
-        if (result.quality !== 'lossy') {
-          // The pixels are already the master's: the later stages have nothing to add.
-          for (const later of slice.stages.slice(slice.next + 1)) later.status = 'skipped';
-          slice.next = slice.stages.length - 1;
-        }
+        // The full image is on screen: the later stages have nothing to add, and are not shown.
+        if (result.quality !== 'lossy') slice.stages.splice(slice.next + 1);
       }
     } catch (error) {
       if (error.name === 'AbortError') return;
@@ -176,6 +192,7 @@ export class SeriesLoader {
         stage.decodeMs = performance.now() - t1;
         stage.ms = performance.now() - t0;
         stage.transferSyntax = mediaParams(response.contentType)['transfer-syntax'] || '';
+        stage.variant = result.label ?? stage.variant;
         return result;
       } catch (error) {
         if (error.name === 'AbortError') throw error;
@@ -186,29 +203,42 @@ export class SeriesLoader {
     throw lastError;
   }
 
+  // {image, quality, label, fromMaster}: quality is 'lossy' (a preview), 'lossless' (the master's pixels,
+  // or the server's uncompressed frame of an image that was never lossy-compressed) or 'original' (the full
+  // image of a lossy original, Lossy Image Compression 01, or a lossy J2K as stored).
   async toImage(name, slice, response) {
     const params = mediaParams(response.contentType);
+    const full = slice.lossyOriginal ? 'original' : 'lossless';
     if (name === 'rendered') {
       if (!params.type.startsWith('image/')) throw new HttpError(response.status, `got ${params.type}`);
       const bitmap = await createImageBitmap(new Blob([response.bytes], { type: params.type }));
       return { image: bitmapImage(bitmap), quality: 'lossy' };
     }
-    if (name === 'raw') {
-      if (params.type !== 'application/octet-stream') throw new Error(`expected octet-stream, got ${params.type}`);
+    if (params.type === 'application/octet-stream') {
+      // Asked for (raw), or the J2K requests' fallback: the server has no master of this frame to send.
       const pixels = typedPixels(response.bytes.buffer, slice.bitsAllocated, slice.signed);
       const image = pixelImage({ width: slice.columns, height: slice.rows, pixels, components: slice.components });
-      return { image, quality: slice.lossyOriginal ? 'original' : 'lossless' };
+      const label = name === 'raw' ? 'uncompressed' : 'uncompressed, no JPEG 2000 master to send';
+      return { image, quality: full, label, fromMaster: false };
     }
+    if (name === 'raw') throw new Error(`expected octet-stream, got ${params.type}`);
     // JPEG 2000: decode in the page. A whole reversible (.90) codestream at full size is the master.
     if (!params.type.startsWith('image/jp')) throw new Error(`expected a JPEG 2000 codestream, got ${params.type}`);
     const d = await this.decoder.decode(response.bytes);
     const pixels = typedPixels(d.buffer, d.bitsPerSample, d.signed);
     const image = pixelImage({ width: d.width, height: d.height, pixels, components: d.components });
-    const full = d.width === slice.columns && d.height === slice.rows;
-    const whole = params['transfer-syntax'] === J2K_LOSSLESS;
-    const quality = full && whole ? (slice.lossyOriginal ? 'original' : 'lossless')
-      : full && name === 'j2k-full' ? 'original' : 'lossy';
-    return { image, quality, layers: d.layers, levels: d.levels };
+    const ts = params['transfer-syntax'] || '';
+    const atFullSize = d.width === slice.columns && d.height === slice.rows;
+    if (atFullSize && ts === J2K_LOSSLESS) {
+      return { image, quality: full, label: `JPEG 2000, whole master (${ts})`, fromMaster: true };
+    }
+    if (name === 'j2k-full') {
+      // The whole frame was asked for and a J2K that is not reversible came: a lossy original as stored.
+      return { image, quality: 'original', label: `JPEG 2000 as stored, lossy (${ts})`, fromMaster: false };
+    }
+    // Only a master can be cut, so a J2K answer to the cut request is one.
+    const label = `JPEG 2000, ${d.layers} layer${d.layers === 1 ? '' : 's'}, ${d.width}×${d.height} (${ts})`;
+    return { image, quality: 'lossy', label, fromMaster: true };
   }
 
   summary() {
@@ -216,7 +246,8 @@ export class SeriesLoader {
     return {
       slices: this.slices.length,
       previews: count((s) => s.best),
-      lossless: count((s) => s.best && s.best.quality !== 'lossy'),
+      full: count((s) => s.best && s.best.quality !== 'lossy'), // lossless, or a lossy original in full
+      lossless: count((s) => s.best?.quality === 'lossless'),
       bytes: this.slices.reduce((n, s) => n + s.stages.reduce((m, st) => m + st.bytes, 0), 0),
       ms: performance.now() - this.started,
       done: this.slices.every((s) => s.next >= s.stages.length && !s.busy),
