@@ -18,6 +18,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from dicomweb.static_sites import site_notes
 from storage.config import SettingError, Settings, env_choice, env_int, settings_from_env
 
 if TYPE_CHECKING:
@@ -149,11 +150,12 @@ def banner(settings: Settings, host: str, port: int, codecs: str, log_level: str
         access = "on (method, path without query string, status, bytes, time, client)"
     else:
         access = f"on, but hidden at log level {log_level}"
+    demo_note, ohif_note = site_notes()
     rows = [
         ("DICOMweb root", f"{base}{root}"),
-        ("viewer demo", f"{base}/viewer-demo/"),
-        ("OHIF", f"{base}/ohif/"),
-        ("OHIF progressive", f"{base}/ohif-progressive/"),
+        ("viewer demo", f"{base}/viewer-demo/{demo_note}"),
+        ("OHIF", f"{base}/ohif/{ohif_note}"),
+        ("OHIF progressive", f"{base}/ohif-progressive/{ohif_note}"),
         ("health", f"{base}/healthz"),
         ("status", f"{base}{root}/status"),
         ("data folder", str(settings.data_dir.resolve())),

@@ -393,13 +393,11 @@ def ohif_routes(settings: Settings, ohif: Located) -> list[BaseRoute]:
 
 # ---- the landing page --------------------------------------------------------------------------------
 
-def describe_sites(base: str) -> list[str]:
-    """One line per browser site, with whether its files are installed (for the start-up banner)."""
-    codec, ohif = codec_files().get(), ohif_files().get()
-    return [
-        f"viewer demo: {base}/viewer-demo/" + ("" if codec else " (decoding on the server: npm decoder not installed)"),
-        f"OHIF:        {base}/ohif/ and {base}/ohif-progressive/" + ("" if ohif else " (not installed: open it for how)"),
-    ]
+def site_notes() -> tuple[str, str]:
+    """What the start-up banner adds to the viewer demo's and OHIF's URLs: empty when installed."""
+    codec = "" if codec_files().get() else " (npm decoder not installed: the server decodes)"
+    ohif = "" if ohif_files().get() else " (not installed: open it to see how)"
+    return codec, ohif
 
 
 def landing_route(settings: Settings, codec: Located, ohif: Located) -> Route:

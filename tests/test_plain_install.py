@@ -50,8 +50,9 @@ def plain_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def plain_server(plain_venv: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """`dicomweb serve` from the plain venv, started in an empty folder (not the checkout)."""
     elsewhere = tmp_path_factory.mktemp("elsewhere")
-    server = Server(elsewhere / "data", program=[str(plain_venv / "bin" / "dicomweb")], cwd=elsewhere,
-                    start_timeout=60)
+    # An empty per-user data folder: a developer's own npm assets must not change what this test sees.
+    server = Server(elsewhere / "data", {"XDG_DATA_HOME": str(elsewhere / "xdg")},
+                    program=[str(plain_venv / "bin" / "dicomweb")], cwd=elsewhere, start_timeout=60)
     yield server.base
     server.stop()
 
@@ -73,3 +74,22 @@ def test_plain_install_makes_masters_and_cuts(plain_server: str) -> None:
         assert cut.status_code == 200, cut.text
         assert "transfer-syntax=1.2.840.10008.1.2.4.91" in cut.headers["content-type"]
         assert cut.content[:4] == b"\xff\x4f\xff\x51"  # a J2K codestream: SOC then SIZ
+
+
+VIEWER_PAGES = ("", "index.html", "app.js", "loader.js", "net.js", "render.js", "decoder.js", "decode-worker.js",
+                "style.css", "config.js")
+
+
+def test_plain_install_serves_the_viewer_pages_from_anywhere(plain_server: str) -> None:
+    """The viewer demo's pages ship with the package; the npm assets (OHIF, the WebAssembly decoder) are
+    not installed here, and their pages say how to install them instead of a bare error."""
+    with httpx.Client(base_url=plain_server, timeout=30) as client:
+        assert client.get("/").status_code == 200
+        for page in VIEWER_PAGES:
+            r = client.get(f"/viewer-demo/{page}")
+            assert r.status_code == 200, (page, r.status_code)
+        assert client.get("/viewer-demo/").headers["content-type"].startswith("text/html")
+        ohif = client.get("/ohif/")
+        assert ohif.status_code == 503 and "npm pack @ohif/app@" in ohif.text
+        codec = client.get("/viewer-demo/codec/openjpegwasm_decode.js")
+        assert codec.status_code == 404 and "npm install --prefix" in codec.text
