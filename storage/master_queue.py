@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import threading
@@ -150,8 +151,10 @@ class MasterQueue:
         await index.count_attempt(sop)
         loop = asyncio.get_running_loop()
         try:
+            settings = self.archive.settings
             master = await loop.run_in_executor(
-                self.pool, make_master, blobs.local_path(key), self.archive.settings.tmp_dir,
+                self.pool, functools.partial(make_master, bulk_data_threshold=settings.bulk_data_threshold),
+                blobs.local_path(key), settings.tmp_dir,
             )
         except MasterNotPossible as exc:
             log.info("instance %s kept as received: %s", sop, exc)
