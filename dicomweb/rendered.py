@@ -61,7 +61,7 @@ log = logging.getLogger(__name__)
 
 CACHE_CONTROL = "private, max-age=3600"
 # Bump when rendering changes, so clients' cached ETags stop matching.
-RENDER_VERSION = "1"
+RENDER_VERSION = "2"
 # Multipart parts rendered before answering, so failures among them give an exact status and
 # Warning; the rest are rendered while streaming (a failure there is logged and the part left out).
 EAGER_PARTS = 32
