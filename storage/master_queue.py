@@ -125,7 +125,11 @@ class MasterQueue:
                 await self._yield_to_uploads()
                 self._busy.add(sop)
                 task = asyncio.create_task(self._guarded(sop, key, attempts))
-                task.add_done_callback(lambda _t, s=sop: (self._busy.discard(s), slots.release()))
+                task.add_done_callback(functools.partial(self._done, sop, slots))
+
+    def _done(self, sop: str, slots: asyncio.Semaphore, _task: asyncio.Task[None]) -> None:
+        self._busy.discard(sop)
+        slots.release()
 
     async def _guarded(self, sop: str, key: str, attempts: int) -> None:
         try:

@@ -96,11 +96,11 @@ def _levels(codestream: bytes) -> list[dict[str, int]]:
 
 def make_master(received: Path, work_dir: Path, *, bulk_data_threshold: int = 1024) -> Master:
     """Encode, write, read back and verify; raises MasterNotPossible (or VerificationFailed)."""
-    ds = pydicom.dcmread(received)
-    bits_stored = int(ds.get("BitsStored", ds.BitsAllocated))
-    signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
-    color = int(ds.get("SamplesPerPixel", 1) or 1) == 3
-    originals = original_frames(ds, received)
+    source = pydicom.dcmread(received)
+    bits_stored = int(source.get("BitsStored", source.BitsAllocated))
+    signed = int(source.get("PixelRepresentation", 0) or 0) == 1
+    color = int(source.get("SamplesPerPixel", 1) or 1) == 3
+    originals = original_frames(source, received)
     codestreams = [encode_master(f, bits_stored=bits_stored, signed=signed, color=color) for f in originals]
 
     ds = decoded_dataset(received, decompress=False)  # raw values little endian, ready to re-encode

@@ -19,11 +19,11 @@ import httpx
 import numpy as np
 import pydicom
 import pytest
-from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from tests.conftest import PYDICOM_TEST_FILES, Server, new_uids, stow
+from tests.samples import sample
 
 OCTET = "application/octet-stream"
 CT_SMALL = (PYDICOM_TEST_FILES / "CT_small.dcm").read_bytes()
@@ -33,9 +33,7 @@ WORDS = {"OW": "u2", "US": "u2", "SS": "i2", "OF": "f4", "FL": "f4", "OL": "u4",
 
 
 def data_file(name: str) -> bytes:
-    path = get_testdata_file(name)
-    assert path is not None, f"{name} missing: pip install pydicom-data"
-    return Path(path).read_bytes()
+    return sample(name).read_bytes()
 
 
 def save(ds: Dataset) -> bytes:
