@@ -23,7 +23,7 @@ from dicomweb.negotiation import EXPLICIT_LE, NATIVE, Choice, accept_ranges, cho
 from dicomweb.responses import HTTPError
 from dicomweb.wado import DECODABLE, OCTET, frame_native_bytes, instance_records
 from storage.archive import Archive
-from storage.codec import CutError, cut, info
+from storage.codec import CutError, cut, info, without_padding
 from storage.index import InstanceRecord
 
 J2K = "image/jp2"
@@ -31,6 +31,10 @@ HTJ2K = "image/jphc"
 J2K_WHOLE, J2K_CUT = "1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91"
 HT_WHOLE, HT_CUT = "1.2.840.10008.1.2.4.202", "1.2.840.10008.1.2.4.203"
 SINGLE_PART = {OCTET, J2K, HTJ2K, "image/jpeg", "image/jls", "image/dicom-rle", "image/jpx"}
+# Media types whose frames are codestreams ending at a marker: sent without the fragment's pad byte.
+CODESTREAMS = {J2K, HTJ2K, "image/jpeg", "image/jls", "image/jpx"}
+# Part of every frame ETag: bumped when the bytes sent for the same request change (2: no pad byte).
+FRAME_BYTES_VERSION = 2
 # One item of a frame list: ASCII digits only (str.isdigit and \\d also take other scripts' digits).
 _FRAME_NUMBER = re.compile(r"[0-9]+")
 # More digits than any frame count: such a number is out of range, not a reason to build a huge int.
@@ -138,7 +142,8 @@ def _plan(choice: Choice, rec: InstanceRecord, subset: Subset) -> Plan | None:
 async def _body(archive: Archive, rec: InstanceRecord, number: int, plan: Plan, subset: Subset) -> tuple[bytes, str]:
     """Bytes of one frame and the transfer syntax they really are in."""
     if plan.kind == "stored":
-        return await archive.read_frame(rec, number), plan.transfer_syntax
+        data = await archive.read_frame(rec, number)
+        return (without_padding(data) if plan.media in CODESTREAMS else data), plan.transfer_syntax
     if plan.kind == "native":
         return await frame_native_bytes(archive, rec, number), EXPLICIT_LE
     master = await archive.read_frame(rec, number)
@@ -151,7 +156,7 @@ async def _body(archive: Archive, rec: InstanceRecord, number: int, plan: Plan, 
             return (whole, HT_WHOLE) if drop == 0 else (cut(whole, layers=None, drop_levels=drop), HT_CUT)
         layers = subset.layers if subset.layers is not None and subset.layers < head.layers else None
         if layers is None and drop == 0:
-            return master, J2K_WHOLE
+            return without_padding(master), J2K_WHOLE
         return cut(master, layers=layers, drop_levels=drop), J2K_CUT
     except CutError as exc:
         raise HTTPError(406, f"cannot cut this frame: {exc}") from None
@@ -177,7 +182,7 @@ async def frames(request: Request) -> Response:
         plan = _plan(choice, rec, subset)
         if plan is None or (not choice.multipart and len(numbers) > 1):
             continue
-        etag = etag_for(rec.blob_key, numbers, plan, subset, choice.multipart)
+        etag = etag_for(FRAME_BYTES_VERSION, rec.blob_key, numbers, plan, subset, choice.multipart)
         if not_modified(request, etag):
             return Response(status_code=304, headers={"ETag": etag})
         parts = [await _body(archive, rec, n, plan, subset) for n in numbers]

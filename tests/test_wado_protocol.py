@@ -153,8 +153,10 @@ def decoded_frames(source: bytes) -> list[bytes]:
 
 
 def codestreams(source: bytes) -> list[bytes]:
+    """Each frame's codestream as sent: ending at its EOC/EOI marker, without the fragment's pad byte."""
     ds = read(source)
-    return list(generate_frames(ds.PixelData, number_of_frames=int(ds.get("NumberOfFrames", 1) or 1)))
+    frames = generate_frames(ds.PixelData, number_of_frames=int(ds.get("NumberOfFrames", 1) or 1))
+    return [f[:-1] if f.endswith(b"\xff\xd9\x00") else f for f in frames]
 
 
 def unknown_urls(inst: Stored) -> list[str]:
