@@ -29,6 +29,12 @@ from storage.transcode import NATIVE_SYNTAXES, decoded_dataset, frame_size
 
 # Frames larger than this in total need 64-bit offsets (Extended Offset Table, PS3.5 A.4).
 BOT_LIMIT = 0xFFFFFFFF
+# Who wrote a master (PS3.10 7.1: File Meta Information names the implementation that last wrote the
+# file). The class UID lies under pydicom's UID root, derived once, deterministically, as
+# generate_uid(prefix=PYDICOM_ROOT_UID, entropy_srcs=["dicomweb-progressive", "Implementation Class UID"]);
+# the version name is an SH of at most 16 characters.
+IMPLEMENTATION_CLASS_UID = "1.2.826.0.1.3680043.8.498.56993658894491812862922273779002216499"
+IMPLEMENTATION_VERSION_NAME = "DICOMWEBPROG_0.1"
 
 
 class VerificationFailed(MasterNotPossible):
@@ -111,6 +117,7 @@ def make_master(received: Path, work_dir: Path, *, bulk_data_threshold: int = 10
     ds["PixelData"].VR = "OB"
     ds["PixelData"].is_undefined_length = True
     ds.file_meta.TransferSyntaxUID = UID(J2K_LOSSLESS)
+    _written_here(ds)
     if color:
         # PS3.5 8.2.4: JPEG 2000 with the reversible colour transform is YBR_RCT, interleaved.
         ds.PhotometricInterpretation = "YBR_RCT"
@@ -129,6 +136,16 @@ def make_master(received: Path, work_dir: Path, *, bulk_data_threshold: int = 10
     for f in originals:
         digest.update(np.ascontiguousarray(f.astype(f.dtype.newbyteorder("<"))).tobytes())
     return Master(path, parsed, fidelity, digest.hexdigest())
+
+
+def _written_here(ds: Dataset) -> None:
+    """File Meta Information of a file this server writes: its own Implementation Class UID and Version
+    Name, and no Source Application Entity Title (the AE that wrote the file: this server has none)."""
+    meta = ds.file_meta
+    meta.ImplementationClassUID = UID(IMPLEMENTATION_CLASS_UID)
+    meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
+    if "SourceApplicationEntityTitle" in meta:
+        del meta.SourceApplicationEntityTitle
 
 
 def _verify(path: Path, parsed: ParsedInstance, originals: list[np.ndarray]) -> list[dict[str, Any]]:

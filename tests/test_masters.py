@@ -15,7 +15,7 @@ import numpy as np
 import orjson
 import pydicom
 import pytest
-from pydicom.uid import generate_uid
+from pydicom.uid import PYDICOM_ROOT_UID, generate_uid
 
 from storage import masters
 from storage.archive import Archive
@@ -136,6 +136,34 @@ async def test_forced_failure_keeps_instance_as_received(
         assert not list((archive.settings.tmp_dir).glob("*.dcm")), "no master file left behind"
     finally:
         await archive.close()
+
+
+def test_masters_name_this_server_as_their_writer(server: Server, client: httpx.Client) -> None:
+    """PS3.10 7.1: the File Meta Information of a master names this server's implementation, not whoever
+    wrote the input (GDCM wrote WG04's 693_UNCR, Clunie's dctool the US and CR)."""
+    for name in ("693_UNCR.dcm", "US1_J2KR.dcm"):
+        original = pydicom.dcmread(sample(name))
+        data = new_uids(sample(name).read_bytes())
+        assert stow(client, [data]).status_code == 200
+        wait_for_masters(client)
+        ds = pydicom.dcmread(io.BytesIO(data))
+        url = f"/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}"
+        [(_headers, body)] = parse_multipart(client.get(url, headers=STORED))
+        meta = pydicom.dcmread(io.BytesIO(body)).file_meta
+        assert meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.90"
+        assert meta.ImplementationClassUID != original.file_meta.ImplementationClassUID
+        assert meta.ImplementationClassUID == masters.IMPLEMENTATION_CLASS_UID
+        assert meta.ImplementationVersionName == masters.IMPLEMENTATION_VERSION_NAME
+        assert "SourceApplicationEntityTitle" not in meta  # the input's writer's AE title
+        assert meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID
+
+
+def test_implementation_identity_is_well_formed() -> None:
+    uid = masters.IMPLEMENTATION_CLASS_UID
+    assert uid == generate_uid(prefix=PYDICOM_ROOT_UID, entropy_srcs=["dicomweb-progressive", "Implementation Class UID"])
+    assert pydicom.uid.UID(uid).is_valid and len(uid) <= 64  # PS3.5 9.1
+    name = masters.IMPLEMENTATION_VERSION_NAME
+    assert 1 <= len(name) <= 16 and name.isascii() and "\\" not in name  # SH (PS3.5 6.2)
 
 
 async def test_queue_survives_restart(tmp_path: Path) -> None:
