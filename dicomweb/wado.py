@@ -95,8 +95,9 @@ async def retrieve(request: Request) -> Response:
     for choice in choices(accept_ranges(request), DICOM, single_ok):
         if choice.media_type not in (DICOM, "*/*", "*"):
             continue
-        plan = [(rec, _instance_syntax(choice, rec)) for rec in recs]
-        if any(ts is None for _, ts in plan):
+        syntaxes = [_instance_syntax(choice, rec) for rec in recs]
+        plan = [(rec, ts) for rec, ts in zip(recs, syntaxes, strict=True) if ts is not None]
+        if len(plan) < len(recs):
             continue
         return await _instances_response(request, archive, plan, choice.multipart)
     stored = sorted({r.transfer_syntax for r in recs})

@@ -19,6 +19,7 @@ from pydicom.datadict import tag_for_keyword
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.tag import BaseTag
 from pydicom.uid import UID
 
 from storage.dicom_json import dataset_json
@@ -27,11 +28,11 @@ from storage.transcode import native_frame_size
 from storage.uids import is_valid_uid
 from storage.values import json_int, json_text, normalize_time
 
-PIXEL_DATA = 0x7FE00010
+PIXEL_DATA = BaseTag(0x7FE00010)
 # Image attributes, as DICOM JSON keys.
 SAMPLES_PER_PIXEL, PHOTOMETRIC, NUMBER_OF_FRAMES = "00280002", "00280004", "00280008"
 ROWS, COLUMNS, BITS_ALLOCATED, BITS_STORED = "00280010", "00280011", "00280100", "00280101"
-PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)
+PIXEL_TAGS = (PIXEL_DATA, BaseTag(0x7FE00008), BaseTag(0x7FE00009))
 BULK_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
 # Written into stored metadata in place of the public base URL, replaced when serving, so a server
 # moved behind a proxy or to another host needs no re-index.
@@ -105,7 +106,8 @@ def read_dataset(path: Path) -> Dataset:
 def _uid(ds: Dataset, keyword: str) -> str:
     # Read from the raw bytes when possible: pydicom's conversion would replace the raw element by a
     # DataElement, which then takes the slow road to JSON.
-    raw = ds._dict.get(tag_for_keyword(keyword))
+    tag = tag_for_keyword(keyword)
+    raw = ds._dict.get(BaseTag(tag)) if tag is not None else None
     if isinstance(raw, RawDataElement) and isinstance(raw.value, bytes):
         value = raw.value.decode("latin-1").rstrip("\x00 ")
     else:

@@ -143,6 +143,7 @@ class Index:
     async def close(self) -> None:
         await self.engine.dispose()
         if self._writer is not None:
+            assert self._writer_engine is not None  # created with the writer thread
             self._writer.submit(self._writer_engine.dispose).result()
             self._writer.shutdown()
             self._writer = None
@@ -156,6 +157,7 @@ class Index:
                 return await conn.run_sync(transaction)
 
     def _run_write(self, transaction: Callable[[Connection], T]) -> T:
+        assert self._writer_engine is not None  # only called through the writer thread
         with self._writer_engine.begin() as conn:
             return transaction(conn)
 
@@ -213,7 +215,7 @@ class Index:
         A handful of grouped queries and one executemany per table, whatever the number of studies a
         request touched (a gateway often sends many small studies at once)."""
         if series:
-            counts = dict(conn.execute(
+            counts: dict[str, int] = dict(conn.execute(
                 select(I.c.series_uid, func.count()).where(I.c.series_uid.in_(list(series))).group_by(I.c.series_uid)
             ).all())
             if empty := [uid for uid in series if not counts.get(uid)]:
@@ -226,10 +228,10 @@ class Index:
         if not studies:
             return
         wanted = list(studies)
-        n_inst = dict(conn.execute(
+        n_inst: dict[str, int] = dict(conn.execute(
             select(I.c.study_uid, func.count()).where(I.c.study_uid.in_(wanted)).group_by(I.c.study_uid)
         ).all())
-        n_series = dict(conn.execute(
+        n_series: dict[str, int] = dict(conn.execute(
             select(SE.c.study_uid, func.count()).where(SE.c.study_uid.in_(wanted)).group_by(SE.c.study_uid)
         ).all())
         modalities: dict[str, set[str]] = {uid: set() for uid in wanted}

@@ -189,7 +189,7 @@ def parse(data: bytes | memoryview) -> Codestream:
 
 
 def _main_header(view: memoryview) -> tuple[list[Segment], int]:
-    segments = []
+    segments: list[Segment] = []
     pos = 2
     size = len(view)
     while pos + 4 <= size:
