@@ -223,3 +223,27 @@ def test_bulk_data_that_is_not_there_is_404(client: httpx.Client, path: str) -> 
     base = f"/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}"
     response = client.get(f"{base}/bulkdata/{path}", headers={"Accept": OCTET})
     assert response.status_code == 404, response.text
+
+
+@pytest.mark.parametrize(("name", "path"), [
+    ("OBXXXX1A_expb.dcm", "00281201"), ("OBXXXX1A.dcm", "00281203"), ("mlut_18.dcm", "00283000/0/00283006"),
+    ("gdcm-US-ALOKA-16_big.dcm", "00281221"), ("waveform_ecg.dcm", "54000100/1/54001010"),
+])
+def test_bulk_values_are_little_endian_whatever_the_file(name: str, path: str) -> None:
+    """A big endian file (kept as received, or before its master) gives the same bytes as a little endian
+    one: PS3.18 8.7.3.3.1 sends uncompressed bulk data in Little Endian byte order."""
+    from storage.dicom_json import bulk_value
+
+    ds = pydicom.dcmread(sample(name))
+    assert bulk_value(sample(name), path) == little_endian(ds, element(ds, path))
+
+
+@pytest.mark.parametrize(("big", "little", "path"), [
+    ("OBXXXX1A_expb.dcm", "OBXXXX1A.dcm", "00281201"), ("gdcm-US-ALOKA-16_big.dcm", "gdcm-US-ALOKA-16.dcm", "00281222"),
+])
+def test_big_and_little_endian_copies_give_the_same_bulk_data(big: str, little: str, path: str) -> None:
+    from storage.dicom_json import bulk_value
+
+    assert pydicom.dcmread(sample(big)).original_encoding[1] is False
+    assert bulk_value(sample(big), path) == bulk_value(sample(little), path) == element(
+        pydicom.dcmread(sample(little)), path).value
