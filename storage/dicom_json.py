@@ -26,6 +26,7 @@ import pydicom
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
+from pydicom.tag import BaseTag
 from pydicom.valuerep import PersonName
 from pydicom.values import convert_value
 
@@ -222,11 +223,16 @@ def _vr(vr: str) -> str:
     return vr.split(" or ")[-1]
 
 
-def _bulk(ds: Dataset, tag: int, uri: str) -> dict[str, Any]:
-    """An attribute that is bulk data by nature: a BulkDataURI unless it is empty."""
-    elem = ds[tag]
-    vr = _vr(elem.VR)
-    return {"vr": vr} if elem.is_empty else {"vr": vr, "BulkDataURI": uri}
+def _bulk(ds: Dataset, tag: BaseTag, uri: str) -> dict[str, Any]:
+    """An attribute that is bulk data by nature: a BulkDataURI unless it is empty. A raw element with its
+    VR says so without its value being read (a deferred value may be megabytes)."""
+    raw = ds._dict[tag]
+    if isinstance(raw, RawDataElement) and raw.VR is not None and raw.VR != "UN":
+        vr, empty = raw.VR, raw.length == 0
+    else:
+        elem = ds[tag]
+        vr, empty = _vr(elem.VR), elem.is_empty
+    return {"vr": vr} if empty else {"vr": vr, "BulkDataURI": uri}
 
 
 def _slow(ds: Dataset, tag: int, base: str, path: str, threshold: int) -> dict[str, Any]:
