@@ -67,14 +67,16 @@ async def healthz(request: Request) -> Response:
 
 
 async def status(request: Request) -> Response:
-    """Archive state: how many instances, and how many still wait for (or were kept without) a master."""
-    archive = request.app.state.archive
-    jobs = await archive.index.job_counts()
+    """Archive state: how many instances, how many still wait for a master, and how many are kept as
+    received (no master), with how many for each reason."""
+    index = request.app.state.archive.index
+    jobs = await index.job_counts()
     return JSONResponse({
-        "instances": await archive.index.count_instances(),
+        "instances": await index.count_instances(),
         "pending_masters": jobs.get("pending", 0),
         "kept_as_received": jobs.get("kept", 0),
-        "masters_in_progress": archive.masters.busy,
+        "kept_as_received_reasons": await index.kept_reasons(),
+        "masters_in_progress": request.app.state.archive.masters.busy,
     })
 
 

@@ -23,7 +23,7 @@ from dicomweb.negotiation import EXPLICIT_LE, NATIVE, Choice, accept_ranges, cho
 from dicomweb.responses import HTTPError
 from dicomweb.wado import DECODABLE, OCTET, frame_native_bytes, instance_records
 from storage.archive import Archive
-from storage.codec import CutError, cut, info
+from storage.codec import CutError, cut, info, without_padding
 from storage.index import InstanceRecord
 
 J2K = "image/jp2"
@@ -31,7 +31,14 @@ HTJ2K = "image/jphc"
 J2K_WHOLE, J2K_CUT = "1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91"
 HT_WHOLE, HT_CUT = "1.2.840.10008.1.2.4.202", "1.2.840.10008.1.2.4.203"
 SINGLE_PART = {OCTET, J2K, HTJ2K, "image/jpeg", "image/jls", "image/dicom-rle", "image/jpx"}
-_FRAME_LIST = re.compile(r"^\d+(,\d+)*$")
+# Media types whose frames are codestreams ending at a marker: sent without the fragment's pad byte.
+CODESTREAMS = {J2K, HTJ2K, "image/jpeg", "image/jls", "image/jpx"}
+# Part of every frame ETag: bumped when the bytes sent for the same request change (2: no pad byte).
+FRAME_BYTES_VERSION = 2
+# One item of a frame list: ASCII digits only (str.isdigit and \\d also take other scripts' digits).
+_FRAME_NUMBER = re.compile(r"[0-9]+")
+# More digits than any frame count: such a number is out of range, not a reason to build a huge int.
+_MAX_DIGITS = 12
 
 
 @dataclass(frozen=True)
@@ -54,26 +61,44 @@ class Plan:
 
 
 def frame_numbers(text: str) -> list[int]:
-    text = text.replace("%2C", ",").replace("%2c", ",").replace(" ", "")
-    if not _FRAME_LIST.match(text):
-        raise HTTPError(400, f"malformed frame list {text!r}: expected numbers like 1,3,5")
-    numbers = [int(n) for n in text.split(",")]
-    if any(n < 1 for n in numbers):
-        raise HTTPError(400, "frame numbers start at 1")
+    """The frame numbers of a `{frames}` path segment (PS3.18 8.3.1: a comma-separated list of
+    positive integers, frames counted from 1). Anything else is the client's error: 400 with the item
+    at fault, never a guess (an empty item is not skipped, "1 2" is not 12)."""
+    numbers = []
+    for position, raw in enumerate(text.split(","), start=1):
+        item = raw.strip()
+        if not item:
+            raise HTTPError(400, f"malformed frame list {text!r}: item {position} is empty")
+        if not _FRAME_NUMBER.fullmatch(item):
+            if item.startswith("-") and _FRAME_NUMBER.fullmatch(item[1:]):
+                raise HTTPError(400, f"frame numbers start at 1, got {item!r} in {text!r}")
+            raise HTTPError(400, f"malformed frame list {text!r}: {item!r} is not a frame number "
+                                 "(positive whole numbers separated by commas, like 1,3,5)")
+        if len(item.lstrip("0")) > _MAX_DIGITS:
+            raise HTTPError(404, f"frame {item[:20]}... out of range")
+        number = _whole(item)
+        if number < 1:
+            raise HTTPError(400, f"frame numbers start at 1, got {item!r} in {text!r}")
+        numbers.append(number)
     return numbers
+
+
+def _whole(digits: str) -> int:
+    """ASCII digits as an int, capped above any real count (Python refuses ints of over 4300 digits)."""
+    return int(digits) if len(digits.lstrip("0")) <= _MAX_DIGITS else 10**_MAX_DIGITS
 
 
 def _subset(request: Request) -> Subset:
     layers = fsiz = None
     if (text := request.query_params.get("layers")) is not None:
-        if not text.isdigit() or int(text) < 1:
-            raise HTTPError(400, f"layers must be a positive integer, got {text!r}")
-        layers = int(text)
+        if not _FRAME_NUMBER.fullmatch(text) or _whole(text) < 1:
+            raise HTTPError(400, f"layers must be a positive integer, got {text[:40]!r}")
+        layers = _whole(text)
     if (text := request.query_params.get("fsiz")) is not None:
-        m = re.fullmatch(r"\s*(\d+)\s*,\s*(\d+)\s*", text)
-        if not m or int(m.group(1)) < 1 or int(m.group(2)) < 1:
-            raise HTTPError(400, f"fsiz must be W,H with positive integers, got {text!r}")
-        fsiz = (int(m.group(1)), int(m.group(2)))
+        m = re.fullmatch(r"\s*([0-9]+)\s*,\s*([0-9]+)\s*", text)
+        if not m or _whole(m.group(1)) < 1 or _whole(m.group(2)) < 1:
+            raise HTTPError(400, f"fsiz must be W,H with positive integers, got {text[:40]!r}")
+        fsiz = (_whole(m.group(1)), _whole(m.group(2)))
     return Subset(layers, fsiz)
 
 
@@ -117,7 +142,8 @@ def _plan(choice: Choice, rec: InstanceRecord, subset: Subset) -> Plan | None:
 async def _body(archive: Archive, rec: InstanceRecord, number: int, plan: Plan, subset: Subset) -> tuple[bytes, str]:
     """Bytes of one frame and the transfer syntax they really are in."""
     if plan.kind == "stored":
-        return await archive.read_frame(rec, number), plan.transfer_syntax
+        data = await archive.read_frame(rec, number)
+        return (without_padding(data) if plan.media in CODESTREAMS else data), plan.transfer_syntax
     if plan.kind == "native":
         return await frame_native_bytes(archive, rec, number), EXPLICIT_LE
     master = await archive.read_frame(rec, number)
@@ -130,27 +156,33 @@ async def _body(archive: Archive, rec: InstanceRecord, number: int, plan: Plan, 
             return (whole, HT_WHOLE) if drop == 0 else (cut(whole, layers=None, drop_levels=drop), HT_CUT)
         layers = subset.layers if subset.layers is not None and subset.layers < head.layers else None
         if layers is None and drop == 0:
-            return master, J2K_WHOLE
+            return without_padding(master), J2K_WHOLE
         return cut(master, layers=layers, drop_levels=drop), J2K_CUT
     except CutError as exc:
         raise HTTPError(406, f"cannot cut this frame: {exc}") from None
 
 
-async def frames(request: Request) -> Response:
-    rec = (await instance_records(request))[0]
-    numbers = frame_numbers(request.path_params["frames"])
-    subset = _subset(request)
-    if rec.number_of_frames == 0:
-        raise HTTPError(404, "instance has no pixel data frames")
+def in_range(numbers: list[int], rec: InstanceRecord) -> list[int]:
+    """The numbers, if the instance has all those frames (404 naming the first it lacks)."""
     missing = [n for n in numbers if n > rec.number_of_frames]
     if missing:
         raise HTTPError(404, f"frame {missing[0]} out of range: the instance has {rec.number_of_frames} frame(s)")
+    return numbers
+
+
+async def frames(request: Request) -> Response:
+    numbers = frame_numbers(request.path_params["frames"])
+    subset = _subset(request)
+    rec = (await instance_records(request))[0]
+    if rec.number_of_frames == 0:
+        raise HTTPError(404, "instance has no pixel data frames")
+    in_range(numbers, rec)
     archive: Archive = request.app.state.archive
     for choice in choices(accept_ranges(request), OCTET, SINGLE_PART):
         plan = _plan(choice, rec, subset)
         if plan is None or (not choice.multipart and len(numbers) > 1):
             continue
-        etag = etag_for(rec.blob_key, numbers, plan, subset, choice.multipart)
+        etag = etag_for(FRAME_BYTES_VERSION, rec.blob_key, numbers, plan, subset, choice.multipart)
         if not_modified(request, etag):
             return Response(status_code=304, headers={"ETag": etag})
         parts = [await _body(archive, rec, n, plan, subset) for n in numbers]

@@ -25,7 +25,7 @@ import logging
 import math
 import os
 from collections import deque
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from dataclasses import dataclass, replace
 
 import orjson
@@ -33,7 +33,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from dicomweb.conditional import etag_for, not_modified
-from dicomweb.frames import frame_numbers
+from dicomweb.frames import frame_numbers, in_range
 from dicomweb.multipart import closing, make_boundary, multipart_content_type, part_header
 from dicomweb.negotiation import accept_ranges
 from dicomweb.responses import HTTPError, base_url
@@ -61,7 +61,7 @@ log = logging.getLogger(__name__)
 
 CACHE_CONTROL = "private, max-age=3600"
 # Bump when rendering changes, so clients' cached ETags stop matching.
-RENDER_VERSION = "1"
+RENDER_VERSION = "2"
 # Multipart parts rendered before answering, so failures among them give an exact status and
 # Warning; the rest are rendered while streaming (a failure there is logged and the part left out).
 EAGER_PARTS = 32
@@ -89,10 +89,11 @@ async def rendered(request: Request) -> Response:
     """``/rendered`` of a study, series, instance or frame list."""
     options = rendering_options(request, thumbnail=False)
     wanted = acceptable(request)
+    numbers = frame_numbers(request.path_params["frames"]) if "frames" in request.path_params else []
     recs = await instance_records(request)
-    if "frames" in request.path_params:
+    if numbers:
         rec = _pixel_instance(recs[0])
-        jobs = [Job(rec, n) for n in _checked_frames(request, rec)]
+        jobs = [Job(rec, n) for n in in_range(numbers, rec)]
     elif "sop" in request.path_params:
         rec = _pixel_instance(recs[0])
         # The first frame, unless the client asked for multipart: then every frame.
@@ -112,10 +113,11 @@ async def thumbnail(request: Request) -> Response:
     """``/thumbnail`` of a study, series, instance or frame list: one representative image."""
     options = rendering_options(request, thumbnail=True)
     wanted = acceptable(request)
+    numbers = frame_numbers(request.path_params["frames"]) if "frames" in request.path_params else []
     recs = await instance_records(request)
-    if "frames" in request.path_params:
+    if numbers:
         rec = _pixel_instance(recs[0])
-        job = Job(rec, _checked_frames(request, rec)[0])
+        job = Job(rec, in_range(numbers, rec)[0])
     elif "sop" in request.path_params:
         rec = _pixel_instance(recs[0])
         job = Job(rec, _middle(rec.number_of_frames))
@@ -248,14 +250,6 @@ def _pixel_instance(rec: InstanceRecord) -> InstanceRecord:
     return rec
 
 
-def _checked_frames(request: Request, rec: InstanceRecord) -> list[int]:
-    numbers = frame_numbers(request.path_params["frames"])
-    missing = [n for n in numbers if n > rec.number_of_frames]
-    if missing:
-        raise HTTPError(404, f"frame {missing[0]} out of range: the instance has {rec.number_of_frames} frame(s)")
-    return numbers
-
-
 def _middle(count: int) -> int:
     return (count + 1) // 2
 
@@ -350,7 +344,7 @@ async def _render(archive: Archive, job: Job, options: RenderOptions) -> bytes:
 
 async def _rendered_parts(
     archive: Archive, jobs: list[Job], options: RenderOptions
-) -> AsyncIterator[tuple[Job, bytes | None, str]]:
+) -> AsyncGenerator[tuple[Job, bytes | None, str], None]:
     """(job, image or None, why not) in order, rendering up to LOOKAHEAD parts ahead."""
     queue: deque[tuple[Job, asyncio.Task[bytes]]] = deque()
     pending: Iterator[Job] = iter(jobs)

@@ -26,7 +26,9 @@ class HTTPError(Exception):
 
 def error_response(status: int, reason: str) -> Response:
     # The reason goes in the body and in a Warning header (PS3.18 8.1.4), which clients log.
+    # Header values are Latin-1 on the wire: a reason quoting the client's non-ASCII input is escaped there.
     safe = reason.replace('"', "'").replace("\r", " ").replace("\n", " ")[:400]
+    safe = safe.encode("ascii", "backslashreplace").decode("ascii")
     headers = {"Warning": f'299 dicomweb "{safe}"'}
     if status == 503:
         headers["Retry-After"] = "1"

@@ -6,9 +6,7 @@ import asyncio
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
-import pydicom
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
@@ -33,6 +31,7 @@ from dicomweb.negotiation import (
 from dicomweb.params import uids
 from dicomweb.responses import HTTPError, check_json_accept, dicom_json
 from storage.archive import Archive
+from storage.dicom_json import bulk_value
 from storage.index import InstanceRecord
 from storage.transcode import CannotTranscode, pixel_data_native, to_native
 
@@ -191,24 +190,9 @@ async def frame_native_bytes(archive: Archive, rec: InstanceRecord, number: int)
 
 # ---- bulk data ------------------------------------------------------------------------------------
 
-PIXEL_PATHS = {"7FE00010", "7FE00008", "7FE00009"}
-
-
-def _bulk_value(path: Path, tag_path: str) -> bytes | None:
-    parts = tag_path.strip("/").split("/")
-    node: Any = pydicom.dcmread(path)
-    try:
-        for i, item in enumerate(parts):
-            if i % 2 == 0:
-                elem = node[int(item, 16)]
-                if i == len(parts) - 1:
-                    return elem.value if isinstance(elem.value, bytes) else None
-                node = elem.value
-            else:
-                node = node[int(item)]
-    except (KeyError, IndexError, ValueError, TypeError):
-        return None
-    return None
+# Pixel Data is sent decoded (or as stored, when asked) frame by frame; every other value, float and
+# double float pixel data included, as its bytes (storage.dicom_json.bulk_value).
+PIXEL_PATH = "7FE00010"
 
 
 async def bulkdata(request: Request) -> Response:
@@ -218,7 +202,7 @@ async def bulkdata(request: Request) -> Response:
     tag_path = request.path_params["tagpath"].upper()
     ranges = choices(accept_ranges(request), OCTET, {OCTET})
     choice = ranges[0] if ranges else Choice(OCTET, None, True)
-    if tag_path in PIXEL_PATHS:
+    if tag_path == PIXEL_PATH:
         if rec.number_of_frames == 0:
             raise HTTPError(404, "instance has no pixel data")
         if choice.transfer_syntax == "*" and rec.transfer_syntax not in NATIVE and rec.frames:
@@ -234,7 +218,7 @@ async def bulkdata(request: Request) -> Response:
         return _bulk_response(request, rec, [(ctype, data)], OCTET, choice.multipart)
     if not re.fullmatch(r"[0-9A-F]{8}(/\d+/[0-9A-F]{8})*", tag_path):
         raise HTTPError(400, f"malformed bulk data path {tag_path!r}")
-    value = await asyncio.to_thread(_bulk_value, archive.blob_path(rec), tag_path)
+    value = await asyncio.to_thread(bulk_value, archive.blob_path(rec), tag_path)
     if value is None:
         raise HTTPError(404, f"no bulk data at {tag_path}")
     return _bulk_response(request, rec, [(OCTET, value)], OCTET, choice.multipart)

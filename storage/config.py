@@ -67,7 +67,8 @@ class Settings:
     # Largest accepted request body (bytes) and part count: absurd uploads are refused, not buffered.
     max_upload_bytes: int = 8 * 1024**3
     max_parts: int = 20000
-    # Values larger than this become BulkDataURIs in metadata.
+    # Binary values of more bytes than this become BulkDataURIs in metadata (computed at ingest); some
+    # attributes (palette and other lookup tables, overlays, waveforms...) always do.
     bulk_data_threshold: int = 1024
     cors_origins: tuple[str, ...] = field(default_factory=tuple)
     workers: int = 0  # codec worker threads; 0 = one per core
@@ -105,6 +106,7 @@ def settings_from_env() -> Settings:
         public_url=env.get("DICOMWEB_PUBLIC_URL", "").rstrip("/"),
         max_upload_bytes=env_int("DICOMWEB_MAX_UPLOAD_BYTES", 8 * 1024**3, minimum=1),
         max_parts=env_int("DICOMWEB_MAX_PARTS", 20000, minimum=1),
+        bulk_data_threshold=env_int("DICOMWEB_BULKDATA_THRESHOLD", 1024),
         cors_origins=origins,
         workers=env_int("DICOMWEB_WORKERS", 0),
         decoded_cache_bytes=env_int("DICOMWEB_DECODED_CACHE_MB", 256) * 1024**2,

@@ -50,6 +50,9 @@ LOSSLESS_INPUTS = frozenset({
     J2K_LOSSLESS, "1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.202",
 })
 MASTER_PHOTOMETRICS = {1: {"MONOCHROME1", "MONOCHROME2", "PALETTE COLOR"}, 3: {"RGB"}}
+# Colour in a reversible JPEG 2000 codestream (PS3.5 8.2.4: YBR_RCT is the reversible colour transform)
+# decodes to RGB exactly, so it becomes a master like RGB.
+J2K_REVERSIBLE = frozenset({J2K_LOSSLESS, "1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.202"})
 ITEM_TAG = 0xFFFEE000
 SEQ_DELIM = 0xFFFEE0DD
 
@@ -78,6 +81,8 @@ class ParsedInstance:
     number_of_frames: int = 0
     # Worth turning into a layered JPEG 2000 master (decodable losslessly, a shape OpenJPEG codes).
     master_candidate: bool = False
+    # When not: why the instance is kept as received (master_refusal).
+    kept_reason: str = ""
     sha256: str = ""
 
 
@@ -123,7 +128,7 @@ def _make_part10(path: Path, ds: Dataset) -> None:
         meta.MediaStorageSOPClassUID = UID(_uid(ds, "SOPClassUID"))
         meta.MediaStorageSOPInstanceUID = UID(_uid(ds, "SOPInstanceUID"))
         meta.TransferSyntaxUID = UID(_transfer_syntax(ds))
-        meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
+        meta.ImplementationClassUID = UID(IMPLEMENTATION_CLASS_UID)
         meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
         out = DicomBytesIO()
         write_file_meta_info(out, meta, enforce_standard=True)
@@ -138,7 +143,8 @@ def _make_part10(path: Path, ds: Dataset) -> None:
 def _uid(ds: Dataset, keyword: str) -> str:
     # Read from the raw bytes when possible: pydicom's conversion would replace the raw element by a
     # DataElement, which then takes the slow road to JSON.
-    raw = ds._dict.get(BaseTag(tag_for_keyword(keyword) or 0))
+    tag = tag_for_keyword(keyword)
+    raw = ds._dict.get(BaseTag(tag)) if tag is not None else None
     if isinstance(raw, RawDataElement) and isinstance(raw.value, bytes):
         value = raw.value.decode("latin-1").rstrip("\x00 ")
     else:
@@ -264,19 +270,31 @@ def _encapsulated_frames(ds: Dataset, path: Path, raw, nframes: int) -> list[lis
     return frames
 
 
-def is_master_candidate(meta: dict[str, Any], ts: str, number_of_frames: int) -> bool:
-    """Pixel data that can be held losslessly as a layered JPEG 2000 master (checked again, exactly,
-    when the master is made: this only decides whether to try). `meta` is the instance's DICOM JSON."""
-    if ts not in LOSSLESS_INPUTS or number_of_frames < 1:
-        return False
+def master_refusal(meta: dict[str, Any], ts: str, number_of_frames: int) -> str:
+    """"" for pixel data that can be held losslessly as a layered JPEG 2000 master (checked again,
+    exactly, when the master is made: this only decides whether to try), else why the instance is kept
+    as received: short and stable, so that instances can be counted per reason. `meta` is the
+    instance's DICOM JSON."""
+    if number_of_frames < 1:
+        return "float pixel data" if "7FE00008" in meta or "7FE00009" in meta else "no pixel data"
+    if ts not in LOSSLESS_INPUTS:
+        name = UID(ts).name if UID(ts).is_transfer_syntax else ""
+        return f"lossy or not losslessly decodable transfer syntax: {name or ts}"
     try:
         spp = int(_first(meta, SAMPLES_PER_PIXEL) or 1)
         bits = int(_first(meta, BITS_ALLOCATED))
         stored = int(_first(meta, BITS_STORED) or bits)
         photometric = str(_first(meta, PHOTOMETRIC) or "").strip()
     except (TypeError, ValueError):
-        return False
-    return bits in (8, 16) and 2 <= stored <= 16 and photometric in MASTER_PHOTOMETRICS.get(spp, set())
+        return "unreadable image attributes"
+    if bits not in (8, 16):
+        return f"Bits Allocated {bits} (masters hold 8 or 16)"
+    if not 2 <= stored <= 16:
+        return f"Bits Stored {stored} (masters hold 2 to 16)"
+    allowed = MASTER_PHOTOMETRICS.get(spp, set()) | ({"YBR_RCT"} if spp == 3 and ts in J2K_REVERSIBLE else set())
+    if photometric not in allowed:
+        return f"Photometric Interpretation {photometric or 'missing'} with {spp} sample(s) per pixel"
+    return ""
 
 
 def file_sha256(path: Path) -> str:
@@ -353,6 +371,7 @@ def _parse(ds: Dataset, path: Path, threshold: int) -> ParsedInstance:
             frames = _native_frames(meta, raw, file_size, number_of_frames)
 
     inst_attrs = {k: v for k, v in meta.items() if "BulkDataURI" not in v and "InlineBinary" not in v}
+    kept_reason = master_refusal(meta, ts, number_of_frames)
     study_attrs = _level_subset(inst_attrs, is_study_level)
     series_attrs = _level_subset(inst_attrs, is_series_level)
     return ParsedInstance(
@@ -381,7 +400,8 @@ def _parse(ds: Dataset, path: Path, threshold: int) -> ParsedInstance:
         frames=frames,
         encapsulated=encapsulated,
         number_of_frames=number_of_frames,
-        master_candidate=is_master_candidate(meta, ts, number_of_frames),
+        master_candidate=not kept_reason,
+        kept_reason=kept_reason,
     )
 
 

@@ -7,6 +7,10 @@ well-formed values in an ASCII-compatible character set), or else through pydico
 (`_fast`); anything else (sequences, AT, UN, values not yet read, odd cases) falls back to pydicom's
 element conversion. The result is the same JSON pydicom would give: tests compare the two on every
 readable test file.
+
+Binary values larger than the threshold (bytes of the value) are given as a BulkDataURI, and so are,
+whatever their size, the attributes that are bulk data by nature (`is_bulk_by_nature`): clients such as
+OHIF's and dcm4chee expect palette lookup tables that way, and fetch them when they need them.
 """
 
 from __future__ import annotations
@@ -15,12 +19,14 @@ import base64
 import codecs
 import re
 import struct
-from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-from pydicom.dataelem import RawDataElement
+import pydicom
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
+from pydicom.tag import BaseTag
 from pydicom.valuerep import PersonName
 from pydicom.values import convert_value
 
@@ -41,6 +47,29 @@ _ASCII_SAFE = ("iso8859", "latin-1", "utf-8", "ascii", "cp1252")
 _NUMBER_FORMATS = {"US": "H", "SS": "h", "UL": "L", "SL": "l", "UV": "Q", "SV": "q", "FL": "f", "FD": "d"}
 _PLAIN_INT = re.compile(r"\s*[+-]?\d+\s*\Z")
 _PLAIN_DECIMAL = re.compile(r"\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*\Z")
+
+# Attributes that are bulk data by nature, at any depth (the bulk data DICOM toolkits such as dcm4che
+# leave out of metadata): palette colour lookup table data, plain (0028,1201-1204), large (retired,
+# 0028,1211-1213) and segmented (0028,1221-1224); Blending LUT Data (0028,1408); LUT Data (0028,3006) of
+# the Modality, VOI and Presentation LUT sequences; waveform data (5400,1010); Encapsulated Document
+# (0042,0011); spectroscopy data (5600,0020); float and double float pixel data (7FE0,0008-0009).
+BULK_BY_NATURE = frozenset({
+    0x00281201, 0x00281202, 0x00281203, 0x00281204, 0x00281211, 0x00281212, 0x00281213,
+    0x00281221, 0x00281222, 0x00281223, 0x00281224, 0x00281408, 0x00283006,
+    0x54001010, 0x00420011, 0x56000020, 0x7FE00008, 0x7FE00009,
+})
+# Repeating groups (PS3.5 7.6): overlay data (60xx,3000), and the retired curve data (50xx,3000) and
+# audio sample data (50xx,200C); xx is even, 00 to 1E.
+_REPEATING_BULK = {0x6000: (0x3000,), 0x5000: (0x3000, 0x200C)}
+
+
+def is_bulk_by_nature(tag: int) -> bool:
+    if tag in BULK_BY_NATURE:
+        return True
+    group, element = tag >> 16, tag & 0xFFFF
+    base = group & 0xFF00
+    return base in _REPEATING_BULK and group % 2 == 0 and group - base <= 0x1E \
+        and element in _REPEATING_BULK[base]
 
 
 def ascii_safe(encodings: list[str] | str | None) -> bool:
@@ -114,26 +143,27 @@ def _values(value: Any) -> list[Any] | None:
     return [value]
 
 
-def _fast(raw: RawDataElement, encodings: list[str], bulk_uri: Callable[[], str], threshold: int,
+def _fast(raw: RawDataElement, encodings: str | list[str], bulk_uri: str, threshold: int,
           text_ok: bool = False) -> dict | None:
-    vr = raw.VR
+    vr, value = raw.VR, raw.value
+    if vr is None:
+        return None
     if vr in BINARY_VRS:
         length = raw.length
         if length == 0xFFFFFFFF:  # undefined length (encapsulated): the value's own size counts
-            if raw.value is None:
+            if value is None:
                 return None
-            length = len(raw.value)
+            length = len(value)
         if length == 0:
             return {"vr": vr}
-        # Same rule as pydicom: base64 makes a value a third longer.
-        if length > (threshold // 4) * 3:
-            return {"vr": vr, "BulkDataURI": bulk_uri()}
-        if raw.value is None:
+        if length > threshold:
+            return {"vr": vr, "BulkDataURI": bulk_uri}
+        if value is None:
             return None
-        return {"vr": vr, "InlineBinary": base64.b64encode(raw.value).decode("ascii")}
-    if raw.value is None and raw.length:
+        return {"vr": vr, "InlineBinary": base64.b64encode(value).decode("ascii")}
+    if value is None and raw.length:
         return None  # deferred: let pydicom read it
-    if raw.length and (plain := _plain(vr, raw.value, raw.is_little_endian, text_ok)) is not None:
+    if value and (plain := _plain(vr, value, raw.is_little_endian, text_ok)) is not None:
         return {"vr": vr, "Value": plain} if plain else {"vr": vr}
     if vr in STRING_VRS or vr in INT_VRS or vr in FLOAT_VRS:
         values = _values(convert_value(vr, raw, encodings))
@@ -166,7 +196,8 @@ def _fast(raw: RawDataElement, encodings: list[str], bulk_uri: Callable[[], str]
 
 
 def dataset_json(ds: Dataset, base: str, threshold: int, prefix: str = "") -> dict[str, Any]:
-    """DICOM JSON of `ds`; binary values above `threshold` become `{base}/bulkdata/{tag path}`."""
+    """DICOM JSON of `ds`; binary values of more than `threshold` bytes, and the attributes that are bulk
+    data by nature, become `{base}/bulkdata/{tag path}`."""
     encodings = ds._character_set
     text_ok = ascii_safe(encodings)
     out: dict[str, Any] = {}
@@ -174,13 +205,34 @@ def dataset_json(ds: Dataset, base: str, threshold: int, prefix: str = "") -> di
         elem = ds._dict[tag]
         key = f"{tag:08X}"
         path = f"{prefix}{key}"
+        uri = f"{base}/bulkdata/{path}"
         js = None
-        if isinstance(elem, RawDataElement) and elem.VR is not None and elem.VR != "UN":
-            js = _fast(elem, encodings, lambda p=path: f"{base}/bulkdata/{p}", threshold, text_ok)
+        if is_bulk_by_nature(tag):
+            js = _bulk(ds, tag, uri)
+        elif isinstance(elem, RawDataElement) and elem.VR is not None and elem.VR != "UN":
+            js = _fast(elem, encodings, uri, threshold, text_ok)
         if js is None:
             js = _slow(ds, tag, base, path, threshold)
         out[key] = js
     return out
+
+
+def _vr(vr: str) -> str:
+    # An ambiguous VR pydicom could not resolve ("OB or OW", "US or OW") is OW: what Implicit VR Little
+    # Endian, the only encoding that leaves it unsaid, uses for these attributes (PS3.5 A.1).
+    return vr.split(" or ")[-1]
+
+
+def _bulk(ds: Dataset, tag: BaseTag, uri: str) -> dict[str, Any]:
+    """An attribute that is bulk data by nature: a BulkDataURI unless it is empty. A raw element with its
+    VR says so without its value being read (a deferred value may be megabytes)."""
+    raw = ds._dict[tag]
+    if isinstance(raw, RawDataElement) and raw.VR is not None and raw.VR != "UN":
+        vr, empty = raw.VR, raw.length == 0
+    else:
+        elem = ds[tag]
+        vr, empty = _vr(elem.VR), elem.is_empty
+    return {"vr": vr} if empty else {"vr": vr, "BulkDataURI": uri}
 
 
 def _slow(ds: Dataset, tag: int, base: str, path: str, threshold: int) -> dict[str, Any]:
@@ -188,4 +240,58 @@ def _slow(ds: Dataset, tag: int, base: str, path: str, threshold: int) -> dict[s
     if elem.VR == "SQ":
         items = [dataset_json(item, base, threshold, f"{path}/{i}/") for i, item in enumerate(elem.value or [])]
         return {"vr": "SQ", "Value": items}
-    return elem.to_json_dict(lambda _e: f"{base}/bulkdata/{path}", threshold)
+    binary = elem.VR in BINARY_VRS or elem.VR == "UN" or (" or " in elem.VR and elem.VR != "US or SS")
+    if binary and isinstance(elem.value, bytes):
+        vr = _vr(elem.VR)
+        if not elem.value:
+            return {"vr": vr}
+        if len(elem.value) > threshold:
+            return {"vr": vr, "BulkDataURI": f"{base}/bulkdata/{path}"}
+        return {"vr": vr, "InlineBinary": base64.b64encode(elem.value).decode("ascii")}
+    return elem.to_json_dict(None, threshold)
+
+
+# ---- bulk data values ---------------------------------------------------------------------------------
+
+# Bytes per word of the binary VRs that have a byte order (OB and UN are byte streams).
+_WORD_SIZES = {"OW": 2, "OF": 4, "OL": 4, "OD": 8, "OV": 8}
+
+
+def bulk_value(path: Path, tag_path: str) -> bytes | None:
+    """The value at `tag_path` (`00281201`, `00283010/0/00283006`) of the file at `path`, as bulk data
+    is sent: uncompressed bytes in Little Endian byte order (PS3.18 8.7.3.3.1). None if there is no such
+    binary or numeric value."""
+    ds = pydicom.dcmread(path)
+    little = ds.original_encoding[1] is not False
+    parts = tag_path.strip("/").split("/")
+    node: Dataset = ds
+    try:
+        for tag_text, index in zip(parts[:-1:2], parts[1::2], strict=True):
+            node = node[int(tag_text, 16)].value[int(index)]
+        elem = node[int(parts[-1], 16)]
+    except (KeyError, IndexError, ValueError, TypeError):
+        return None
+    return _little_endian_bytes(elem, little)
+
+
+def _little_endian_bytes(elem: DataElement, little: bool) -> bytes | None:
+    vr = _vr(elem.VR)
+    value = elem.value
+    if isinstance(value, bytes):
+        size = _WORD_SIZES.get(vr, 1)
+        if little or size == 1 or len(value) % size:
+            return value
+        return _swap(value, size)
+    fmt = _NUMBER_FORMATS.get(vr)
+    if fmt is None or value is None:
+        return None
+    values = list(value) if isinstance(value, MultiValue | list | tuple) else [value]
+    return struct.pack(f"<{len(values)}{fmt}", *values)
+
+
+def _swap(value: bytes, size: int) -> bytes:
+    """Big endian words of `size` bytes turned little endian."""
+    out = bytearray(len(value))
+    for i in range(size):
+        out[i::size] = value[size - 1 - i::size]
+    return bytes(out)

@@ -6,22 +6,9 @@ this implementation in its File Meta Information, not whoever wrote the input.
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
-
-from pydicom.uid import PYDICOM_ROOT_UID, generate_uid
-
-# Derived once, deterministically, under pydicom's UID root (the project has no root of its own yet):
-# the same value on every machine and every release.
-IMPLEMENTATION_CLASS_UID = generate_uid(prefix=PYDICOM_ROOT_UID, entropy_srcs=["dicomweb-progressive"])
-
-
-def _version_name() -> str:
-    try:
-        release = version("dicomweb-progressive")
-    except PackageNotFoundError:  # running from a checkout that was never installed
-        release = "0"
-    # SH, at most 16 characters.
-    return f"DICOMWEBPROG_{release.replace('.', '')}"[:16]
-
-
-IMPLEMENTATION_VERSION_NAME = _version_name()
+# Under pydicom's UID root (the project has no root of its own yet), derived once, deterministically, as
+# generate_uid(prefix=PYDICOM_ROOT_UID, entropy_srcs=["dicomweb-progressive", "Implementation Class UID"]):
+# the same value on every machine and every release (tests/test_masters.py derives it again).
+IMPLEMENTATION_CLASS_UID = "1.2.826.0.1.3680043.8.498.56993658894491812862922273779002216499"
+# SH, at most 16 characters: bump with releases.
+IMPLEMENTATION_VERSION_NAME = "DICOMWEBPROG_0.1"

@@ -262,15 +262,15 @@ class Index:
             )
 
     def _queue_masters(self, conn: Connection, items: list[tuple[ParsedInstance, str, int]]) -> None:
+        """A pending job for each instance that will become a master; for every other one a job already
+        "kept", with the reason, so that what is kept as received is counted with its reason."""
         now = time.time()
         jobs = [
-            {"sop_uid": p.sop_uid, "blob_key": key, "state": "pending", "attempts": 0, "reason": "", "updated_at": now}
-            for p, key, _ in items if p.master_candidate
+            {"sop_uid": p.sop_uid, "blob_key": key, "state": "pending" if p.master_candidate else "kept",
+             "attempts": 0, "reason": "" if p.master_candidate else p.kept_reason, "updated_at": now}
+            for p, key, _ in items
         ]
         self._upsert(conn, J, "sop_uid", jobs)
-        others = [p.sop_uid for p, _, _ in items if not p.master_candidate]
-        if others:
-            conn.execute(delete(J).where(J.c.sop_uid.in_(others)))
 
     # ---- the master queue ----------------------------------------------------------------------
 
@@ -327,6 +327,19 @@ class Index:
         async with self.engine.connect() as conn:
             rows = (await conn.execute(select(J.c.state, func.count()).group_by(J.c.state))).all()
         return {state: n for state, n in rows}
+
+    async def kept_reasons(self) -> dict[str, int]:
+        """How many instances are kept as received, per reason."""
+        q = select(J.c.reason, func.count()).where(J.c.state == "kept").group_by(J.c.reason)
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(q)).all()
+        return {reason: n for reason, n in rows}
+
+    async def kept_as_received(self) -> list[tuple[str, str]]:
+        """(sop_uid, reason) of every instance kept as received."""
+        q = select(J.c.sop_uid, J.c.reason).where(J.c.state == "kept").order_by(J.c.reason, J.c.sop_uid)
+        async with self.engine.connect() as conn:
+            return [(r.sop_uid, r.reason) for r in (await conn.execute(q)).all()]
 
     async def job_state(self, sop: str) -> tuple[str, str] | None:
         async with self.engine.connect() as conn:
@@ -426,9 +439,3 @@ class Index:
                      .where(I.c.sop_uid.in_(sops[i: i + self.REPORT_CHUNK])))
                 rows += (await conn.execute(q)).all()
         return rows
-
-    async def kept_reasons(self) -> dict[str, int]:
-        """How many instances the master queue kept as received, per reason."""
-        q = select(J.c.reason, func.count()).where(J.c.state == "kept").group_by(J.c.reason)
-        async with self.engine.connect() as conn:
-            return {reason: n for reason, n in (await conn.execute(q)).all()}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import threading
@@ -124,7 +125,11 @@ class MasterQueue:
                 await self._yield_to_uploads()
                 self._busy.add(sop)
                 task = asyncio.create_task(self._guarded(sop, key, attempts))
-                task.add_done_callback(lambda _t, s=sop: (self._busy.discard(s), slots.release()))
+                task.add_done_callback(functools.partial(self._done, sop, slots))
+
+    def _done(self, sop: str, slots: asyncio.Semaphore, _task: asyncio.Task[None]) -> None:
+        self._busy.discard(sop)
+        slots.release()
 
     async def _guarded(self, sop: str, key: str, attempts: int) -> None:
         try:
@@ -150,8 +155,10 @@ class MasterQueue:
         await index.count_attempt(sop)
         loop = asyncio.get_running_loop()
         try:
+            settings = self.archive.settings
             master = await loop.run_in_executor(
-                self.pool, make_master, blobs.local_path(key), self.archive.settings.tmp_dir,
+                self.pool, functools.partial(make_master, bulk_data_threshold=settings.bulk_data_threshold),
+                blobs.local_path(key), settings.tmp_dir,
             )
         except MasterNotPossible as exc:
             log.info("instance %s kept as received: %s", sop, exc)

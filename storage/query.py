@@ -296,15 +296,26 @@ def _python_match(tag: int, attrs: dict[str, Any], value: str, fuzzy: bool) -> b
 LEVEL_TABLE = {"study": S, "series": SE, "instance": I}
 
 
+# Computed attributes of the parent levels, selected along with each result: PS3.18 10.6.3.3.2 and
+# 10.6.3.3.3 return the Study attributes of Table 10.6.3-3 with every result of a search for all series
+# or all instances, and the Series attributes of Table 10.6.3-4 with a search for instances not scoped to
+# a series; a few of those (ModalitiesInStudy, the counts) have no stored value, only a column.
+STUDY_COMPUTED = (S.c.modalities.label("study_modalities"), S.c.sop_classes.label("study_sop_classes"),
+                  S.c.num_series.label("study_num_series"), S.c.num_instances.label("study_num_instances"))
+SERIES_COMPUTED = (SE.c.num_instances.label("series_num_instances"),)
+
+
 def _base_select(q: Query):
+    cols: list[ColumnElement[Any]]
     if q.level == "study":
         cols = [S.c.study_uid, S.c.attrs, S.c.modalities, S.c.sop_classes, S.c.num_series, S.c.num_instances]
         return select(*cols).select_from(S), [S]
     if q.level == "series":
-        cols = [SE.c.study_uid, SE.c.series_uid, SE.c.attrs, SE.c.num_instances, S.c.attrs.label("study_attrs")]
+        cols = [SE.c.study_uid, SE.c.series_uid, SE.c.attrs, SE.c.num_instances, S.c.attrs.label("study_attrs"),
+                *STUDY_COMPUTED]
         return select(*cols).select_from(SE.join(S, SE.c.study_uid == S.c.study_uid)), [SE, S]
     cols = [I.c.study_uid, I.c.series_uid, I.c.sop_uid, I.c.attrs, I.c.number_of_frames,
-            SE.c.attrs.label("series_attrs"), S.c.attrs.label("study_attrs")]
+            SE.c.attrs.label("series_attrs"), S.c.attrs.label("study_attrs"), *STUDY_COMPUTED, *SERIES_COMPUTED]
     joined = I.join(SE, I.c.series_uid == SE.c.series_uid).join(S, I.c.study_uid == S.c.study_uid)
     return select(*cols).select_from(joined), [I, SE, S]
 
@@ -369,33 +380,49 @@ def _merged_attrs(q: Query, r: Any) -> dict[str, Any]:
 
 def _wanted_tags(q: Query) -> set[int]:
     wanted = set(DEFAULTS[q.level]) | q.includes | {f.tag for f in q.filters}
-    # Searches not scoped to a study also describe the study (and series) each result belongs to.
+    # PS3.18 10.6.3.3.2-3: a search for all series or all instances also returns each result's Study
+    # attributes (Table 10.6.3-3), and a search for instances not scoped to a series its Series
+    # attributes (Table 10.6.3-4). Each result keeps its own Retrieve URL.
     if q.level != "study" and q.study_uid is None:
-        wanted |= set(DEFAULTS["study"]) - {RETRIEVE_URL, 0x00201206, 0x00201208, MODALITIES_IN_STUDY}
+        wanted |= set(DEFAULTS["study"]) - {RETRIEVE_URL}
     if q.level == "instance" and q.series_uid is None:
-        wanted |= set(DEFAULTS["series"]) - {RETRIEVE_URL, 0x00201209}
+        wanted |= set(DEFAULTS["series"]) - {RETRIEVE_URL}
     return wanted
+
+
+def _study_computed(attrs: dict[str, Any], modalities: str, sop_classes: str, num_series: int,
+                    num_instances: int) -> None:
+    attrs[tag_hex(MODALITIES_IN_STUDY)] = _cs(modalities)
+    attrs[tag_hex(SOP_CLASSES_IN_STUDY)] = {"vr": "UI", **_values(sop_classes)}
+    attrs["00201206"] = {"vr": "IS", "Value": [num_series]}
+    attrs["00201208"] = {"vr": "IS", "Value": [num_instances]}
 
 
 def _result(q: Query, r: Any) -> dict[str, Any]:
     attrs = _merged_attrs(q, r)
     if q.level == "study":
         url = f"{BASE_PLACEHOLDER}/studies/{r.study_uid}"
-        attrs[tag_hex(MODALITIES_IN_STUDY)] = _cs(r.modalities)
-        attrs[tag_hex(SOP_CLASSES_IN_STUDY)] = {"vr": "UI", **_values(r.sop_classes)}
-        attrs["00201206"] = {"vr": "IS", "Value": [r.num_series]}
-        attrs["00201208"] = {"vr": "IS", "Value": [r.num_instances]}
-    elif q.level == "series":
+        _study_computed(attrs, r.modalities, r.sop_classes, r.num_series, r.num_instances)
+    else:
+        _study_computed(attrs, r.study_modalities, r.study_sop_classes, r.study_num_series,
+                        r.study_num_instances)
+    if q.level == "series":
         url = f"{BASE_PLACEHOLDER}/studies/{r.study_uid}/series/{r.series_uid}"
         attrs["00201209"] = {"vr": "IS", "Value": [r.num_instances]}
-    else:
+    elif q.level == "instance":
         url = f"{BASE_PLACEHOLDER}/studies/{r.study_uid}/series/{r.series_uid}/instances/{r.sop_uid}"
+        attrs["00201209"] = {"vr": "IS", "Value": [r.series_num_instances]}
     attrs[tag_hex(RETRIEVE_URL)] = {"vr": "UR", "Value": [url]}
     attrs[tag_hex(INSTANCE_AVAILABILITY)] = {"vr": "CS", "Value": ["ONLINE"]}
-    if q.include_all:
-        return dict(sorted(attrs.items()))
-    wanted = {tag_hex(t) for t in _wanted_tags(q)}
-    return {k: attrs[k] for k in sorted(wanted) if k in attrs}
+    keys = sorted(attrs) if q.include_all else sorted({tag_hex(t) for t in _wanted_tags(q)} & attrs.keys())
+    # Attributes without a value are left out: in DICOM JSON an empty attribute has no "Value" (PS3.18
+    # F.2.5), and viewers read `Value` without checking (OHIF 3.13's study list fails on a
+    # ModalitiesInStudy with no Value, which a study whose instances lack Modality would get).
+    return {k: attrs[k] for k in keys if _has_value(attrs[k])}
+
+
+def _has_value(element: dict[str, Any]) -> bool:
+    return bool(element.get("Value")) or "InlineBinary" in element or "BulkDataURI" in element
 
 
 def _values(joined: str) -> dict[str, Any]:
@@ -405,4 +432,3 @@ def _values(joined: str) -> dict[str, Any]:
 
 def _cs(joined: str) -> dict[str, Any]:
     return {"vr": "CS", **_values(joined)}
-

@@ -17,6 +17,7 @@ import io
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pydicom
@@ -194,13 +195,17 @@ def read_attributes(path: Path, index: int) -> Dataset:
     if shared:
         groups.append(shared[0])
     for macro, keywords in FRAME_MACROS.items():
-        for group in groups:
-            items = group.get(macro)
-            if not items:
-                continue
-            for keyword in keywords:
-                if keyword not in ds and keyword in items[0]:
-                    setattr(ds, keyword, items[0][keyword].value)
+        # PS3.3 C.7.6.16: a macro is in the frame's own group or in the shared one; what it says about
+        # the frame wins over any top-level attribute of the same name (which enhanced IODs do not have,
+        # but converted files sometimes keep).
+        item = next((group[macro][0] for group in groups if group.get(macro)), None)
+        if item is None:
+            continue
+        for keyword in keywords:
+            if keyword in item:
+                setattr(ds, keyword, item[keyword].value)
+            elif keyword in ds:
+                delattr(ds, keyword)  # e.g. a top-level VOI LUT Function that the frame's window lacks
     return ds
 
 
@@ -343,9 +348,9 @@ def _decode_pydicom(
     return pixels, str(meta.get("photometric_interpretation", ds.get("PhotometricInterpretation", "")))
 
 
-def _decode_options(ds: Dataset, uid: UID) -> dict[str, object]:
+def _decode_options(ds: Dataset, uid: UID) -> dict[str, Any]:
     bits = int(ds.BitsAllocated)
-    options: dict[str, object] = {
+    options: dict[str, Any] = {
         "rows": int(ds.Rows),
         "columns": int(ds.Columns),
         "samples_per_pixel": int(ds.get("SamplesPerPixel", 1) or 1),
@@ -461,10 +466,13 @@ def _to_8_bits(values: np.ndarray, bits: int) -> np.ndarray:
 
 
 def modality_values(pixels: np.ndarray, ds: Dataset) -> np.ndarray:
-    """Modality LUT (PS3.3 C.11.1): the LUT sequence if present, else Rescale Slope/Intercept."""
+    """Modality LUT (PS3.3 C.11.1): the LUT sequence if present, else Rescale Slope/Intercept.
+
+    In double precision: in float32 a 16-bit value times a fractional slope plus a large intercept
+    (tens of thousands) keeps about two decimal places, and a narrow window magnifies that error."""
     if ds.get("ModalityLUTSequence"):
-        return apply_modality_lut(pixels, ds).astype(np.float32)
-    values = pixels.astype(np.float32)
+        return apply_modality_lut(pixels, ds).astype(np.float64)
+    values = pixels.astype(np.float64)
     slope = float(ds.get("RescaleSlope", 1) or 1)
     intercept = float(ds.get("RescaleIntercept", 0) or 0)
     if slope != 1:
@@ -485,7 +493,7 @@ def grey_levels(pixels: np.ndarray, ds: Dataset, voi: Voi) -> np.ndarray:
             bits = int(ds.VOILUTSequence[0].LUTDescriptor[2])
         except (ValueError, KeyError, AttributeError, IndexError, TypeError) as exc:
             raise CannotRender(f"cannot apply the VOI LUT: {exc}") from None
-        return _round_to_8_bits(out.astype(np.float32) * (255 / ((1 << bits) - 1)))
+        return _round_to_8_bits(out.astype(np.float64) * (255 / ((1 << bits) - 1)))
     low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
     if high <= low:
         return np.zeros(values.shape, np.uint8)
@@ -494,16 +502,17 @@ def grey_levels(pixels: np.ndarray, ds: Dataset, voi: Voi) -> np.ndarray:
 
 def apply_window(values: np.ndarray, window: Window) -> np.ndarray:
     """PS3.3 C.11.2.1.2 with y_min = 0 and y_max = 255: the result is in [0, 255], not rounded."""
-    x = values.astype(np.float32, copy=False)
+    x = values.astype(np.float64, copy=False)
     c, w = window.center, window.width
     if window.function == "sigmoid":  # C.11.2.1.3.1
-        return 255 / (1 + np.exp(-4 * (x - c) / w))
+        with np.errstate(over="ignore"):  # exp overflows to inf far below the centre: y is then 0
+            return 255 / (1 + np.exp(-4 * (x - c) / w))
     if window.function == "linear-exact":  # C.11.2.1.3.2
         return np.clip(((x - c) / w + 0.5) * 255, 0, 255)
     # C.11.2.1.2.1 LINEAR: below c - 0.5 - (w-1)/2 -> 0; above c - 0.5 + (w-1)/2 -> 255; the ramp
     # between is the formula, which clipping reproduces exactly at both ends.
     if w <= 1:
-        return np.where(x <= c - 0.5, 0, 255).astype(np.float32)
+        return np.where(x <= c - 0.5, 0.0, 255.0)
     return np.clip(((x - (c - 0.5)) / (w - 1) + 0.5) * 255, 0, 255)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -23,10 +24,18 @@ class VerifyReport:
     instances: int = 0
     masters: int = 0
     problems: list[str] = field(default_factory=list)
+    # (SOP Instance UID, reason) of each instance kept as received, without a master: not a problem,
+    # but what an operator wants to know (lossy originals, objects without pixel data, failed encodes).
+    kept: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         return not self.problems
+
+    @property
+    def kept_reasons(self) -> dict[str, int]:
+        """How many instances are kept as received, per reason, most frequent first."""
+        return dict(Counter(reason for _, reason in self.kept).most_common())
 
 
 def _master_pixels_sha256(path) -> str:
@@ -59,7 +68,7 @@ def _check(archive: Archive, sop: str, key: str, sha: str, ts: str, pixel_sha: s
 
 
 async def verify_archive(archive: Archive, progress: Callable[[int], None] | None = None) -> VerifyReport:
-    report = VerifyReport()
+    report = VerifyReport(kept=await archive.index.kept_as_received())
     rows = await archive.index.checksums()
     report.instances = len(rows)
     for sop, key, sha, ts, pixel_sha in rows:

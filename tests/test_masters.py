@@ -15,23 +15,24 @@ import numpy as np
 import orjson
 import pydicom
 import pytest
-from pydicom.uid import generate_uid
+from pydicom.uid import PYDICOM_ROOT_UID, generate_uid
 
 from storage import masters
 from storage.archive import Archive
 from storage.codec import info
 from storage.config import Settings
 from storage.dicom_file import parse_fragments
+from storage.implementation import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from storage.verify import verify_archive
 from tests.conftest import (
     PYDICOM_DATA,
-    PYDICOM_TEST_FILES,
     Server,
     new_uids,
     parse_multipart,
     stow,
     wait_for_masters,
 )
+from tests.samples import sample
 
 CT = PYDICOM_DATA / "693_UNCR.dcm"
 STORED = {"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'}
@@ -138,6 +139,34 @@ async def test_forced_failure_keeps_instance_as_received(
         await archive.close()
 
 
+def test_masters_name_this_server_as_their_writer(server: Server, client: httpx.Client) -> None:
+    """PS3.10 7.1: the File Meta Information of a master names this server's implementation, not whoever
+    wrote the input (GDCM wrote WG04's 693_UNCR, Clunie's dctool the US and CR)."""
+    for name in ("693_UNCR.dcm", "US1_J2KR.dcm"):
+        original = pydicom.dcmread(sample(name))
+        data = new_uids(sample(name).read_bytes())
+        assert stow(client, [data]).status_code == 200
+        wait_for_masters(client)
+        ds = pydicom.dcmread(io.BytesIO(data))
+        url = f"/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}"
+        [(_headers, body)] = parse_multipart(client.get(url, headers=STORED))
+        meta = pydicom.dcmread(io.BytesIO(body)).file_meta
+        assert meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.90"
+        assert meta.ImplementationClassUID != original.file_meta.ImplementationClassUID
+        assert meta.ImplementationClassUID == IMPLEMENTATION_CLASS_UID
+        assert meta.ImplementationVersionName == IMPLEMENTATION_VERSION_NAME
+        assert "SourceApplicationEntityTitle" not in meta  # the input's writer's AE title
+        assert meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID
+
+
+def test_implementation_identity_is_well_formed() -> None:
+    uid = IMPLEMENTATION_CLASS_UID
+    assert uid == generate_uid(prefix=PYDICOM_ROOT_UID, entropy_srcs=["dicomweb-progressive", "Implementation Class UID"])
+    assert pydicom.uid.UID(uid).is_valid and len(uid) <= 64  # PS3.5 9.1
+    name = IMPLEMENTATION_VERSION_NAME
+    assert 1 <= len(name) <= 16 and name.isascii() and "\\" not in name  # SH (PS3.5 6.2)
+
+
 async def test_queue_survives_restart(tmp_path: Path) -> None:
     cfg = settings(tmp_path)
     archive = Archive(cfg)
@@ -164,21 +193,78 @@ async def test_queue_survives_restart(tmp_path: Path) -> None:
         await archive.close()
 
 
+# What is kept as received, and the reason counted for it.
+KEPT = {
+    "SC_rgb_jpeg_dcmtk.dcm": "lossy or not losslessly decodable transfer syntax: JPEG Baseline (Process 1)",
+    "rtplan.dcm": "no pixel data",
+    "MR2_J2KI.dcm": "lossy or not losslessly decodable transfer syntax: JPEG 2000 Image Compression",
+    "liver.dcm": "Bits Allocated 1 (masters hold 8 or 16)",
+}
+
+
 async def test_lossy_and_non_image_objects_are_kept_as_received(tmp_path: Path) -> None:
     archive = Archive(settings(tmp_path))
     await archive.open()
     try:
-        sources = [PYDICOM_TEST_FILES / "SC_rgb_jpeg_dcmtk.dcm", PYDICOM_TEST_FILES / "rtplan.dcm",
-                   PYDICOM_DATA / "MR2_J2KI.dcm"]
-        paths = [copies(s, 1, tmp_path)[0] for s in sources]
+        paths = [copies(sample(name), 1, tmp_path)[0] for name in KEPT]
         outcomes = await ingest_copies(archive, paths, tmp_path)
         await archive.masters.drain()
-        assert (await archive.index.job_counts()) == {}, "never queued: nothing to make"
-        for path, outcome in zip(paths, outcomes, strict=True):
+        assert (await archive.index.job_counts()) == {"kept": len(KEPT)}, "counted as kept, never queued"
+        assert await archive.index.kept_reasons() == {reason: 1 for reason in KEPT.values()}
+        for path, outcome, reason in zip(paths, outcomes, KEPT.values(), strict=True):
             _, data = await stored_dataset(archive, outcome.sop_uid)
             assert data == path.read_bytes()
+            assert await archive.index.job_state(outcome.sop_uid) == ("kept", reason)
+        report = await verify_archive(archive)
+        assert report.ok and report.masters == 0
+        assert sorted(report.kept) == sorted((o.sop_uid, r) for o, r in zip(outcomes, KEPT.values(), strict=True))
+        assert report.kept_reasons == {reason: 1 for reason in KEPT.values()}
     finally:
         await archive.close()
+
+
+async def test_colour_jpeg2000_lossless_becomes_a_master(tmp_path: Path) -> None:
+    """WG04 US1_J2KR: RGB in a reversible JPEG 2000 codestream, Photometric Interpretation YBR_RCT."""
+    archive = Archive(settings(tmp_path))
+    await archive.open()
+    try:
+        source = sample("US1_J2KR.dcm")
+        assert pydicom.dcmread(source).PhotometricInterpretation == "YBR_RCT"
+        (outcome,) = await ingest_copies(archive, copies(source, 1, tmp_path), tmp_path)
+        await archive.masters.drain()
+        assert await archive.index.job_counts() == {}
+        ds, _ = await stored_dataset(archive, outcome.sop_uid)
+        assert ds.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.90"
+        assert ds.PhotometricInterpretation == "YBR_RCT"
+        assert np.array_equal(ds.pixel_array, pydicom.dcmread(sample("US1_UNCR.dcm")).pixel_array)
+        report = await verify_archive(archive)
+        assert report.ok and report.masters == 1 and report.kept == []
+    finally:
+        await archive.close()
+
+
+def test_status_counts_what_is_kept_per_reason(tmp_path: Path) -> None:
+    server = Server(tmp_path / "data")
+    try:
+        with httpx.Client(base_url=server.root, timeout=60) as client:
+            files = [new_uids(sample(name).read_bytes()) for name in (*KEPT, "US1_J2KR.dcm", "693_UNCR.dcm")]
+            assert stow(client, files).status_code == 200
+            wait_for_masters(client)
+            status = client.get("/status").json()
+            assert status["instances"] == len(files)
+            assert status["pending_masters"] == 0
+            assert status["kept_as_received"] == len(KEPT)
+            assert status["kept_as_received_reasons"] == {reason: 1 for reason in KEPT.values()}
+            # The colour JPEG 2000 input is a master: the layered resources answer for it.
+            [us] = client.get("/instances", params={"SOPClassUID": "1.2.840.10008.5.1.4.1.1.6.1"}).json()
+            url = us["00081190"]["Value"][0]
+            assert client.get(url + "/layers").status_code == 200
+            for accept, params in (("image/jp2", {"layers": "1"}), ("image/jp2", {"fsiz": "100,100"}),
+                                   ("image/jphc", {})):
+                response = client.get(url + "/frames/1", params=params, headers={"Accept": accept})
+                assert response.status_code == 200, (accept, params, response.text)
+    finally:
+        server.stop()
 
 
 async def test_verify_finds_a_corrupted_blob(tmp_path: Path) -> None:

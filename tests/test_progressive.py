@@ -187,3 +187,65 @@ def test_bulk_data_range_and_etag(client: httpx.Client, stored: Stored) -> None:
     assert head.status_code == tail.status_code == 206
     assert head.content + tail.content == whole.content
     assert client.get(uri, headers={**accept, "If-None-Match": whole.headers["etag"]}).status_code == 304
+
+
+# ---- whole frames end with EOC -------------------------------------------------------------------------
+
+EOC = b"\xff\xd9"
+STORED_DICOM = {"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'}
+
+
+def stored_fragments(client: httpx.Client, url: str) -> list[bytes]:
+    """Each frame's fragment in the stored master file, pad byte included (PS3.5 A.4)."""
+    [(_headers, body)] = parse_multipart(client.get(url, headers=STORED_DICOM))
+    ds = pydicom.dcmread(io.BytesIO(body))
+    assert ds.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.90"
+    from pydicom.encaps import generate_frames
+
+    return list(generate_frames(ds.PixelData, number_of_frames=int(ds.get("NumberOfFrames", 1) or 1)))
+
+
+@pytest.fixture(scope="module")
+def masters(client: httpx.Client) -> list[Stored]:
+    """Images whose master codestreams include odd lengths, i.e. fragments with a pad byte."""
+    return [Stored(client, name) for name in (*WG04, "emri_small.dcm", "RG1_UNCR.dcm")]
+
+
+def test_whole_master_frames_end_with_eoc(client: httpx.Client, masters: list[Stored]) -> None:
+    """ISO 15444-1 A.4.4: EOC ends the codestream. The fragment's pad byte is not part of it, in single-part
+    and multipart answers, whole (`image/jp2`, `.90`) or as stored (`transfer-syntax=*`)."""
+    padded = 0
+    for image in masters:
+        for number, fragment in enumerate(stored_fragments(client, image.url), start=1):
+            codestream = fragment[:-1] if fragment.endswith(EOC + b"\x00") else fragment
+            padded += codestream != fragment
+            assert codestream.endswith(EOC)
+            url = f"{image.url}/frames/{number}"
+            single = client.get(url, headers=JP2)
+            assert single.status_code == 200
+            assert single.headers["content-type"] == "image/jp2; transfer-syntax=1.2.840.10008.1.2.4.90"
+            assert single.content == codestream
+            assert int(single.headers["content-length"]) == len(codestream)
+            for accept in ("multipart/related; type=image/jp2",
+                           'multipart/related; type="application/octet-stream"; transfer-syntax=*'):
+                [(headers, body)] = parse_multipart(client.get(url, headers={"Accept": accept}))
+                assert headers["content-type"] == "image/jp2; transfer-syntax=1.2.840.10008.1.2.4.90"
+                assert body == codestream
+    assert padded, "no master fragment had a pad byte: the test shows nothing"
+
+
+def test_whole_frame_range_and_etag_agree_without_the_pad(client: httpx.Client, masters: list[Stored]) -> None:
+    for image in masters:
+        whole = client.get(image.url + "/frames/1", headers=JP2)
+        size = len(whole.content)
+        assert whole.content.endswith(EOC)
+        tail = client.get(image.url + "/frames/1", headers={**JP2, "Range": "bytes=-2"})
+        assert tail.status_code == 206
+        assert tail.content == EOC
+        assert tail.headers["content-range"] == f"bytes {size - 2}-{size - 1}/{size}"
+        assert client.get(image.url + "/frames/1", headers={**JP2, "Range": f"bytes={size}-"}).status_code == 416
+        pieces = [client.get(image.url + "/frames/1", headers={**JP2, "Range": r}).content
+                  for r in ("bytes=0-999", "bytes=1000-")]
+        assert b"".join(pieces) == whole.content
+        again = client.get(image.url + "/frames/1", headers={**JP2, "If-None-Match": whole.headers["etag"]})
+        assert again.status_code == 304

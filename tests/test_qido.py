@@ -600,7 +600,8 @@ def test_warning_header_on_unindexed_match(
 # ---- returned attributes -------------------------------------------------------------------------------
 
 def _expected_defaults(defaults: tuple[str, ...], computed: tuple[str, ...], ds: Dataset) -> set[str]:
-    present = {f"{elem.tag:08X}" for elem in ds}
+    # Attributes without a value are left out of results.
+    present = {f"{elem.tag:08X}" for elem in ds if not elem.is_empty}
     return {t for t in defaults if t in computed or t in present or t == "00080056"}
 
 
@@ -648,6 +649,135 @@ def test_unscoped_instance_search_describes_study_and_series(client: httpx.Clien
     assert value(result, SERIES_UID) == ds.SeriesInstanceUID
     assert value(result, "00080060") == "CT"
     assert value(result, "00100020") == pid
+
+
+# PS3.18 10.6.3.3.1 (Table 10.6.3-3): the Study attributes, returned with every result of a search for
+# all series or all instances; Retrieve URL aside, as each result has its own.
+STUDY_VALUES = {
+    "PatientName": "Parent^Attributes", "PatientBirthDate": "19700101", "PatientSex": "F",
+    "StudyDate": "20210304", "StudyTime": "101112", "AccessionNumber": "ACC-PARENT", "StudyID": "SID7",
+    "ReferringPhysicianName": "Referrer^Ruth",
+}
+STUDY_RESULT_TAGS = ("00080020", "00080030", "00080050", "00080056", "00080061", "00080090", "00100010",
+                     "00100020", "00100030", "00100040", "0020000D", "00200010", "00201206", "00201208")
+# PS3.18 10.6.3.3.2 (Table 10.6.3-4): the Series attributes, returned with instances of any series.
+SERIES_RESULT_TAGS = ("00080060", "0008103E", "0020000E", "00200011", "00201209", "00400244", "00400245")
+
+
+def store_parent_study(client: httpx.Client) -> TwoSeriesStudy:
+    pid = unique_pid("PARENT")
+    st = TwoSeriesStudy(pid, generate_uid(), generate_uid(), generate_uid())
+    common = {"study": st.study, "PatientID": pid, **STUDY_VALUES}
+    series = {"SeriesDescription": "Parent series", "PerformedProcedureStepStartDate": "20210304",
+              "PerformedProcedureStepStartTime": "101500"}
+    stored = store(
+        client,
+        new_uids(CT_SMALL, series=st.ct_series, SeriesNumber="3", InstanceNumber="1", **series, **common),
+        new_uids(CT_SMALL, series=st.ct_series, SeriesNumber="3", InstanceNumber="2", **series, **common),
+        new_uids(MR_SMALL, series=st.mr_series, SeriesNumber="4", **series, **common),
+    )
+    st.ct_sops = [ds.SOPInstanceUID for ds in stored[:2]]
+    st.mr_sops = [stored[2].SOPInstanceUID]
+    return st
+
+
+def assert_study_attributes(result: Result, st: TwoSeriesStudy) -> None:
+    missing = [t for t in STUDY_RESULT_TAGS if t not in result]
+    assert not missing, f"Study attributes missing: {missing}"
+    assert value(result, "00100010") == {"Alphabetic": STUDY_VALUES["PatientName"]}
+    assert value(result, "00100020") == st.pid
+    assert value(result, "00100030") == STUDY_VALUES["PatientBirthDate"]
+    assert value(result, "00100040") == STUDY_VALUES["PatientSex"]
+    assert value(result, "00080020") == STUDY_VALUES["StudyDate"]
+    assert value(result, "00080030") == STUDY_VALUES["StudyTime"]
+    assert value(result, "00080050") == STUDY_VALUES["AccessionNumber"]
+    assert value(result, "00200010") == STUDY_VALUES["StudyID"]
+    assert value(result, "00080090") == {"Alphabetic": STUDY_VALUES["ReferringPhysicianName"]}
+    assert value(result, STUDY_UID) == st.study
+    assert set(values(result, MODALITIES_IN_STUDY)) == {"CT", "MR"}
+    assert int(value(result, NUM_STUDY_SERIES)) == 2
+    assert int(value(result, NUM_STUDY_INSTANCES)) == 3
+
+
+def assert_series_attributes(result: Result, st: TwoSeriesStudy) -> None:
+    missing = [t for t in SERIES_RESULT_TAGS if t not in result]
+    assert not missing, f"Series attributes missing: {missing}"
+    ct = value(result, SERIES_UID) == st.ct_series
+    assert value(result, "00080060") == ("CT" if ct else "MR")
+    assert int(value(result, "00200011")) == (3 if ct else 4)
+    assert int(value(result, NUM_SERIES_INSTANCES)) == (2 if ct else 1)
+    assert value(result, "0008103E") == "Parent series"
+    assert value(result, "00400244") == "20210304"
+
+
+def test_all_series_carry_their_study_attributes(client: httpx.Client, server: Server) -> None:
+    st = store_parent_study(client)
+    results = search(client, "/series", {"PatientID": st.pid})
+    assert len(results) == 2
+    for result in results:
+        assert_study_attributes(result, st)
+        se = value(result, SERIES_UID)
+        assert value(result, RETRIEVE_URL) == f"{server.root}/studies/{st.study}/series/{se}"
+        assert SOP_UID not in result
+
+
+def test_all_instances_carry_their_study_and_series_attributes(client: httpx.Client) -> None:
+    st = store_parent_study(client)
+    results = search(client, "/instances", {"PatientID": st.pid})
+    assert uids_of(results, SOP_UID) == st.all_sops
+    for result in results:
+        assert_study_attributes(result, st)
+        assert_series_attributes(result, st)
+
+
+def test_instances_of_a_study_carry_their_series_attributes(client: httpx.Client) -> None:
+    st = store_parent_study(client)
+    results = search(client, f"/studies/{st.study}/instances")
+    assert uids_of(results, SOP_UID) == st.all_sops
+    for result in results:
+        assert_series_attributes(result, st)
+
+
+def test_parent_attributes_with_a_matching_key_on_the_parent(client: httpx.Client) -> None:
+    st = store_parent_study(client)
+    results = search(client, "/series", {"AccessionNumber": STUDY_VALUES["AccessionNumber"], "PatientID": st.pid})
+    assert len(results) == 2
+    for result in results:
+        assert_study_attributes(result, st)
+
+
+def test_study_attributes_on_request_in_a_study_s_series(client: httpx.Client) -> None:
+    st = store_parent_study(client)
+    results = search(client, f"/studies/{st.study}/series", {"includefield": "PatientName,ModalitiesInStudy"})
+    for result in results:
+        assert value(result, "00100010") == {"Alphabetic": STUDY_VALUES["PatientName"]}
+        assert set(values(result, MODALITIES_IN_STUDY)) == {"CT", "MR"}
+
+
+# ---- attributes without a value -----------------------------------------------------------------------
+
+NO_MODALITY = (PYDICOM_TEST_FILES / "SC_jpeg_no_color_transform.dcm").read_bytes()
+
+
+@pytest.mark.parametrize("path", ["/studies", "/series", "/instances"])
+def test_attributes_without_a_value_are_left_out(client: httpx.Client, path: str) -> None:
+    """A study without Modality (pydicom's SC_jpeg_no_color_transform) has no ModalitiesInStudy: OHIF 3.13
+    reads `ModalitiesInStudy.Value.length`, so an empty attribute would break its whole study list."""
+    assert "Modality" not in dataset(NO_MODALITY)
+    pid = unique_pid("EMPTY")
+    store_one(client, NO_MODALITY, PatientID=pid)
+    store_one(client, CT_SMALL, PatientID=pid, AccessionNumber="")
+    for params in ({"PatientID": pid}, {"PatientID": pid, "includefield": "all"},
+                   {"PatientID": pid, "AccessionNumber": "", "Modality": "", "ModalitiesInStudy": ""}):
+        results = search(client, path, params)
+        assert len(results) == 2
+        for result in results:
+            empty = [tag for tag, element in result.items()
+                     if not element.get("Value") and "BulkDataURI" not in element and "InlineBinary" not in element]
+            assert not empty, f"attributes without a value in {path}: {empty}"
+            assert "00080050" not in result
+    [study] = [r for r in search(client, "/studies", {"PatientID": pid}) if "00080061" not in r]
+    assert int(value(study, NUM_STUDY_INSTANCES)) == 1
 
 
 # ---- computed attributes ----------------------------------------------------------------------------
@@ -818,12 +948,13 @@ def test_ohif_study_list_query(client: httpx.Client) -> None:
 
 def test_ohif_includefields_are_returned(client: httpx.Client) -> None:
     pid = unique_pid()
-    store_one(client, CT_SMALL, PatientID=pid, StudyDescription="OHIF Study", PatientBirthDate="19700101")
+    store_one(client, CT_SMALL, PatientID=pid, StudyDescription="OHIF Study", PatientBirthDate="19700101",
+              ReferringPhysicianName="Referring^Rita")
     query = OHIF_STUDY_LIST + f"&PatientID={pid}"
     [result] = search(client, query, headers={"Accept": DICOM_JSON})
     assert value(result, "00081030") == "OHIF Study"
     assert value(result, "00100030") == "19700101"
-    assert "00080090" in result
+    assert value(result, "00080090") == {"Alphabetic": "Referring^Rita"}
 
 
 def test_accept_query_parameter_is_not_a_matching_key(client: httpx.Client) -> None:

@@ -1,6 +1,6 @@
 """Layered lossless JPEG 2000 masters: encode, inspect, cut, measure, transcode."""
 
-from .codestream import CodestreamError, CodestreamInfo, info
+from .codestream import CodestreamError, CodestreamInfo, info, without_padding
 from .cutter import CutError, cut
 from .fidelity import LayerFidelity, fidelity_ladder
 from .htj2k import HTJ2KError, decode_htj2k, to_htj2k
@@ -24,4 +24,5 @@ __all__ = [
     "info",
     "openjpeg_version",
     "to_htj2k",
+    "without_padding",
 ]

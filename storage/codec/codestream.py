@@ -189,7 +189,7 @@ def parse(data: bytes | memoryview) -> Codestream:
 
 
 def _main_header(view: memoryview) -> tuple[list[Segment], int]:
-    segments = []
+    segments: list[Segment] = []
     pos = 2
     size = len(view)
     while pos + 4 <= size:
@@ -304,3 +304,21 @@ def info(codestream: bytes | memoryview | Codestream) -> CodestreamInfo:
         reversible=cs.cod.transform == 1,
         mct=bool(cs.cod.mct),
     )
+
+
+# The marker that ends a JPEG 2000 codestream (EOC) and a JPEG or JPEG-LS one (EOI).
+END_MARKER = b"\xff\xd9"
+# Trailing zero bytes looked at: a fragment is padded by one byte; a few writers pad further.
+_MAX_PADDING = 8
+
+
+def without_padding(stream: bytes) -> bytes:
+    """A frame's codestream as it ends, at its end marker, without the zero byte that made its DICOM
+    fragment even (PS3.5 A.4): what a decoder or validator reading the codestream alone expects (ISO
+    15444-1 A.4.4: EOC is the last two bytes). Anything else comes back unchanged."""
+    end = len(stream)
+    while end > 2 and len(stream) - end < _MAX_PADDING and stream[end - 1] == 0:
+        end -= 1
+    if end == len(stream) or stream[end - 2:end] != END_MARKER:
+        return stream
+    return stream[:end]

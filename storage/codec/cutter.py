@@ -161,7 +161,7 @@ def packet_order(
             for p in range(count)
         ]
     if progression == _RLCP:
-        order = []
+        order: list[tuple[int, int, int, int]] = []
         for res in range(max(len(g) for g in grids)):
             for lay in range(layers):
                 for comp, comp_grids in enumerate(grids):
@@ -256,7 +256,7 @@ class _Piece(NamedTuple):
     """One output tile-part: its tile, its index in the tile, packets, bytes."""
 
     tile: int
-    index: int
+    number: int  # its index among the tile's parts (TPsot)
     packet_lengths: list[int]  # for the regenerated PLT; empty when not known
     chunks: list[bytes | memoryview]
 
@@ -264,7 +264,7 @@ class _Piece(NamedTuple):
 class _Cutter:
     def __init__(self, cs: Codestream, layers: int, drop: int) -> None:
         self.cs = cs
-        self.view = cs.data
+        self.view = memoryview(cs.data)
         self.layers = layers
         self.drop = drop
         self.siz = reduce_siz(cs.siz, drop)
@@ -281,12 +281,12 @@ class _Cutter:
         lengths: list[tuple[int, int]] = []
         for piece in pieces:
             header = b""
-            if piece.index == 0:
+            if piece.number == 0:
                 header = b"".join(self._tile_header_segments(first_parts[piece.tile]))
             if piece.packet_lengths:
                 header += _plt_segments(piece.packet_lengths)
             psot = 12 + len(header) + 2 + sum(len(c) for c in piece.chunks)
-            sot = struct.pack(">HHHIBB", 0xFF90, 10, piece.tile, psot, piece.index, counts[piece.tile])
+            sot = struct.pack(">HHHIBB", 0xFF90, 10, piece.tile, psot, piece.number, counts[piece.tile])
             chunks += [sot, header, _SOD, *piece.chunks]
             lengths.append((piece.tile, psot))
         return b"".join([_SOC, self._main_header(lengths), *chunks, _EOC])
@@ -461,9 +461,9 @@ class _Cutter:
         return bytes(body)
 
 
-def _runs(view: memoryview, picks: list[int], starts: list[int], ends: list[int]) -> list[memoryview]:
+def _runs(view: memoryview, picks: list[int], starts: list[int], ends: list[int]) -> list[bytes | memoryview]:
     """Slices covering the picked packets, merging byte-adjacent neighbours."""
-    chunks = []
+    chunks: list[bytes | memoryview] = []
     run_start = run_end = -1
     for p in picks:
         if starts[p] == run_end:

@@ -72,13 +72,13 @@ def encode_htj2k(pixels: np.ndarray, *, bits_stored: int, signed: bool, levels: 
     return _set_precision(codestream, bits_stored, signed, depth)
 
 
-def _set_precision(codestream: bytes, bits_stored: int, signed: bool, depth: int) -> bytes:
-    cs = parse(codestream)
+def _set_precision(codestream: bytes | bytearray, bits_stored: int, signed: bool, depth: int) -> bytes:
+    cs = parse(memoryview(codestream))
     siz = next(seg for seg in cs.main if seg.marker == SIZ)
     if any(c.precision != depth or c.signed != signed for c in cs.siz.components):
         raise HTJ2KError(f"unexpected SIZ from the HTJ2K encoder: {cs.siz.components}")
     if bits_stored == depth:
-        return codestream
+        return bytes(codestream)
     out = bytearray(codestream)
     ssiz = (bits_stored - 1) | (0x80 if signed else 0)
     for index in range(len(cs.siz.components)):

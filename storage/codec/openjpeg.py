@@ -23,6 +23,7 @@ import tempfile
 import threading
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import numpy as np
 
@@ -298,7 +299,7 @@ def decode_j2k(
         stream.close()
 
 
-def _extract_planes(image: ctypes.POINTER) -> list[tuple[np.ndarray, int, bool]]:
+def _extract_planes(image: Any) -> list[tuple[np.ndarray, int, bool]]:  # a ctypes pointer to opj_image_t
     planes = []
     contents = image.contents
     for index in range(contents.numcomps):
@@ -395,7 +396,7 @@ def _new_image(
     signed: bool,
     color: bool,
     offset: tuple[int, int],
-) -> ctypes.POINTER:
+) -> Any:  # a ctypes pointer to opj_image_t
     rows, cols = planes[0].shape
     x0, y0 = offset
     params = (opj.ImageComptParmType * len(planes))()
