@@ -41,18 +41,10 @@ from bench.corpus import (
     Corpus,
     build_corpus,
 )
+from bench.http_client import Client, Response
 from bench.measure import median_ms
-from bench.server_bench import (
-    Client,
-    Response,
-    ServerHandle,
-    StowBatch,
-    dir_bytes,
-    load,
-    prepare_stow,
-    start_orthanc,
-    start_ours,
-)
+from bench.servers import ServerHandle, dir_bytes, start_orthanc, start_ours
+from bench.stow import StowBatch, load_servers, prepare_stow
 from storage.master_queue import DELETE_GRACE_SECONDS
 
 LINK_BITS_PER_SECOND = 2e6
@@ -103,7 +95,7 @@ def ingest_table(ours: ServerHandle, peer: ServerHandle | None, batches: list[St
     servers = [s for s in (ours, peer) if s is not None]
     clients = {s.name: Client() for s in servers}
     try:
-        loaded = load(servers, clients, batches, log=lambda _msg: None)
+        loaded = load_servers(servers, clients, batches, log=lambda _msg: None)
         wait_for_masters(clients[ours.name], ours)
     finally:
         for c in clients.values():
