@@ -1,11 +1,11 @@
-"""Helpers shared by the benchmarks: timing, one measured figure, and plain-text tables."""
+"""Helpers shared by the benchmarks: timing, one measured figure, and tables (plain text and Markdown)."""
 
 from __future__ import annotations
 
 import gc
 import statistics
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -53,3 +53,14 @@ def table(header: list[str], rows: list[list[str]]) -> str:
     lines += ["  ".join(str(c).rjust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
     return "\n".join(lines)
 
+
+MARKDOWN_ALIGN = {"l": "---", "r": "---:", "c": ":---:"}
+
+
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[object]], align: str) -> list[str]:
+    """The lines of a Markdown table; ``align`` has a letter per column: l(eft), r(ight) or c(entre)."""
+    if len(align) != len(header):
+        raise ValueError(f"{len(header)} columns but alignment {align!r}")
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(MARKDOWN_ALIGN[a] for a in align) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return lines

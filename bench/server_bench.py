@@ -30,16 +30,8 @@ from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from bench import orthanc
 from bench.checks import check_frames, metadata_check, qido_check
-from bench.corpus import (
-    FULL_CT_SLICES,
-    FULL_SMALL_STUDIES,
-    QUICK_CT_SLICES,
-    QUICK_SMALL_STUDIES,
-    Corpus,
-    build_corpus,
-)
+from bench.corpus import QUICK_CT_SLICES, QUICK_SMALL_STUDIES, Corpus, build_corpus, corpus_size
 from bench.dicomweb_urls import (
     DICOM_JSON,
     FRAME_ACCEPT,
@@ -50,9 +42,9 @@ from bench.dicomweb_urls import (
 )
 from bench.http_client import Client
 from bench.load import BROWSER_CONNECTIONS, fetch_all, interleave, latency
-from bench.measure import Measure
+from bench.measure import Measure, markdown_table
 from bench.processes import cpu_seconds
-from bench.servers import ServerHandle, dir_bytes, start_orthanc, start_ours, try_start, wait_disk_stable
+from bench.servers import ServerHandle, dir_bytes, start_ours, start_peer, try_start, wait_disk_stable
 from bench.stow import (
     STOW_CONCURRENCY,
     STOW_MAX_BYTES,
@@ -263,10 +255,7 @@ def ratio(ours: Measure | None, peer: Measure | None, higher_is_better: bool) ->
 
 
 def format_table(rows: Sequence[Row], ours: Results | None, peer: Results | None) -> str:
-    lines = [
-        "| Metric | Ours | Orthanc | Ours vs Orthanc (×, > 1 = ours better) | Target | Met |",
-        "|---|---:|---:|---:|---:|:---:|",
-    ]
+    cells = []
     for row in rows:
         om = getattr(ours, row.attr) if ours else None
         pm = getattr(peer, row.attr) if peer else None
@@ -278,8 +267,9 @@ def format_table(rows: Sequence[Row], ours: Results | None, peer: Results | None
         else:
             rtxt = f"{r:.2f}"
             met = "—" if row.target is None else ("yes" if r >= row.target else "no")
-        lines.append(f"| {row.label} | {_cell(om, row)} | {_cell(pm, row)} | {rtxt} | {target} | {met} |")
-    return "\n".join(lines)
+        cells.append([row.label, _cell(om, row), _cell(pm, row), rtxt, target, met])
+    header = ["Metric", "Ours", "Orthanc", "Ours vs Orthanc (×, > 1 = ours better)", "Target", "Met"]
+    return "\n".join(markdown_table(header, cells, "lrrrrc"))
 
 
 def format_details(rows: Sequence[Row], results: Sequence[Results]) -> str:
@@ -328,9 +318,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path, default=None, help="also write the raw results here")
     args = p.parse_args(argv)
 
-    slices, small = (QUICK_CT_SLICES, QUICK_SMALL_STUDIES) if args.quick else (FULL_CT_SLICES, FULL_SMALL_STUDIES)
     cfg = Settings(query_runs=10, metadata_runs=5, frame_passes=2) if args.quick else Settings()
-    corpus = build_corpus(slices, small, cache=args.cache)
+    corpus = build_corpus(*corpus_size(args.quick), cache=args.cache)
     batches = prepare_stow(corpus.paths())
     print(f"corpus: {corpus.root} — {len(corpus.files)} instances, {corpus.study_count} studies, "
           f"{corpus.total_bytes() / 1e6:.1f} MB; CT series of {len(corpus.ct_sop_uids)} slices "
@@ -342,11 +331,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.only in (None, "ours"):
             started.append(try_start(stack, "ours", start_ours))
         if args.only in (None, "orthanc"):
-            ok, why = orthanc.available()
-            if ok:
-                started.append(try_start(stack, "orthanc", start_orthanc))
-            else:
-                print(f"Orthanc not installed: skipping peer ({why})", flush=True)
+            started.append(start_peer(stack))
         servers = [s for s in started if s]
         results = run_suite(servers, corpus, batches, cfg, log=lambda m: print(m, flush=True)) if servers else {}
     ours, peer = results.get("ours"), results.get("orthanc")

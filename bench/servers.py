@@ -116,6 +116,15 @@ def try_start(stack: ExitStack, name: str, starter: Callable[[], AbstractContext
     return server
 
 
+def start_peer(stack: ExitStack) -> ServerHandle | None:
+    """Orthanc on ``stack``; None, with the reason printed, if it is not installed or does not start."""
+    ok, why = orthanc.available()
+    if not ok:
+        print(f"Orthanc not installed: skipping peer ({why})", flush=True)
+        return None
+    return try_start(stack, "orthanc", start_orthanc)
+
+
 def dir_bytes(paths: Sequence[Path]) -> int:
     """Sum of regular file sizes (apparent size) under ``paths``."""
     total = 0
