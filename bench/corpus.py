@@ -276,6 +276,11 @@ def build_small_studies(root: Path, count: int, seed: int) -> dict:
     return {"files": files, "patient_names": names}
 
 
+def corpus_size(quick: bool) -> tuple[int, int]:
+    """(CT slices, small studies) of the quick (smoke run) or the full corpus."""
+    return (QUICK_CT_SLICES, QUICK_SMALL_STUDIES) if quick else (FULL_CT_SLICES, FULL_SMALL_STUDIES)
+
+
 def corpus_dir(cache: Path, ct_slices: int, small_studies: int, seed: int) -> Path:
     return cache / f"v{CORPUS_VERSION}-ct{ct_slices}-small{small_studies}-seed{seed}"
 
@@ -338,8 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=DEFAULT_SEED)
     p.add_argument("--cache", type=Path, default=None)
     args = p.parse_args(argv)
-    slices, small = (QUICK_CT_SLICES, QUICK_SMALL_STUDIES) if args.quick else (FULL_CT_SLICES, FULL_SMALL_STUDIES)
-    corpus = build_corpus(slices, small, args.seed, args.cache)
+    corpus = build_corpus(*corpus_size(args.quick), args.seed, args.cache)
     summary = {k: v for k, v in asdict(corpus).items() if not isinstance(v, list)}
     summary["files"] = len(corpus.files)
     summary["bytes"] = corpus.total_bytes()

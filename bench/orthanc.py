@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,19 +18,14 @@ from pathlib import Path
 
 import httpx
 
+from bench.processes import free_port, log_tail, stop_process, wait_http_ok
+
 ORTHANC_BINARY_CANDIDATES = ("/usr/sbin/Orthanc", "/usr/bin/Orthanc", "/usr/local/bin/Orthanc")
 DICOMWEB_PLUGIN_CANDIDATES = (
     "/usr/share/orthanc/plugins/libOrthancDicomWeb.so",
     "/usr/lib/orthanc/libOrthancDicomWeb.so",
     "/usr/local/share/orthanc/plugins/libOrthancDicomWeb.so",
 )
-
-
-def free_port() -> int:
-    """A port that was free a moment ago (small race, fine for local benches)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def find_binary() -> str | None:
@@ -95,40 +88,7 @@ class OrthancHandle:
     log_path: Path
 
     def log_tail(self, lines: int = 20) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
-
-
-def wait_http_ok(url: str, process: subprocess.Popen, timeout: float) -> None:
-    """Poll ``url`` until it answers 200; fail fast if the process died."""
-    deadline = time.monotonic() + timeout
-    last = "no answer"
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"process exited with code {process.returncode} before {url} answered")
-        try:
-            r = httpx.get(url, timeout=2.0)
-            if r.status_code == 200:
-                return
-            last = f"HTTP {r.status_code}"
-        except httpx.HTTPError as exc:
-            last = type(exc).__name__
-        time.sleep(0.1)
-    raise TimeoutError(f"{url} not ready after {timeout:.0f}s ({last})")
-
-
-def stop_process(process: subprocess.Popen, timeout: float = 15.0) -> None:
-    """SIGTERM (lets Orthanc close its SQLite index cleanly), then SIGKILL."""
-    if process.poll() is not None:
-        return
-    process.terminate()
-    try:
-        process.wait(timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(5)
+        return log_tail(self.log_path, lines)
 
 
 @contextmanager

@@ -28,62 +28,39 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
 
-from bench import orthanc
-from bench.corpus import (
-    FULL_CT_SLICES,
-    FULL_SMALL_STUDIES,
-    QUICK_CT_SLICES,
-    QUICK_SMALL_STUDIES,
-    Corpus,
-    build_corpus,
-)
-from bench.measure import median_ms
-from bench.server_bench import (
-    Client,
-    Response,
-    ServerHandle,
-    StowBatch,
-    dir_bytes,
-    load,
-    prepare_stow,
-    start_orthanc,
-    start_ours,
-)
+from bench.checks import checked
+from bench.corpus import Corpus, build_corpus, corpus_size
+from bench.dicomweb_urls import FRAME_ACCEPT, ct_instance_urls, frame_urls, instance_url
+from bench.http_client import Client
+from bench.load import BROWSER_CONNECTIONS, fetch_all
+from bench.measure import markdown_table, median_ms
+from bench.servers import ServerHandle, dir_bytes, start_ours, start_peer
+from bench.stow import StowBatch, load_servers, prepare_stow
 from storage.master_queue import DELETE_GRACE_SECONDS
 
 LINK_BITS_PER_SECOND = 2e6
 REQUEST_LATENCY = 0.05
-IN_FLIGHT = 6
-OHIF_FRAMES = 'multipart/related; type="application/octet-stream"; transfer-syntax=*'
 JP2 = "image/jp2"
 OCTET = "application/octet-stream"
 PREVIEW = "layers=1&fsiz=256,256"
 
 
 def modelled_seconds(total_bytes: int, requests: int) -> float:
-    return total_bytes * 8 / LINK_BITS_PER_SECOND + math.ceil(requests / IN_FLIGHT) * REQUEST_LATENCY
+    return total_bytes * 8 / LINK_BITS_PER_SECOND + math.ceil(requests / BROWSER_CONNECTIONS) * REQUEST_LATENCY
 
 
-def checked(r: Response, media: str, what: str) -> bytes:
-    if r.status_code != 200:
-        raise RuntimeError(f"{what}: HTTP {r.status_code}: {r.content[:200]!r}")
-    ctype = r.headers.get("content-type", "")
-    if not ctype.startswith(media):
-        raise RuntimeError(f"{what}: Content-Type {ctype!r}, expected {media}")
-    return r.content
-
-
-def fetch_all(client: Client, urls: Sequence[str], accept: str, media: str) -> int:
-    """Total body bytes of every URL, fetched six at a time as a browser would."""
-    def one(url: str) -> int:
-        return len(checked(client.get(url, {"Accept": accept}), media, url))
-
-    with ThreadPoolExecutor(IN_FLIGHT) as pool:
-        return sum(pool.map(one, urls))
+def fetch_bytes(client: Client, urls: Sequence[str], accept: str, media: str) -> int:
+    """Total body bytes of every URL (each checked for status and type), fetched as a browser would."""
+    _seconds, answers = fetch_all(client, urls, {"Accept": accept})
+    total = 0
+    for url, answer in zip(urls, answers, strict=True):
+        if isinstance(answer, Exception):
+            raise answer
+        total += len(checked(answer, media, url))
+    return total
 
 
 def wait_for_masters(client: Client, handle: ServerHandle, timeout: float = 1800) -> float:
@@ -103,26 +80,22 @@ def ingest_table(ours: ServerHandle, peer: ServerHandle | None, batches: list[St
     servers = [s for s in (ours, peer) if s is not None]
     clients = {s.name: Client() for s in servers}
     try:
-        loaded = load(servers, clients, batches, log=lambda _msg: None)
+        loaded = load_servers(servers, clients, batches, log=lambda _msg: None)
         wait_for_masters(clients[ours.name], ours)
     finally:
         for c in clients.values():
             c.close()
     time.sleep(DELETE_GRACE_SECONDS + 2)  # received files go after the grace period
-    rows = ["| STOW-RS of the CT series and the CR | instances/s | vs Orthanc | background work | bytes stored |",
-            "|---|---:|---:|---:|---:|"]
+    rows = []
     for s in servers:
         result = loaded[s.name]
         if result.stow.problem:
             raise RuntimeError(f"{s.name}: STOW problems: {result.stow.problem}")
         ratio = f"{result.stow.value / loaded[peer.name].stow.value:.2f}" if peer is not None else "-"
         work = f"{result.background_seconds:.1f} s (masters)" if s is ours else "none (stored as received)"
-        rows.append(f"| {s.name} | {result.stow.value:.0f} | {ratio} | {work} | {dir_bytes(s.data_dirs):,} |")
-    return rows
-
-
-def instance_url(handle: ServerHandle, study: str, series: str, sop: str) -> str:
-    return f"{handle.dicomweb_url}/studies/{study}/series/{series}/instances/{sop}"
+        rows.append([s.name, f"{result.stow.value:.0f}", ratio, work, f"{dir_bytes(s.data_dirs):,}"])
+    header = ["STOW-RS of the CT series and the CR", "instances/s", "vs Orthanc", "background work", "bytes stored"]
+    return markdown_table(header, rows, "lrrrr")
 
 
 def uids_of(path: Path) -> tuple[str, str, str]:
@@ -132,11 +105,8 @@ def uids_of(path: Path) -> tuple[str, str, str]:
     return ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID
 
 
-
 def single_frame_table(client: Client, ours: ServerHandle, images: dict[str, str]) -> list[str]:
-    rows = [("| image | preview `layers=1&fsiz=256,256` | `layers=2`, full size | lossless | uncompressed "
-            "| preview / uncompressed | layer-1 PSNR (full size) |"),
-            "|---|---:|---:|---:|---:|---:|---:|"]
+    rows = []
     for name, url in images.items():
         frame = url + "/frames/1"
         preview = checked(client.get(f"{frame}?{PREVIEW}", {"Accept": JP2}), JP2, name)
@@ -145,43 +115,44 @@ def single_frame_table(client: Client, ours: ServerHandle, images: dict[str, str
         raw = checked(client.get(frame, {"Accept": OCTET}), OCTET, name)
         ladder = json.loads(checked(client.get(url + "/layers"), "application/json", name))
         psnr = ladder["frames"][0]["layers"][0]["psnr"]
-        rows.append(f"| {name} | {len(preview):,} B | {len(layer2):,} B | {len(lossless):,} B | {len(raw):,} B "
-                    f"| {len(preview) / len(raw):.1%} | {psnr:.1f} dB |")
-    return rows
+        rows.append([name, f"{len(preview):,} B", f"{len(layer2):,} B", f"{len(lossless):,} B", f"{len(raw):,} B",
+                     f"{len(preview) / len(raw):.1%}", f"{psnr:.1f} dB"])
+    header = ["image", "preview `layers=1&fsiz=256,256`", "`layers=2`, full size", "lossless", "uncompressed",
+              "preview / uncompressed", "layer-1 PSNR (full size)"]
+    return markdown_table(header, rows, "lrrrrrr")
 
 
 def stack_table(client: Client, ours: ServerHandle, peer: ServerHandle | None, corpus: Corpus) -> list[str]:
-    study, series = corpus.ct_study_uid, corpus.ct_series_uid
-    ours_urls = [instance_url(ours, study, series, sop) for sop in corpus.ct_sop_uids]
-    n = len(ours_urls)
+    ours_frames = frame_urls(ours.dicomweb_url, corpus)
+    n = len(ours_frames)
     results: list[tuple[str, int, int]] = []  # label, bytes, requests
-    preview = fetch_all(client, [f"{u}/frames/1?{PREVIEW}" for u in ours_urls], JP2, JP2)
-    lossless = fetch_all(client, [f"{u}/frames/1" for u in ours_urls], JP2, JP2)
+    preview = fetch_bytes(client, [f"{u}?{PREVIEW}" for u in ours_frames], JP2, JP2)
+    lossless = fetch_bytes(client, ours_frames, JP2, JP2)
     results.append(("ours: preview stack (`layers=1&fsiz=256,256`)", preview, n))
     results.append(("ours: then the lossless stack (whole masters)", preview + lossless, 2 * n))
     results.append(("ours: lossless stack alone", lossless, n))
     if peer is not None:
-        peer_urls = [instance_url(peer, study, series, sop) for sop in corpus.ct_sop_uids]
-        stored = fetch_all(client, [f"{u}/frames/1" for u in peer_urls], OHIF_FRAMES, "multipart/related")
+        stored = fetch_bytes(client, frame_urls(peer.dicomweb_url, corpus), FRAME_ACCEPT, "multipart/related")
         results.append(("Orthanc: frames as stored (OHIF's default Accept)", stored, n))
         try:
-            rendered = fetch_all(client, [f"{u}/rendered" for u in peer_urls], "image/jpeg", "image/jpeg")
+            peer_instances = ct_instance_urls(peer.dicomweb_url, corpus)
+            rendered = fetch_bytes(client, [f"{u}/rendered" for u in peer_instances], "image/jpeg", "image/jpeg")
             results.append(("Orthanc: rendered images (JPEG)", rendered, n))
         except RuntimeError as exc:
             print(f"Orthanc rendered images unavailable: {exc}", file=sys.stderr)
     preview_time = modelled_seconds(preview, n)
-    rows = [f"| {n}-slice CT stack | bytes | modelled time at 2 Mbit/s | time / our preview stack's |",
-            "|---|---:|---:|---:|"]
+    rows = []
     for label, total, requests in results:
         seconds = modelled_seconds(total, requests)
-        rows.append(f"| {label} | {total:,} | {seconds:.1f} s | {seconds / preview_time:.1f}x |")
-    return rows
+        rows.append([label, f"{total:,}", f"{seconds:.1f} s", f"{seconds / preview_time:.1f}x"])
+    header = [f"{n}-slice CT stack", "bytes", "modelled time at 2 Mbit/s", "time / our preview stack's"]
+    return markdown_table(header, rows, "lrrr")
 
 
 def server_time_table(client: Client, cr_url: str, runs: int) -> list[str]:
     frame = cr_url + "/frames/1"
     full = median_ms(lambda: checked(client.get(frame, {"Accept": OCTET}), OCTET, "full"), runs)
-    rows = ["| request (1955x1841 CR) | median ms | against a full-size decode |", "|---|---:|---:|"]
+    rows = []
     for label, url, accept, media in (
         ("cut frame `layers=1&fsiz=256,256`", f"{frame}?{PREVIEW}", JP2, JP2),
         ("cut frame `layers=2`", f"{frame}?layers=2", JP2, JP2),
@@ -189,8 +160,8 @@ def server_time_table(client: Client, cr_url: str, runs: int) -> list[str]:
         ("uncompressed frame (full-size decode)", frame, OCTET, OCTET),
     ):
         ms = median_ms(lambda u=url, a=accept, m=media: checked(client.get(u, {"Accept": a}), m, u), runs)
-        rows.append(f"| {label} | {ms:.1f} | {ms / full:.3f} |")
-    return rows
+        rows.append([label, f"{ms:.1f}", f"{ms / full:.3f}"])
+    return markdown_table(["request (1955x1841 CR)", "median ms", "against a full-size decode"], rows, "lrr")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -198,8 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="60-slice CT for smoke runs")
     p.add_argument("--runs", type=int, default=15)
     args = p.parse_args(argv)
-    slices, small = (QUICK_CT_SLICES, QUICK_SMALL_STUDIES) if args.quick else (FULL_CT_SLICES, FULL_SMALL_STUDIES)
-    corpus = build_corpus(slices, small)
+    corpus = build_corpus(*corpus_size(args.quick))
     ct = [corpus.root / f for f in corpus.files if f.startswith("ct/")]
     cr = corpus.root / "wg04" / "CR_RG1_UNCR.dcm"
     batches = prepare_stow([*ct, cr])
@@ -208,15 +178,12 @@ def main(argv: list[str] | None = None) -> int:
     client = Client()
     with ExitStack() as stack:
         ours = stack.enter_context(start_ours())
-        ok, why = orthanc.available()
-        peer = stack.enter_context(start_orthanc()) if ok else None
-        if peer is None:
-            print(f"Orthanc not installed: skipping peer ({why})")
+        peer = start_peer(stack)
         print("\n".join(ingest_table(ours, peer, batches)), end="\n\n")
         mid = corpus.ct_sop_uids[len(corpus.ct_sop_uids) // 2]
         images = {
-            "CT 512x512, middle slice": instance_url(ours, corpus.ct_study_uid, corpus.ct_series_uid, mid),
-            "CR 1955x1841": instance_url(ours, *uids_of(cr)),
+            "CT 512x512, middle slice": instance_url(ours.dicomweb_url, corpus.ct_study_uid, corpus.ct_series_uid, mid),
+            "CR 1955x1841": instance_url(ours.dicomweb_url, *uids_of(cr)),
         }
         print("\n".join(single_frame_table(client, ours, images)), end="\n\n")
         print("\n".join(stack_table(client, ours, peer, corpus)), end="\n\n")
