@@ -157,7 +157,8 @@ async def make_masters(archive: Archive, quiet: bool) -> None:
 
 
 def no_master_reason(row: Any) -> str:
-    """Why an instance that never had a master job is kept as received (ingest did not want one)."""
+    """Why an instance is kept as received when its archive recorded no reason (it was stored before
+    ingest recorded one for every instance it did not want a master for)."""
     if not row.number_of_frames:
         return "no pixel data"
     if row.transfer_syntax not in LOSSLESS_INPUTS:
@@ -185,7 +186,7 @@ async def note_masters(archive: Archive, tally: Tally) -> None:
             result.master = WAITING
         else:
             result.master = KEPT
-            result.master_reason = f"no master: {row.reason}" if row.state == "kept" else no_master_reason(row)
+            result.master_reason = row.reason if row.state == "kept" and row.reason else no_master_reason(row)
 
 
 # ---- the summary and the report ------------------------------------------------------------------

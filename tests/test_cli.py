@@ -149,9 +149,9 @@ def test_import_summary_counts_add_up_with_reasons_and_files(tmp_path: Path) -> 
     assert "6 instance(s) stored by this import:" in out
     assert "3 master(s) made (layered lossless JPEG 2000, checked bit-exact)" in out
     assert "3 kept as received:" in out
-    lossy = out.index("2 lossy original, never re-encoded: JPEG Baseline (Process 1)")
+    lossy = out.index("2 lossy or not losslessly decodable transfer syntax: JPEG Baseline (Process 1)")
     assert out[lossy + 1: lossy + 3] == [str(source / "lossy.dcm"), str(source / "odd-vr.dcm")]
-    kept = out.index("1 no master: pixel values 0..8191 do not fit signed 13 bits")
+    kept = out.index("1 pixel values 0..8191 do not fit signed 13 bits")
     assert out[kept + 1] == str(source / "mismatch.dcm")
     assert "0 waiting for a master" in out
     assert "1 stored file(s) with parser warnings (shown above, and in --report)" in out
@@ -169,7 +169,7 @@ def test_import_summary_counts_add_up_with_reasons_and_files(tmp_path: Path) -> 
     assert rows["ct0.dcm"]["master_reason"] == f"superseded by {source / 'zz-ct0-again.dcm'}"
     assert rows["notes3.txt"]["outcome"] == "refused" and "not a DICOM file" in rows["notes3.txt"]["reason"]
     assert rows["mismatch.dcm"]["master"] == "kept"
-    assert rows["mismatch.dcm"]["master_reason"] == "no master: pixel values 0..8191 do not fit signed 13 bits"
+    assert rows["mismatch.dcm"]["master_reason"] == "pixel values 0..8191 do not fit signed 13 bits"
     assert rows["odd-vr.dcm"]["warnings"].startswith("Expected explicit VR, but found implicit VR")
 
     # The same folder again: every instance is replaced, none new; the index holds 6 instances still.
@@ -180,11 +180,14 @@ def test_import_summary_counts_add_up_with_reasons_and_files(tmp_path: Path) -> 
     assert "6 replaced an instance the archive held (same SOP Instance UID)" in out
     checked = run("verify", "--data", str(data), "--quiet")
     assert checked.returncode == 0, checked.stdout + checked.stderr
-    assert "checked 6 instance(s): 3 master(s) decoded bit-exact, 0 waiting for a master, 1 kept as received" \
+    # Every instance kept as received is counted, with its reason: the lossy originals (recorded at
+    # ingest) and the one whose master could not be made.
+    assert "checked 6 instance(s): 3 master(s) decoded bit-exact, 0 waiting for a master, 3 kept as received" \
         in checked.stdout
     out = lines_of(checked.stdout)
-    assert out[out.index("kept as received, by reason:") + 1] == \
-        "1 pixel values 0..8191 do not fit signed 13 bits"
+    at = out.index("kept as received, by reason:")
+    assert out[at + 1: at + 3] == ["2 lossy or not losslessly decodable transfer syntax: JPEG Baseline (Process 1)",
+                                   "1 pixel values 0..8191 do not fit signed 13 bits"]
 
 
 def test_import_of_good_files_exits_0_and_missing_paths_are_refused(tmp_path: Path) -> None:
