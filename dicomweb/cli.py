@@ -208,15 +208,14 @@ async def _verify(args: argparse.Namespace) -> int:
         with tqdm(total=total, unit="instance", disable=args.quiet) as bar:
             report = await verify_archive(archive, bar.update)
         jobs = await archive.index.job_counts()
-        kept = await archive.index.kept_reasons()
     finally:
         await archive.close()
     print(f"checked {report.instances} instance(s): {report.masters} master(s) decoded bit-exact, "
           f"{jobs.get('pending', 0)} waiting for a master, {jobs.get('kept', 0)} kept as received; "
           f"{len(report.problems)} problem(s)")
-    if kept:
+    if report.kept:
         print("kept as received, by reason:")
-        for reason, n in sorted(kept.items(), key=lambda item: (-item[1], item[0])):
+        for reason, n in report.kept_reasons.items():  # most frequent first, then by reason
             print(f"  {n:6d}  {reason}")
     for problem in report.problems:
         print(f"  {problem}")

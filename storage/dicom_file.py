@@ -26,7 +26,7 @@ from pydicom.tag import BaseTag
 from pydicom.uid import UID
 
 from storage.dicom_json import dataset_json
-from storage.implementation import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from storage.implementation import stamp_file_meta
 from storage.tags import is_series_level, is_study_level, tag_hex
 from storage.transcode import native_frame_size
 from storage.uids import is_valid_uid
@@ -79,11 +79,14 @@ class ParsedInstance:
     # Frames in the image; may exceed len(frames) when they cannot be addressed in the file
     # (deflated files, multi-frame 1-bit images) and must be decoded on request.
     number_of_frames: int = 0
-    # Worth turning into a layered JPEG 2000 master (decodable losslessly, a shape OpenJPEG codes).
-    master_candidate: bool = False
-    # When not: why the instance is kept as received (master_refusal).
+    # Why the instance is kept as received (master_refusal); empty when it is to become a master.
     kept_reason: str = ""
     sha256: str = ""
+
+    @property
+    def master_candidate(self) -> bool:
+        """Worth turning into a layered JPEG 2000 master (decodable losslessly, a shape OpenJPEG codes)."""
+        return not self.kept_reason
 
 
 def instance_path(study: str, series: str, sop: str) -> str:
@@ -128,8 +131,7 @@ def _make_part10(path: Path, ds: Dataset) -> None:
         meta.MediaStorageSOPClassUID = UID(_uid(ds, "SOPClassUID"))
         meta.MediaStorageSOPInstanceUID = UID(_uid(ds, "SOPInstanceUID"))
         meta.TransferSyntaxUID = UID(_transfer_syntax(ds))
-        meta.ImplementationClassUID = UID(IMPLEMENTATION_CLASS_UID)
-        meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
+        stamp_file_meta(meta)
         out = DicomBytesIO()
         write_file_meta_info(out, meta, enforce_standard=True)
         header = b"\0" * 128 + b"DICM" + out.getvalue()
@@ -371,7 +373,6 @@ def _parse(ds: Dataset, path: Path, threshold: int) -> ParsedInstance:
             frames = _native_frames(meta, raw, file_size, number_of_frames)
 
     inst_attrs = {k: v for k, v in meta.items() if "BulkDataURI" not in v and "InlineBinary" not in v}
-    kept_reason = master_refusal(meta, ts, number_of_frames)
     study_attrs = _level_subset(inst_attrs, is_study_level)
     series_attrs = _level_subset(inst_attrs, is_series_level)
     return ParsedInstance(
@@ -400,8 +401,7 @@ def _parse(ds: Dataset, path: Path, threshold: int) -> ParsedInstance:
         frames=frames,
         encapsulated=encapsulated,
         number_of_frames=number_of_frames,
-        master_candidate=not kept_reason,
-        kept_reason=kept_reason,
+        kept_reason=master_refusal(meta, ts, number_of_frames),
     )
 
 

@@ -25,7 +25,7 @@ from pydicom.uid import UID
 
 from storage.codec import MasterNotPossible, decode, encode_master, fidelity_ladder, info
 from storage.dicom_file import J2K_LOSSLESS, ParsedInstance, parse_instance
-from storage.implementation import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from storage.implementation import stamp_file_meta
 from storage.transcode import NATIVE_SYNTAXES, decoded_dataset, frame_size
 
 # Frames larger than this in total need 64-bit offsets (Extended Offset Table, PS3.5 A.4).
@@ -112,7 +112,7 @@ def make_master(received: Path, work_dir: Path, *, bulk_data_threshold: int = 10
     ds["PixelData"].VR = "OB"
     ds["PixelData"].is_undefined_length = True
     ds.file_meta.TransferSyntaxUID = UID(J2K_LOSSLESS)
-    _written_here(ds)
+    stamp_file_meta(ds.file_meta)
     if color:
         # PS3.5 8.2.4: JPEG 2000 with the reversible colour transform is YBR_RCT, interleaved.
         ds.PhotometricInterpretation = "YBR_RCT"
@@ -131,16 +131,6 @@ def make_master(received: Path, work_dir: Path, *, bulk_data_threshold: int = 10
     for f in originals:
         digest.update(np.ascontiguousarray(f.astype(f.dtype.newbyteorder("<"))).tobytes())
     return Master(path, parsed, fidelity, digest.hexdigest())
-
-
-def _written_here(ds: Dataset) -> None:
-    """File Meta Information of a file this server writes: its own Implementation Class UID and Version
-    Name, and no Source Application Entity Title (the AE that wrote the file: this server has none)."""
-    meta = ds.file_meta
-    meta.ImplementationClassUID = UID(IMPLEMENTATION_CLASS_UID)
-    meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
-    if "SourceApplicationEntityTitle" in meta:
-        del meta.SourceApplicationEntityTitle
 
 
 def _verify(path: Path, parsed: ParsedInstance, originals: list[np.ndarray]) -> list[dict[str, Any]]:
