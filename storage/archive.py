@@ -205,11 +205,9 @@ class Archive:
                     failed.add(parsed.sop_uid)
                 else:
                     items.append((parsed, key, size))
-            existing: set[str] = set()
+            replaced: set[str] = set()
             try:
-                # Asked under the SOP locks: no other upload to this server stores these instances meanwhile.
-                existing = await self.index.existing_sops([p.sop_uid for p, _, _ in items])
-                stale = await self.index.store(items)
+                stale, replaced = await self.index.store(items)
             except Exception as exc:
                 # Nothing was committed: drop the new blobs so no orphan remains, and refuse them.
                 log.exception("index write failed")
@@ -231,7 +229,7 @@ class Archive:
         for o in outcomes:
             if o.stored and o.sop_uid in failed:
                 o.stored, o.failure_code, o.reason = False, OUT_OF_RESOURCES, reason
-            o.replaced = o.stored and o.sop_uid in existing
+            o.replaced = o.stored and o.sop_uid in replaced
         return outcomes
 
     # ---- reads --------------------------------------------------------------------------------

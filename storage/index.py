@@ -184,15 +184,16 @@ class Index:
             stmt = self._upserts[(table.name, columns)] = insert.on_conflict_do_update(index_elements=[key], set_=keep)
         conn.execute(stmt, rows)
 
-    async def store(self, items: list[tuple[ParsedInstance, str, int]]) -> list[str]:
-        """Index stored instances in one transaction; returns blob keys that the rows no longer use."""
+    async def store(self, items: list[tuple[ParsedInstance, str, int]]) -> tuple[list[str], set[str]]:
+        """Index stored instances in one transaction; returns the blob keys that the rows no longer use,
+        and the SOP Instance UIDs the index already held (the instances these copies replaced)."""
         if not items:
-            return []
+            return [], set()
         studies_rows = {p.study_uid: _study_values(p) for p, _, _ in items}
         series_rows = {p.series_uid: _series_values(p) for p, _, _ in items}
         inst_rows = {p.sop_uid: _instance_values(p, key, size) for p, key, size in items}
 
-        def transaction(conn: Connection) -> list[str]:
+        def transaction(conn: Connection) -> tuple[list[str], set[str]]:
             old = conn.execute(
                 select(I.c.sop_uid, I.c.study_uid, I.c.series_uid, I.c.blob_key).where(
                     I.c.sop_uid.in_(list(inst_rows))
@@ -204,7 +205,8 @@ class Index:
             self._queue_masters(conn, items)
             self._refresh_counts(conn, set(studies_rows) | {r.study_uid for r in old},
                                  set(series_rows) | {r.series_uid for r in old})
-            return [r.blob_key for r in old if r.blob_key != inst_rows[r.sop_uid]["blob_key"]]
+            stale = [r.blob_key for r in old if r.blob_key != inst_rows[r.sop_uid]["blob_key"]]
+            return stale, {r.sop_uid for r in old}
 
         return await self._write(transaction)
 
@@ -415,15 +417,6 @@ class Index:
 
     # Values per IN (...) list: well under SQLite's and asyncpg's limits on bound parameters.
     REPORT_CHUNK = 500
-
-    async def existing_sops(self, sops: list[str]) -> set[str]:
-        """Which of these SOP Instance UIDs the archive holds."""
-        found: set[str] = set()
-        async with self.engine.connect() as conn:
-            for i in range(0, len(sops), self.REPORT_CHUNK):
-                q = select(I.c.sop_uid).where(I.c.sop_uid.in_(sops[i: i + self.REPORT_CHUNK]))
-                found.update((await conn.execute(q)).scalars())
-        return found
 
     async def master_report(self, sops: list[str]) -> list[Row[Any]]:
         """Per instance: whether it has its master, else its master job's state and reason (None when no
