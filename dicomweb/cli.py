@@ -185,7 +185,7 @@ def serve(args: argparse.Namespace) -> int:
     port = args.port if args.port is not None else env_int("DICOMWEB_PORT", 8000, minimum=1, maximum=65535)
     level = args.log_level or env_choice("DICOMWEB_LOG_LEVEL", "info", LOG_LEVELS)
     # Before uvicorn: a broken install or an unreachable database refuses to start with one line, not a
-    # lifespan traceback. (The lifespan's own checks then cost a few milliseconds.)
+    # lifespan traceback. (The lifespan's codec check then finds this one's result.)
     codecs = codec_stack()
     asyncio.run(_try_open(settings))
     configure_logging(level)

@@ -9,6 +9,8 @@ and refuse to start with the reason when any step fails.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 
@@ -24,6 +26,7 @@ def _sample() -> np.ndarray:
     return ((rows * 17 - cols * 11) % 2000 - 1000 + noise).astype(np.int16)
 
 
+@functools.cache  # a failure raises and is not cached; a success holds for the life of the process
 def check_codec_stack() -> str:
     """Encode, verify, cut and transcode one small frame; return the codec versions, or raise."""
     step = "importing the JPEG 2000 codec (glymur, OpenJPEG)"
