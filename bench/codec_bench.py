@@ -23,7 +23,7 @@ from pydicom.encaps import generate_frames
 from bench.measure import median_ms, table
 from storage.codec import cut, decode, encode_master, fidelity_ladder, info, openjpeg_version, to_htj2k
 from storage.codec.htj2k import decode_htj2k
-from storage.codec.master import LADDER
+from storage.codec.layered_j2k import LADDER
 
 IMAGES = [
     ("693", "CT"),

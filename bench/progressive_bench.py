@@ -39,7 +39,7 @@ from bench.load import BROWSER_CONNECTIONS, fetch_all
 from bench.measure import markdown_table, median_ms
 from bench.servers import ServerHandle, dir_bytes, start_ours, start_peer
 from bench.stow import StowBatch, load_servers, prepare_stow
-from storage.master_queue import DELETE_GRACE_SECONDS
+from storage.mastering.queue import DELETE_GRACE_SECONDS
 
 LINK_BITS_PER_SECOND = 2e6
 REQUEST_LATENCY = 0.05

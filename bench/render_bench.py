@@ -28,7 +28,7 @@ from pydicom.data import get_testdata_file
 
 from bench.measure import median_ms, table
 from storage.codec import cut, decode, info, openjpeg_version
-from storage.masters import make_master
+from storage.mastering.make import make_master
 from storage.render import (
     THUMBNAIL_LAYER_TOLERANCE,
     RenderOptions,

@@ -15,10 +15,18 @@ from starlette.routing import Mount, Route
 
 from dicomweb import frames, progressive, qido, rendered, stow, wado
 from dicomweb.access_log import AccessLogMiddleware
-from dicomweb.responses import HTTPError, error_response
+from dicomweb.responses import HTTPError, archive_of, error_response
 from dicomweb.static_sites import static_routes
-from storage.archive import Archive
-from storage.config import Settings, settings_from_env
+from storage import (
+    Archive,
+    BadRequest,
+    CannotProduce,
+    NotFound,
+    NotReady,
+    Settings,
+    StorageError,
+    settings_from_env,
+)
 
 log = logging.getLogger(__name__)
 
@@ -62,27 +70,35 @@ def dicomweb_routes() -> list[Route]:
 
 
 async def healthz(request: Request) -> Response:
-    await request.app.state.archive.index.count_instances()
+    await archive_of(request).check_health()
     return PlainTextResponse("ok")
 
 
 async def status(request: Request) -> Response:
     """Archive state: how many instances, how many still wait for a master, and how many are kept as
     received (no master), with how many for each reason."""
-    index = request.app.state.archive.index
-    jobs = await index.job_counts()
-    return JSONResponse({
-        "instances": await index.count_instances(),
-        "pending_masters": jobs.get("pending", 0),
-        "kept_as_received": jobs.get("kept", 0),
-        "kept_as_received_reasons": await index.kept_reasons(),
-        "masters_in_progress": request.app.state.archive.masters.busy,
-    })
+    return JSONResponse(await archive_of(request).status())
+
+
+# Each kind of refusal from storage, and the status it gets: the one place they are mapped.
+STATUS_OF: dict[type[StorageError], int] = {
+    NotFound: 404,
+    BadRequest: 400,
+    CannotProduce: 406,
+    NotReady: 503,
+}
 
 
 async def http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPError)
     return error_response(exc.status, exc.reason)
+
+
+async def storage_error(request: Request, exc: Exception) -> Response:
+    status = next((code for kind, code in STATUS_OF.items() if isinstance(exc, kind)), 500)
+    if status == 500:
+        log.error("unmapped storage error on %s %s: %s", request.method, request.url.path, type(exc).__name__)
+    return error_response(status, str(exc))
 
 
 async def unexpected_error(request: Request, exc: Exception) -> Response:
@@ -124,7 +140,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
     app = Starlette(
         routes=[Route("/healthz", healthz), Mount(settings.root, routes=dicomweb_routes()), *static_routes(settings)],
         middleware=middleware,
-        exception_handlers={HTTPError: http_error, 404: not_found, 405: not_found, Exception: unexpected_error},
+        exception_handlers={HTTPError: http_error, StorageError: storage_error, 404: not_found, 405: not_found,
+                            Exception: unexpected_error},
         lifespan=lifespan,
     )
     app.state.settings = settings

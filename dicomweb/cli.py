@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dicomweb.static_sites import site_notes
-from storage.config import SettingError, Settings, env_choice, env_int, settings_from_env
+from storage import SettingError, Settings, env_choice, env_int, settings_from_env
 
 if TYPE_CHECKING:
-    from storage.archive import Archive
+    from storage import Archive
 
 DISTRIBUTION = "dicomweb-progressive"
 DEFAULTS = Settings()
@@ -85,7 +85,7 @@ def index_label(settings: Settings) -> str:
 def codec_stack() -> str:
     """The codec versions, or CommandError with the reason. Quietly: glymur's warning about a library
     it cannot load would add lines that the error's one line already says."""
-    from storage.codec_check import CodecStackError, check_codec_stack
+    from storage import CodecStackError, check_codec_stack
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -99,7 +99,7 @@ async def open_archive(settings: Settings, *, start_masters: bool, parser_proces
     """The opened archive, or CommandError saying which folder or database could not be opened."""
     from sqlalchemy.exc import SQLAlchemyError
 
-    from storage.archive import Archive
+    from storage import Archive
 
     try:
         archive = Archive(settings)
@@ -200,14 +200,14 @@ def serve(args: argparse.Namespace) -> int:
 async def _verify(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from storage.verify import verify_archive
+    from storage import verify_archive
 
     archive = await open_archive(settings_from(args), start_masters=False)
     try:
-        total = await archive.index.count_instances()
+        total = await archive.count_instances()
         with tqdm(total=total, unit="instance", disable=args.quiet) as bar:
             report = await verify_archive(archive, bar.update)
-        jobs = await archive.index.job_counts()
+        jobs = await archive.job_counts()
     finally:
         await archive.close()
     print(f"checked {report.instances} instance(s): {report.masters} master(s) decoded bit-exact, "

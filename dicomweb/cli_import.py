@@ -25,16 +25,12 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from pydicom.uid import UID
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from dicomweb.cli import CommandError, codec_stack, index_label, open_archive
-from storage.archive import Archive, Outcome
-from storage.config import Settings
-from storage.dicom_file import LOSSLESS_INPUTS
+from storage import Archive, Outcome, Settings
 
 BATCH = 16  # files per ingest call: one index transaction each
 EXAMPLES = 3  # file names shown per reason in the summary
@@ -146,31 +142,19 @@ async def store_files(archive: Archive, files: list[Path], tally: Tally, quiet: 
 
 async def make_masters(archive: Archive, quiet: bool) -> None:
     """Wait for the master queue to finish, with a progress bar fed by the job counts."""
-    total = (await archive.index.job_counts()).get("pending", 0)
-    drain = asyncio.create_task(archive.masters.drain())
+    total = await archive.pending_masters()
+    drain = asyncio.create_task(archive.drain_masters())
     with tqdm(total=total, unit="master", desc="making masters", disable=quiet or not total) as bar:
         while not drain.done():
             await asyncio.wait({drain}, timeout=POLL_SECONDS)
-            pending = (await archive.index.job_counts()).get("pending", 0)
+            pending = await archive.pending_masters()
             bar.update(max(0, total - pending - bar.n))
     await drain
 
 
-def no_master_reason(row: Any) -> str:
-    """Why an instance is kept as received when its archive recorded no reason (it was stored before
-    ingest recorded one for every instance it did not want a master for)."""
-    if not row.number_of_frames:
-        return "no pixel data"
-    if row.transfer_syntax not in LOSSLESS_INPUTS:
-        return f"lossy original, never re-encoded: {UID(row.transfer_syntax).name}"
-    if row.bits_allocated not in (8, 16):
-        return f"no master for {row.bits_allocated}-bit pixels"
-    return "no master for this photometric interpretation or number of samples"
-
-
 async def note_masters(archive: Archive, tally: Tally) -> None:
     """Give every stored file its instance's master state and reason, read from the index."""
-    rows = {row.sop_uid: row for row in await archive.index.master_report(list(tally.kept_file))}
+    rows = {row.sop_uid: row for row in await archive.master_report(list(tally.kept_file))}
     for result in tally.results:
         if result.outcome == REFUSED:
             continue
@@ -186,7 +170,7 @@ async def note_masters(archive: Archive, tally: Tally) -> None:
             result.master = WAITING
         else:
             result.master = KEPT
-            result.master_reason = row.reason if row.state == "kept" and row.reason else no_master_reason(row)
+            result.master_reason = row.reason
 
 
 # ---- the summary and the report ------------------------------------------------------------------
@@ -261,7 +245,7 @@ def _quiet_logging() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.captureWarnings(True)
     # Each kept instance is in the summary, with the user's file name rather than a blob's.
-    logging.getLogger("storage.master_queue").setLevel(logging.ERROR)
+    logging.getLogger("storage.mastering.queue").setLevel(logging.ERROR)
     # Making a master reads the file again: pydicom repeats, naming the archive's blob, the warning
     # already shown for the user's file when it was stored.
     warnings.filterwarnings("ignore", category=UserWarning, module=r"pydicom\.")

@@ -12,52 +12,24 @@ the server cuts them out of the master codestream without re-encoding. Media typ
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 
 from starlette.requests import Request
 from starlette.responses import Response
 
 from dicomweb.conditional import body_response, etag_for, not_modified
 from dicomweb.multipart import encode_multipart, make_boundary, multipart_content_type
-from dicomweb.negotiation import EXPLICIT_LE, NATIVE, Choice, accept_ranges, choices, frame_media_type
-from dicomweb.responses import HTTPError
-from dicomweb.wado import DECODABLE, OCTET, frame_native_bytes, instance_records
-from storage.archive import Archive
-from storage.codec import CutError, cut, info, without_padding
-from storage.index import InstanceRecord
+from dicomweb.negotiation import accept_ranges, choices
+from dicomweb.responses import HTTPError, archive_of
+from dicomweb.wado import instance_records
+from storage import OCTET_STREAM, InstanceRecord, NotReady, Subset, plan_frame
 
-J2K = "image/jp2"
-HTJ2K = "image/jphc"
-J2K_WHOLE, J2K_CUT = "1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91"
-HT_WHOLE, HT_CUT = "1.2.840.10008.1.2.4.202", "1.2.840.10008.1.2.4.203"
-SINGLE_PART = {OCTET, J2K, HTJ2K, "image/jpeg", "image/jls", "image/dicom-rle", "image/jpx"}
-# Media types whose frames are codestreams ending at a marker: sent without the fragment's pad byte.
-CODESTREAMS = {J2K, HTJ2K, "image/jpeg", "image/jls", "image/jpx"}
+SINGLE_PART = {OCTET_STREAM, "image/jp2", "image/jphc", "image/jpeg", "image/jls", "image/dicom-rle", "image/jpx"}
 # Part of every frame ETag: bumped when the bytes sent for the same request change (2: no pad byte).
 FRAME_BYTES_VERSION = 2
 # One item of a frame list: ASCII digits only (str.isdigit and \\d also take other scripts' digits).
 _FRAME_NUMBER = re.compile(r"[0-9]+")
 # More digits than any frame count: such a number is out of range, not a reason to build a huge int.
 _MAX_DIGITS = 12
-
-
-@dataclass(frozen=True)
-class Subset:
-    """What part of the master a request wants: None means "all"."""
-
-    layers: int | None = None
-    fsiz: tuple[int, int] | None = None
-
-    @property
-    def wanted(self) -> bool:
-        return self.layers is not None or self.fsiz is not None
-
-
-@dataclass(frozen=True)
-class Plan:
-    media: str
-    transfer_syntax: str
-    kind: str  # stored | native | cut | htj2k
 
 
 def frame_numbers(text: str) -> list[int]:
@@ -102,66 +74,6 @@ def _subset(request: Request) -> Subset:
     return Subset(layers, fsiz)
 
 
-def _drop_levels(width: int, height: int, levels: int, fsiz: tuple[int, int] | None) -> int:
-    """The most levels that can be dropped while the image stays at least fsiz (0 if none)."""
-    if fsiz is None:
-        return 0
-    drop = 0
-    while drop < levels and -(-width // (1 << (drop + 1))) >= fsiz[0] and -(-height // (1 << (drop + 1))) >= fsiz[1]:
-        drop += 1
-    return drop
-
-
-def _plan(choice: Choice, rec: InstanceRecord, subset: Subset) -> Plan | None:
-    """How to answer under this choice, or None if it cannot be done."""
-    stored = rec.transfer_syntax
-    addressable = bool(rec.frames)
-    ts = choice.transfer_syntax
-    if choice.media_type in (OCTET, "*/*", "*"):
-        if ts == "*" and subset.wanted and rec.is_master:
-            return Plan(J2K, J2K_CUT, "cut")
-        if subset.wanted and rec.is_master:
-            return None  # a cut cannot be uncompressed bytes
-        if ts == "*":
-            if not addressable or stored in NATIVE:
-                return Plan(OCTET, EXPLICIT_LE, "native")
-            return Plan(frame_media_type(stored), stored, "stored")
-        if (ts or EXPLICIT_LE) == EXPLICIT_LE and stored in DECODABLE:
-            return Plan(OCTET, EXPLICIT_LE, "native")
-        return None
-    if choice.media_type == J2K and rec.is_master and ts in (None, "*", J2K_WHOLE, J2K_CUT):
-        return Plan(J2K, J2K_CUT, "cut") if ts != J2K_WHOLE or not subset.wanted else None
-    if choice.media_type == HTJ2K and rec.is_master and ts in (None, "*", HT_WHOLE, HT_CUT):
-        return Plan(HTJ2K, HT_CUT, "htj2k") if ts != HT_WHOLE or subset.fsiz is None else None
-    stored_form = choice.media_type == frame_media_type(stored) and addressable and stored not in NATIVE
-    if stored_form and ts in (None, "*", stored) and not subset.wanted:
-        return Plan(choice.media_type, stored, "stored")
-    return None
-
-
-async def _body(archive: Archive, rec: InstanceRecord, number: int, plan: Plan, subset: Subset) -> tuple[bytes, str]:
-    """Bytes of one frame and the transfer syntax they really are in."""
-    if plan.kind == "stored":
-        data = await archive.read_frame(rec, number)
-        return (without_padding(data) if plan.media in CODESTREAMS else data), plan.transfer_syntax
-    if plan.kind == "native":
-        return await frame_native_bytes(archive, rec, number), EXPLICIT_LE
-    master = await archive.read_frame(rec, number)
-    head = info(master)
-    drop = _drop_levels(head.width, head.height, head.levels, subset.fsiz)
-    try:
-        if plan.kind == "htj2k":
-            # HTJ2K has a single quality layer: `layers` cannot apply, resolution levels can.
-            whole = await archive.htj2k_frame(rec, number)
-            return (whole, HT_WHOLE) if drop == 0 else (cut(whole, layers=None, drop_levels=drop), HT_CUT)
-        layers = subset.layers if subset.layers is not None and subset.layers < head.layers else None
-        if layers is None and drop == 0:
-            return without_padding(master), J2K_WHOLE
-        return cut(master, layers=layers, drop_levels=drop), J2K_CUT
-    except CutError as exc:
-        raise HTTPError(406, f"cannot cut this frame: {exc}") from None
-
-
 def in_range(numbers: list[int], rec: InstanceRecord) -> list[int]:
     """The numbers, if the instance has all those frames (404 naming the first it lacks)."""
     missing = [n for n in numbers if n > rec.number_of_frames]
@@ -177,28 +89,28 @@ async def frames(request: Request) -> Response:
     if rec.number_of_frames == 0:
         raise HTTPError(404, "instance has no pixel data frames")
     in_range(numbers, rec)
-    archive: Archive = request.app.state.archive
-    for choice in choices(accept_ranges(request), OCTET, SINGLE_PART):
-        plan = _plan(choice, rec, subset)
+    archive = archive_of(request)
+    for choice in choices(accept_ranges(request), OCTET_STREAM, SINGLE_PART):
+        plan = plan_frame(choice.media_type, choice.transfer_syntax, rec, subset)
         if plan is None or (not choice.multipart and len(numbers) > 1):
             continue
         etag = etag_for(FRAME_BYTES_VERSION, rec.blob_key, numbers, plan, subset, choice.multipart)
         if not_modified(request, etag):
             return Response(status_code=304, headers={"ETag": etag})
-        parts = [await _body(archive, rec, n, plan, subset) for n in numbers]
+        parts = [await archive.frame(rec, n, plan, subset) for n in numbers]
         if not choice.multipart:
             body, ts = parts[0]
-            return body_response(request, body, f"{plan.media}; transfer-syntax={ts}", etag)
+            return body_response(request, body, f"{plan.media_type}; transfer-syntax={ts}", etag)
         boundary = make_boundary(f"{request.url.path}?{request.url.query}|{choice}")
-        body = encode_multipart(boundary, [(f"{plan.media}; transfer-syntax={ts}", b) for b, ts in parts])
+        body = encode_multipart(boundary, [(f"{plan.media_type}; transfer-syntax={ts}", b) for b, ts in parts])
         syntaxes = {ts for _, ts in parts}
-        ctype = multipart_content_type(boundary, plan.media, syntaxes.pop() if len(syntaxes) == 1 else None)
+        ctype = multipart_content_type(boundary, plan.media_type, syntaxes.pop() if len(syntaxes) == 1 else None)
         return Response(body, media_type=ctype, headers={"ETag": etag, "Cache-Control": "private, no-cache"})
     if subset.wanted and not rec.is_master:
-        state = await archive.index.master_state(rec.study_uid, rec.series_uid, rec.sop_uid)
+        state = await archive.master_state(rec.study_uid, rec.series_uid, rec.sop_uid)
         # A master that appeared since `rec` was read is there on the retry.
-        if state is not None and (state.pending or state.fidelity is not None):
-            raise HTTPError(503, "layers/fsiz need the layered master, which is still being made; retry shortly")
+        if state.pending or state.fidelity is not None:
+            raise NotReady("layers/fsiz need the layered master, which is still being made; retry shortly")
         raise HTTPError(406, "layers/fsiz need a layered JPEG 2000 master, and this instance has none")
     reason = "application/octet-stream and transfer-syntax=* are always available"
     if subset.wanted:

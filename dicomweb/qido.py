@@ -7,8 +7,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from dicomweb.params import uids
-from dicomweb.responses import HTTPError, check_json_accept, dicom_json
-from storage.query import Filter, Level, Query, QueryError, parse_query, run_query
+from dicomweb.responses import archive_of, check_json_accept, dicom_json
+from storage import Level
 
 
 async def _search(request: Request, level: Level) -> Response:
@@ -17,32 +17,15 @@ async def _search(request: Request, level: Level) -> Response:
     if "study" in request.path_params:
         study, series, _ = uids(request)
     params = [(k, v) for k, v in request.query_params.multi_items() if k.lower() != "accept"]
-    try:
-        query = parse_query(level, params, study, series)
-    except QueryError as exc:
-        raise HTTPError(400, str(exc)) from None
-    results, remaining = await run_query(request.app.state.archive.index, query)
+    found = await archive_of(request).search(level, params, study, series)
     headers = {}
-    if remaining > 0:
+    if found.remaining > 0:
         # PS3.18 8.3.4.4: say that results were cut, and how to get the rest.
         headers["Warning"] = (
-            f'299 dicomweb "There are {remaining} additional results that can be requested '
-            f'with offset={query.offset + len(results)}"'
+            f'299 dicomweb "There are {found.remaining} additional results that can be requested '
+            f'with offset={found.next_offset}"'
         )
-    if not results and study and level != "study":
-        # Searching inside a study or series that does not exist: say so rather than "no match".
-        found, _ = await run_query(request.app.state.archive.index, _scope_probe(study, series))
-        if not found:
-            raise HTTPError(404, f"no such {'series' if series else 'study'}")
-    return dicom_json(request, orjson.dumps(results), headers=headers)
-
-
-def _scope_probe(study: str, series: str | None) -> Query:
-    q = Query(level="series" if series else "study", limit=1)
-    q.filters.append(Filter(0x0020000D, study))
-    if series:
-        q.filters.append(Filter(0x0020000E, series))
-    return q
+    return dicom_json(request, orjson.dumps(found.matches), headers=headers)
 
 
 async def studies(request: Request) -> Response:

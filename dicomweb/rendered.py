@@ -28,7 +28,6 @@ from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from dataclasses import dataclass, replace
 
-import orjson
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
@@ -36,25 +35,24 @@ from dicomweb.conditional import etag_for, not_modified
 from dicomweb.frames import frame_numbers, in_range
 from dicomweb.multipart import closing, make_boundary, multipart_content_type, part_header
 from dicomweb.negotiation import accept_ranges
-from dicomweb.responses import HTTPError, base_url
+from dicomweb.responses import HTTPError, archive_of, base_url
 from dicomweb.wado import instance_records
-from storage.archive import Archive
-from storage.index import InstanceRecord
-from storage.query import Query, run_query
-from storage.render import (
+from storage import (
     DEFAULT_QUALITY,
     JPEG,
     MEDIA_TYPES,
     PNG,
     THUMBNAIL_SIZE,
     WINDOW_FUNCTIONS,
-    BadRenderRequest,
-    CannotRender,
+    Archive,
+    BadRequest,
+    CannotProduce,
+    InstanceRecord,
+    NotFound,
     Region,
     RenderOptions,
     Viewport,
     Window,
-    render_frame,
 )
 
 log = logging.getLogger(__name__)
@@ -101,7 +99,7 @@ async def rendered(request: Request) -> Response:
         all_frames = asked is not None and asked[1] and rec.number_of_frames > 1
         jobs = [Job(rec, n) for n in range(1, rec.number_of_frames + 1)] if all_frames else [Job(rec, 1)]
     else:
-        images = await _in_display_order(request, [r for r in recs if r.number_of_frames > 0])
+        images = await archive_of(request).in_display_order([r for r in recs if r.number_of_frames > 0])
         if not images:
             raise HTTPError(406, "nothing to render: no instance here has pixel data")
         jobs = [Job(rec, 1) for rec in images]
@@ -254,20 +252,9 @@ def _middle(count: int) -> int:
     return (count + 1) // 2
 
 
-async def _in_display_order(request: Request, recs: list[InstanceRecord]) -> list[InstanceRecord]:
-    """Series by Series Number (then UID), instances as the index gives them (Instance Number)."""
-    series = {r.series_uid for r in recs}
-    if len(series) < 2:
-        return recs
-    query = Query(level="series", study_uid=recs[0].study_uid)
-    results, _ = await run_query(_archive(request).index, query)
-    order = {row["0020000E"]["Value"][0]: i for i, row in enumerate(results)}
-    return sorted(recs, key=lambda r: order.get(r.series_uid, len(order)))  # stable: keeps instance order
-
-
 async def _representative(request: Request, recs: list[InstanceRecord]) -> InstanceRecord:
     """The middle instance (by Instance Number) of the first series that has images."""
-    images = await _in_display_order(request, [r for r in recs if r.number_of_frames > 0])
+    images = await archive_of(request).in_display_order([r for r in recs if r.number_of_frames > 0])
     if not images:
         raise HTTPError(406, "nothing to render: no instance here has pixel data")
     first = [r for r in images if r.series_uid == images[0].series_uid]
@@ -275,10 +262,6 @@ async def _representative(request: Request, recs: list[InstanceRecord]) -> Insta
 
 
 # ---- responding -------------------------------------------------------------------------------
-
-def _archive(request: Request) -> Archive:
-    return request.app.state.archive
-
 
 async def _respond(
     request: Request, kind: str, jobs: list[Job], options: RenderOptions, wanted: list[Wanted],
@@ -297,14 +280,10 @@ async def _respond(
         return Response(status_code=304, headers=headers)
     if not multipart:
         job = jobs[0]
+        archive = archive_of(request)
         if kind == "thumbnail" and media == JPEG:
-            options = replace(options, layer_errors=await _layer_errors(_archive(request), job))
-        try:
-            body = await _render(_archive(request), job, options)
-        except BadRenderRequest as exc:
-            raise HTTPError(400, str(exc)) from None
-        except CannotRender as exc:
-            raise HTTPError(406, str(exc)) from None
+            options = replace(options, layer_errors=await archive.layer_errors(job.rec, job.number))
+        body = await archive.render(job.rec, job.number, options)
         return Response(body, media_type=media, headers=headers)
     return await _multipart(request, jobs, options, media, etag, headers)
 
@@ -314,32 +293,6 @@ def _etag(kind: str, jobs: list[Job], options: RenderOptions, multipart_base: st
     received file) and how; ``multipart_base`` is the base URL of a multipart body, else empty."""
     rendered_frames = [f"{job.rec.blob_key}#{job.number}" for job in jobs]
     return etag_for(RENDER_VERSION, kind, multipart_base, repr(options), *rendered_frames)
-
-
-async def _layer_errors(archive: Archive, job: Job) -> tuple[int, ...] | None:
-    """Maximum error of each layer prefix of this frame's master, from the index, if it has one."""
-    rec = job.rec
-    if not rec.is_master:
-        return None
-    found = await archive.index.fidelity(rec.study_uid, rec.series_uid, rec.sop_uid)
-    if not found or found[1] is None:
-        return None
-    frames = orjson.loads(found[1])
-    if job.number > len(frames):
-        return None
-    return tuple(int(step["max_error"]) for step in frames[job.number - 1]["layers"])
-
-
-async def _render(archive: Archive, job: Job, options: RenderOptions) -> bytes:
-    rec = job.rec
-    # The index addresses most frames; the others (deflated, bit-packed) are decoded from the file.
-    frame = await archive.read_frame(rec, job.number) if job.number <= len(rec.frames) else None
-    try:
-        return await asyncio.to_thread(
-            render_frame, archive.blob_path(rec), rec.transfer_syntax, frame, job.number, options
-        )
-    except FileNotFoundError:
-        raise HTTPError(404, "the instance was deleted while it was being rendered") from None
 
 
 async def _rendered_parts(
@@ -352,7 +305,7 @@ async def _rendered_parts(
     def launch() -> None:
         job = next(pending, None)
         if job is not None:
-            queue.append((job, asyncio.ensure_future(_render(archive, job, options))))
+            queue.append((job, asyncio.ensure_future(archive.render(job.rec, job.number, options))))
 
     for _ in range(LOOKAHEAD):
         launch()
@@ -362,7 +315,7 @@ async def _rendered_parts(
             launch()
             try:
                 body, reason = await task, ""
-            except (BadRenderRequest, CannotRender, HTTPError) as exc:
+            except (BadRequest, CannotProduce, NotFound) as exc:
                 body, reason = None, str(exc)
             yield job, body, reason
     finally:
@@ -373,7 +326,7 @@ async def _rendered_parts(
 async def _multipart(
     request: Request, jobs: list[Job], options: RenderOptions, media: str, etag: str, headers: dict[str, str]
 ) -> Response:
-    archive = _archive(request)
+    archive = archive_of(request)
     boundary = make_boundary(etag)
     parts = _rendered_parts(archive, jobs, options)
     head = []

@@ -8,7 +8,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from storage.dicom_file import BASE_PLACEHOLDER
+from storage import BASE_PLACEHOLDER, Archive
 
 DICOM_JSON = "application/dicom+json"
 _PLACEHOLDER = BASE_PLACEHOLDER.encode()
@@ -22,6 +22,12 @@ class HTTPError(Exception):
         super().__init__(reason)
         self.status = status
         self.reason = reason
+
+
+def archive_of(request: Request) -> Archive:
+    """The archive the application opened at start-up."""
+    archive: Archive = request.app.state.archive
+    return archive
 
 
 def error_response(status: int, reason: str) -> Response:

@@ -43,7 +43,7 @@ from starlette.responses import FileResponse, HTMLResponse, RedirectResponse, Re
 from starlette.routing import BaseRoute, Route
 
 from dicomweb.conditional import etag_for, not_modified
-from storage.config import Settings
+from storage import Settings
 
 # What scripts/setup-browser.sh installs (its OHIF_VERSION, and viewer-demo/package-lock.json); the hints on
 # the "not installed" pages name them, and tests/browser/test_static_sites.py keeps them in step.

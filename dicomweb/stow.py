@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,9 +14,8 @@ from starlette.responses import Response
 from dicomweb.accept import parse_accept
 from dicomweb.multipart import MultipartError, Part, boundary_from_content_type, read_multipart
 from dicomweb.params import uid_param
-from dicomweb.responses import HTTPError, dicom_json
-from storage.archive import CANNOT_UNDERSTAND, Archive, Outcome
-from storage.dicom_file import BASE_PLACEHOLDER
+from dicomweb.responses import HTTPError, archive_of, dicom_json
+from storage import BASE_PLACEHOLDER, CANNOT_UNDERSTAND, Outcome, Upload
 
 DICOM = "application/dicom"
 
@@ -100,14 +97,15 @@ def _response_body(outcomes: list[Outcome], url_study: str | None) -> dict:
 
 async def store(request: Request) -> Response:
     study = uid_param(request, "study") if "study" in request.path_params else None
-    archive: Archive = request.app.state.archive
-    tmpdir = archive.new_tmp_dir()
-    async with archive.masters.upload():
-        return await _store(request, archive, study, tmpdir)
+    async with archive_of(request).upload(study) as batch:
+        outcomes = await _store(request, batch)
+    n_ok = sum(o.stored for o in outcomes)
+    status = 200 if n_ok == len(outcomes) else 202 if n_ok else 409
+    body = orjson.dumps(_response_body(outcomes, study))
+    return dicom_json(request, body, status=status)
 
 
-async def _store(request: Request, archive: Archive, study: str | None, tmpdir: str) -> Response:
-    batch = archive.batch(study)
+async def _store(request: Request, batch: Upload) -> list[Outcome]:
     # Outcomes by part number (from 1): a failure item without UIDs must still say which part it was.
     refused: dict[int, Outcome] = {}
     ingested: list[int] = []
@@ -123,25 +121,12 @@ async def _store(request: Request, archive: Archive, study: str | None, tmpdir: 
             batch.add(Path(part.path), part.size)
             ingested.append(number)
 
-    finished = False
     try:
-        try:
-            await _receive(request, tmpdir, accept)
-        except ClientDisconnect:
-            raise HTTPError(400, "client disconnected before the upload was complete") from None
-        finished = True
-        by_part = dict(zip(ingested, await batch.finish(), strict=True)) | refused
-        outcomes = [by_part[n] for n in sorted(by_part)]
-        for number, outcome in by_part.items():
-            if not outcome.stored:
-                outcome.reason = f"part {number}: {outcome.reason}"
-    finally:
-        if not finished:
-            await batch.abandon()
-        # Stored files were moved out; what is left are refused parts. Off the event loop: unlinks wait
-        # for the file system journal.
-        await asyncio.to_thread(shutil.rmtree, tmpdir, True)
-    n_ok = sum(o.stored for o in outcomes)
-    status = 200 if n_ok == len(outcomes) else 202 if n_ok else 409
-    body = orjson.dumps(_response_body(outcomes, study))
-    return dicom_json(request, body, status=status)
+        await _receive(request, batch.folder, accept)
+    except ClientDisconnect:
+        raise HTTPError(400, "client disconnected before the upload was complete") from None
+    by_part = dict(zip(ingested, await batch.finish(), strict=True)) | refused
+    for number, outcome in by_part.items():
+        if not outcome.stored:
+            outcome.reason = f"part {number}: {outcome.reason}"
+    return [by_part[n] for n in sorted(by_part)]

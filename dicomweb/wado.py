@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import re
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
@@ -19,38 +17,13 @@ from dicomweb.multipart import (
     multipart_length,
     part_header,
 )
-from dicomweb.negotiation import (
-    EXPLICIT_LE,
-    IMPLICIT_LE,
-    NATIVE,
-    Choice,
-    accept_ranges,
-    choices,
-    frame_media_type,
-)
+from dicomweb.negotiation import Choice, accept_ranges, choices
 from dicomweb.params import uids
-from dicomweb.responses import HTTPError, check_json_accept, dicom_json
-from storage.archive import Archive
-from storage.dicom_json import bulk_value
-from storage.index import InstanceRecord
-from storage.transcode import CannotTranscode, pixel_data_native, to_native
+from dicomweb.responses import HTTPError, archive_of, check_json_accept, dicom_json
+from storage import EXPLICIT_LE, IMPLICIT_LE, OCTET_STREAM, Archive, CannotProduce, InstanceRecord, syntax
 
 DICOM = "application/dicom"
-OCTET = "application/octet-stream"
-# What pydicom and its plugins decode, so Explicit VR Little Endian can be produced from it.
-DECODABLE = NATIVE | {
-    "1.2.840.10008.1.2.5",
-    "1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70",
-    "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81",
-    "1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91",
-    "1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.202", "1.2.840.10008.1.2.4.203",
-}
-CHUNK = 1 << 20
 EAGER_DECODE_BYTES = 512 << 20
-
-
-def _archive(request: Request) -> Archive:
-    return request.app.state.archive
 
 
 def _boundary(request: Request) -> str:
@@ -59,12 +32,7 @@ def _boundary(request: Request) -> str:
 
 
 async def instance_records(request: Request) -> list[InstanceRecord]:
-    study, series, sop = uids(request)
-    recs = await _archive(request).index.instances(study, series, sop)
-    if not recs:
-        what = "instance" if sop else "series" if series else "study"
-        raise HTTPError(404, f"no such {what}")
-    return recs
+    return await archive_of(request).instances(*uids(request))
 
 
 # ---- instances ------------------------------------------------------------------------------------
@@ -74,24 +42,15 @@ def _instance_syntax(choice: Choice, rec: InstanceRecord) -> str | None:
     ts = choice.transfer_syntax or EXPLICIT_LE
     if ts == "*" or ts == rec.transfer_syntax:
         return rec.transfer_syntax
-    if ts in (EXPLICIT_LE, IMPLICIT_LE) and rec.transfer_syntax in DECODABLE:
+    if ts in (EXPLICIT_LE, IMPLICIT_LE) and syntax(rec.transfer_syntax).decodable:
         return ts
     return None
-
-
-async def _file_chunks(path: Path) -> AsyncIterator[bytes]:
-    fh = await asyncio.to_thread(open, path, "rb")
-    try:
-        while chunk := await asyncio.to_thread(fh.read, CHUNK):
-            yield chunk
-    finally:
-        fh.close()
 
 
 async def retrieve(request: Request) -> Response:
     recs = await instance_records(request)
     single_ok = {DICOM} if "sop" in request.path_params else set()
-    archive = _archive(request)
+    archive = archive_of(request)
     for choice in choices(accept_ranges(request), DICOM, single_ok):
         if choice.media_type not in (DICOM, "*/*", "*"):
             continue
@@ -118,9 +77,9 @@ async def _instances_response(
         if ts == rec.transfer_syntax or budget <= 0:
             continue
         try:
-            ready[rec.sop_uid] = await asyncio.to_thread(to_native, archive.blob_path(rec), ts)
+            ready[rec.sop_uid] = await archive.transcoded(rec, ts)
             budget -= len(ready[rec.sop_uid])
-        except CannotTranscode as exc:
+        except CannotProduce as exc:
             undecodable[rec.sop_uid] = str(exc)
     status, extra_headers = 200, {}
     if undecodable:
@@ -133,12 +92,12 @@ async def _instances_response(
 
     async def body_of(rec: InstanceRecord, ts: str) -> AsyncIterator[bytes]:
         if ts == rec.transfer_syntax:
-            async for chunk in _file_chunks(archive.blob_path(rec)):
+            async for chunk in archive.stored_bytes(rec):
                 yield chunk
         elif rec.sop_uid in ready:
             yield ready.pop(rec.sop_uid)
         else:
-            yield await asyncio.to_thread(to_native, archive.blob_path(rec), ts)
+            yield await archive.transcoded(rec, ts)
 
     if not multipart:
         rec, ts = plan[0]
@@ -169,23 +128,8 @@ async def _instances_response(
 
 async def metadata(request: Request) -> Response:
     check_json_accept(request)
-    study, series, sop = uids(request)
-    rows = await _archive(request).index.metadata(study, series, sop)
-    if not rows:
-        raise HTTPError(404, f"no such {'instance' if sop else 'series' if series else 'study'}")
+    rows = await archive_of(request).metadata(*uids(request))
     return dicom_json(request, b"[" + b",".join(rows) + b"]")
-
-
-# ---- frames (see frames.py) -----------------------------------------------------------------------
-
-async def frame_native_bytes(archive: Archive, rec: InstanceRecord, number: int) -> bytes:
-    """Frame `number` uncompressed, little endian: read as stored when it already is, else decoded."""
-    if rec.transfer_syntax in ("1.2.840.10008.1.2", EXPLICIT_LE) and rec.frames:
-        return await archive.read_frame(rec, number)
-    try:
-        return await archive.native_frame(rec, number)
-    except CannotTranscode as exc:
-        raise HTTPError(406, str(exc)) from None
 
 
 # ---- bulk data ------------------------------------------------------------------------------------
@@ -198,30 +142,26 @@ PIXEL_PATH = "7FE00010"
 async def bulkdata(request: Request) -> Response:
     recs = await instance_records(request)
     rec = recs[0]
-    archive = _archive(request)
+    archive = archive_of(request)
     tag_path = request.path_params["tagpath"].upper()
-    ranges = choices(accept_ranges(request), OCTET, {OCTET})
-    choice = ranges[0] if ranges else Choice(OCTET, None, True)
+    ranges = choices(accept_ranges(request), OCTET_STREAM, {OCTET_STREAM})
+    choice = ranges[0] if ranges else Choice(OCTET_STREAM, None, True)
     if tag_path == PIXEL_PATH:
         if rec.number_of_frames == 0:
             raise HTTPError(404, "instance has no pixel data")
-        if choice.transfer_syntax == "*" and rec.transfer_syntax not in NATIVE and rec.frames:
-            media = frame_media_type(rec.transfer_syntax)
+        stored = syntax(rec.transfer_syntax)
+        if choice.transfer_syntax == "*" and not stored.native and rec.frames:
+            media = stored.media_type
             bodies = [await archive.read_frame(rec, n) for n in range(1, len(rec.frames) + 1)]
             ctype = f"{media}; transfer-syntax={rec.transfer_syntax}"
             return _bulk_response(request, rec, [(ctype, b) for b in bodies], media, choice.multipart)
-        try:
-            data = await asyncio.to_thread(pixel_data_native, archive.blob_path(rec))
-        except CannotTranscode as exc:
-            raise HTTPError(406, str(exc)) from None
-        ctype = f"{OCTET}; transfer-syntax={EXPLICIT_LE}"
-        return _bulk_response(request, rec, [(ctype, data)], OCTET, choice.multipart)
+        data = await archive.pixel_data_native(rec)
+        ctype = f"{OCTET_STREAM}; transfer-syntax={EXPLICIT_LE}"
+        return _bulk_response(request, rec, [(ctype, data)], OCTET_STREAM, choice.multipart)
     if not re.fullmatch(r"[0-9A-F]{8}(/\d+/[0-9A-F]{8})*", tag_path):
         raise HTTPError(400, f"malformed bulk data path {tag_path!r}")
-    value = await asyncio.to_thread(bulk_value, archive.blob_path(rec), tag_path)
-    if value is None:
-        raise HTTPError(404, f"no bulk data at {tag_path}")
-    return _bulk_response(request, rec, [(OCTET, value)], OCTET, choice.multipart)
+    value = await archive.bulk_value(rec, tag_path)
+    return _bulk_response(request, rec, [(OCTET_STREAM, value)], OCTET_STREAM, choice.multipart)
 
 
 def _bulk_response(
@@ -241,8 +181,5 @@ def _bulk_response(
 # ---- delete ---------------------------------------------------------------------------------------
 
 async def delete(request: Request) -> Response:
-    study, series, sop = uids(request)
-    removed = await _archive(request).delete(study, series, sop)
-    if not removed:
-        raise HTTPError(404, f"no such {'instance' if sop else 'series' if series else 'study'}")
+    await archive_of(request).delete(*uids(request))
     return Response(status_code=204)

@@ -1,7 +1,85 @@
-"""Storage and imaging core: index (SQL), blob store, ingest, codecs. Knows nothing of HTTP."""
+"""Storage and imaging core: index (SQL), blob store, ingest, codecs. Knows nothing of HTTP.
+
+This module is the public API: the HTTP layer (dicomweb/) imports only what is named here. The archive
+is the one door; the rest are the values that pass through it and the errors it raises.
+"""
 
 from pydicom import config as _pydicom_config
 
 # Received files are kept exactly as they are; pydicom's warnings about odd values in them would only
 # flood the log (and cost time on every parse).
 _pydicom_config.settings.reading_validation_mode = _pydicom_config.IGNORE
+
+from storage.archive import (
+    CANNOT_UNDERSTAND,
+    Archive,
+    Outcome,
+    SearchResult,
+    Upload,
+)
+from storage.codec_check import CodecStackError, check_codec_stack
+from storage.config import SettingError, Settings, env_choice, env_int, settings_from_env
+from storage.dicom_file import BASE_PLACEHOLDER
+from storage.errors import BadRequest, CannotProduce, NotFound, NotReady, StorageError
+from storage.frame_forms import WHOLE, FramePlan, Subset, plan_frame
+from storage.index import InstanceRecord, MasterState
+from storage.query import Level
+from storage.render import (
+    DEFAULT_QUALITY,
+    JPEG,
+    MEDIA_TYPES,
+    PNG,
+    THUMBNAIL_SIZE,
+    WINDOW_FUNCTIONS,
+    Region,
+    RenderOptions,
+    Viewport,
+    Window,
+)
+from storage.transfer_syntaxes import EXPLICIT_LE, IMPLICIT_LE, OCTET_STREAM, syntax
+from storage.uids import is_valid_uid
+from storage.verify import verify_archive
+
+__all__ = [
+    "BASE_PLACEHOLDER",
+    "CANNOT_UNDERSTAND",
+    "DEFAULT_QUALITY",
+    "EXPLICIT_LE",
+    "IMPLICIT_LE",
+    "JPEG",
+    "MEDIA_TYPES",
+    "OCTET_STREAM",
+    "PNG",
+    "THUMBNAIL_SIZE",
+    "WHOLE",
+    "WINDOW_FUNCTIONS",
+    "Archive",
+    "BadRequest",
+    "CannotProduce",
+    "CodecStackError",
+    "FramePlan",
+    "InstanceRecord",
+    "Level",
+    "MasterState",
+    "NotFound",
+    "NotReady",
+    "Outcome",
+    "Region",
+    "RenderOptions",
+    "SearchResult",
+    "SettingError",
+    "Settings",
+    "StorageError",
+    "Subset",
+    "Upload",
+    "Viewport",
+    "Window",
+    "check_codec_stack",
+    "env_choice",
+    "env_int",
+    "is_valid_uid",
+    "plan_frame",
+    "settings_from_env",
+    "syntax",
+    "verify_archive",
+]

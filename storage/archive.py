@@ -16,21 +16,32 @@ import shutil
 import tempfile
 import time
 from collections import OrderedDict
+from collections.abc import AsyncIterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Self
 
-from storage.blobs import LocalBlobStore
-from storage.codec import decode, to_htj2k
+import orjson
+from pydicom.uid import UID
+
+from storage.blobs import LocalBlobStore, new_blob_key
+from storage.codec import CutError, cut, decode, info, levels_to_drop, to_htj2k, without_padding
 from storage.codec_check import check_codec_stack
 from storage.config import Settings
 from storage.dicom_file import InvalidInstance, ParsedInstance
-from storage.index import Index, InstanceRecord
-from storage.master_queue import MasterQueue
-from storage.masters import container_dtype
+from storage.dicom_json import bulk_value
+from storage.errors import CannotProduce, NotFound, no_such
+from storage.frame_forms import WHOLE, FramePlan, Source, Subset
+from storage.index import Index, InstanceRecord, MasterState
+from storage.mastering.make import container_dtype
+from storage.mastering.queue import MasterQueue
 from storage.parse_warnings import parse_files_noting_warnings
-from storage.transcode import frame_native
+from storage.query import Level, Query, parse_query, run_query, scope_query
+from storage.render import RenderOptions, render_frame
+from storage.transcode import frame_native, pixel_data_native, to_native
+from storage.transfer_syntaxes import EXPLICIT_LE, HTJ2K, HTJ2K_LOSSLESS_RPCL, J2K, J2K_LOSSLESS, syntax
 
 log = logging.getLogger(__name__)
 
@@ -63,14 +74,6 @@ class Outcome:
     warnings: list[str] = field(default_factory=list)
 
 
-def blob_key(series_uid: str, sop_uid: str) -> str:
-    # One folder per series (so a series uploaded together costs one folder sync), spread over 256
-    # parents. Each stored version gets its own key, so storing an instance again never touches the
-    # blob its current index row points at; the old blob is deleted once the new row is committed.
-    h = hashlib.sha1(series_uid.encode()).hexdigest()
-    return f"{h[:2]}/{series_uid}/{sop_uid}.{time.time_ns():x}.dcm"
-
-
 class Archive:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -79,7 +82,7 @@ class Archive:
         self.blobs = LocalBlobStore(settings.blob_dir)
         self.index = Index(settings.sql_url)
         self._sop_locks: dict[str, asyncio.Lock] = {}
-        self.masters = MasterQueue(self, settings.workers)
+        self.masters = MasterQueue(self.index, self.blobs, settings)
         self._parsers: ProcessPoolExecutor | None = None
         self._parser_count = 1
         self._decoded = ByteLRU(settings.decoded_cache_bytes)
@@ -104,10 +107,6 @@ class Archive:
             self._parsers.shutdown(wait=True, cancel_futures=True)
             self._parsers = None
         await self.index.close()
-
-    @staticmethod
-    def new_blob_key(series_uid: str, sop_uid: str) -> str:
-        return blob_key(series_uid, sop_uid)
 
     def new_tmp_dir(self) -> str:
         return tempfile.mkdtemp(dir=self.settings.tmp_dir)
@@ -169,13 +168,14 @@ class Archive:
             return outcome, None
         return outcome, result
 
-    def batch(self, expected_study: str | None = None) -> IngestBatch:
-        """Start storing files that arrive one by one (an upload): see IngestBatch."""
-        return IngestBatch(self, expected_study)
+    def upload(self, expected_study: str | None = None) -> Upload:
+        """Store files that arrive one by one (an upload), as `async with archive.upload() as batch`:
+        see Upload. While it lasts, making masters gives the upload the CPU."""
+        return Upload(self, expected_study)
 
     async def ingest(self, paths: list[Path], expected_study: str | None = None) -> list[Outcome]:
         """Store files; each is accepted or refused on its own. Files are consumed (moved)."""
-        batch = self.batch(expected_study)
+        batch = IngestBatch(self, expected_study)
         for path in paths:
             batch.add(path)
         return await batch.finish()
@@ -195,7 +195,7 @@ class Archive:
             await lock.acquire()
         try:
             # Blobs are written (and fsynced) in parallel: fsync releases the GIL.
-            keyed = [(blob_key(parsed.series_uid, sop), path, parsed) for sop, (path, parsed) in chosen.items()]
+            keyed = [(new_blob_key(parsed.series_uid, sop), path, parsed) for sop, (path, parsed) in chosen.items()]
             sizes = await self.blobs.put_files([(key, path) for key, path, _ in keyed])
             items: list[tuple[ParsedInstance, str, int]] = []
             failed: set[str] = set()
@@ -232,18 +232,153 @@ class Archive:
             o.replaced = o.stored and o.sop_uid in replaced
         return outcomes
 
-    # ---- reads --------------------------------------------------------------------------------
+    # ---- reads: what the HTTP layer asks for -------------------------------------------------
 
-    def blob_path(self, rec: InstanceRecord) -> Path:
-        return self.blobs.local_path(rec.blob_key)
+    async def check_health(self) -> None:
+        """Raise if the index cannot be read."""
+        await self.index.count_instances()
+
+    async def status(self) -> dict[str, Any]:
+        """How many instances, how many still wait for a master, how many are kept as received (no
+        master) and for which reasons, and how many masters are being made now."""
+        jobs = await self.index.job_counts()
+        return {
+            "instances": await self.index.count_instances(),
+            "pending_masters": jobs.get("pending", 0),
+            "kept_as_received": jobs.get("kept", 0),
+            "kept_as_received_reasons": await self.index.kept_reasons(),
+            "masters_in_progress": self.masters.busy,
+        }
+
+    async def count_instances(self) -> int:
+        return await self.index.count_instances()
+
+    async def job_counts(self) -> dict[str, int]:
+        """Master jobs by state: pending, kept (as received)."""
+        return await self.index.job_counts()
+
+    async def pending_masters(self) -> int:
+        return (await self.index.job_counts()).get("pending", 0)
+
+    async def drain_masters(self) -> None:
+        """Wait until no master is waiting or being made (the import command, tests)."""
+        await self.masters.drain()
+
+    async def master_report(self, sops: list[str]) -> list[MasterReport]:
+        """Per instance (that still exists): whether it has its master, else its job's state and why
+        there is none."""
+        return [MasterReport(row.sop_uid, bool(row.has_master), row.state or "", _kept_reason(row))
+                for row in await self.index.master_report(sops)]
+
+    async def instances(self, study: str, series: str | None = None, sop: str | None = None
+                        ) -> list[InstanceRecord]:
+        """The instances of a study, a series of it, or one instance; NotFound if there are none."""
+        recs = await self.index.instances(study, series, sop)
+        if not recs:
+            raise no_such(study, series, sop)
+        return recs
+
+    async def metadata(self, study: str, series: str | None = None, sop: str | None = None) -> list[bytes]:
+        """Each instance's DICOM JSON (with the base-URL placeholder); NotFound if there are none."""
+        rows = await self.index.metadata(study, series, sop)
+        if not rows:
+            raise no_such(study, series, sop)
+        return rows
+
+    async def search(self, level: Level, params: list[tuple[str, str]], study: str | None = None,
+                     series: str | None = None) -> SearchResult:
+        """QIDO-RS: the matches of the query `params` at `level`, within a study or series if given.
+        BadRequest (QueryError) for a malformed query; NotFound when the study or series does not exist."""
+        query = parse_query(level, params, study, series)
+        results, remaining = await run_query(self.index, query)
+        if not results and study and level != "study":
+            # Searching inside a study or series that does not exist: say so rather than "no match".
+            found, _ = await run_query(self.index, scope_query(study, series))
+            if not found:
+                raise no_such(study, series, None)
+        return SearchResult(results, remaining, query.offset + len(results))
+
+    async def in_display_order(self, recs: list[InstanceRecord]) -> list[InstanceRecord]:
+        """Series by Series Number (then UID), instances as the index gives them (Instance Number)."""
+        if len({r.series_uid for r in recs}) < 2:
+            return recs
+        results, _ = await run_query(self.index, Query(level="series", study_uid=recs[0].study_uid))
+        order = {row["0020000E"]["Value"][0]: i for i, row in enumerate(results)}
+        return sorted(recs, key=lambda r: order.get(r.series_uid, len(order)))  # stable: keeps instance order
+
+    async def master_state(self, study: str, series: str, sop: str) -> MasterState:
+        """Whether an instance has its master (and its fidelity ladder), or why not; NotFound if the
+        instance does not exist."""
+        state = await self.index.master_state(study, series, sop)
+        if state is None:
+            raise no_such(study, series, sop)
+        return state
+
+    async def layer_errors(self, rec: InstanceRecord, number: int) -> tuple[int, ...] | None:
+        """Maximum error of each layer prefix of frame `number` of a master, from the index."""
+        if not rec.is_master:
+            return None
+        found = await self.index.fidelity(rec.study_uid, rec.series_uid, rec.sop_uid)
+        if not found or found[1] is None:
+            return None
+        frames = orjson.loads(found[1])
+        if number > len(frames):
+            return None
+        return tuple(int(step["max_error"]) for step in frames[number - 1]["layers"])
+
+    # ---- reads: instances, values, frames ------------------------------------------------------
+
+    def stored_bytes(self, rec: InstanceRecord) -> AsyncIterator[bytes]:
+        """The instance as stored (Part 10), streamed."""
+        return self.blobs.chunks(rec.blob_key)
+
+    async def transcoded(self, rec: InstanceRecord, transfer_syntax: str) -> bytes:
+        """The instance as Part 10 in an uncompressed `transfer_syntax`; CannotTranscode if it cannot be
+        decoded."""
+        return await asyncio.to_thread(to_native, self.blobs.local_path(rec.blob_key), transfer_syntax)
+
+    async def pixel_data_native(self, rec: InstanceRecord) -> bytes:
+        """All frames' pixel data uncompressed, little endian (the Pixel Data bulk data)."""
+        return await asyncio.to_thread(pixel_data_native, self.blobs.local_path(rec.blob_key))
+
+    async def bulk_value(self, rec: InstanceRecord, tag_path: str) -> bytes:
+        """The binary value at `tag_path` as bulk data is sent; NotFound if there is none."""
+        value = await asyncio.to_thread(bulk_value, self.blobs.local_path(rec.blob_key), tag_path)
+        if value is None:
+            raise NotFound(f"no bulk data at {tag_path}")
+        return value
 
     async def read_frame(self, rec: InstanceRecord, number: int) -> bytes:
         """Stored bytes of frame `number` (1-based), without decoding."""
-        pieces = rec.frames[number - 1]
-        if len(pieces) == 1:
-            off, length = pieces[0]
-            return await self.blobs.read(rec.blob_key, off, length)
-        return b"".join([await self.blobs.read(rec.blob_key, off, length) for off, length in pieces])
+        pieces = await asyncio.gather(*(self.blobs.read(rec.blob_key, off, length)
+                                        for off, length in rec.frames[number - 1]))
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
+    async def frame(self, rec: InstanceRecord, number: int, plan: FramePlan,
+                    subset: Subset = WHOLE) -> tuple[bytes, str]:
+        """Frame `number` as `plan` says (see storage.frame_forms), and the transfer syntax the bytes
+        really are in: a master neither cut nor reduced is labelled lossless."""
+        if plan.source is Source.STORED:
+            data = await self.read_frame(rec, number)
+            return (without_padding(data) if syntax(plan.transfer_syntax).codestream else data), plan.transfer_syntax
+        if plan.source is Source.NATIVE:
+            return await self.native_frame(rec, number), EXPLICIT_LE
+        master = await self.read_frame(rec, number)
+        head = info(master)
+        drop = levels_to_drop(head.width, head.height, head.levels, *subset.fsiz) if subset.fsiz else 0
+        try:
+            if plan.source is Source.HTJ2K:
+                # HTJ2K has a single quality layer: `layers` cannot apply, resolution levels can.
+                whole = await self.htj2k_frame(rec, number)
+                if drop == 0:
+                    return whole, HTJ2K_LOSSLESS_RPCL
+                return cut(whole, layers=None, drop_levels=drop), HTJ2K
+            layers = subset.layers if subset.layers is not None and subset.layers < head.layers else None
+            if layers is None and drop == 0:
+                return without_padding(master), J2K_LOSSLESS
+            return cut(master, layers=layers, drop_levels=drop), J2K
+        except CutError as exc:
+            raise CannotProduce(f"cannot cut this frame: {exc}") from None
 
     def _htj2k_dir(self, blob_key: str) -> Path:
         tag = hashlib.sha1(blob_key.encode(), usedforsecurity=False).hexdigest()
@@ -271,8 +406,11 @@ class Archive:
     async def native_frame(self, rec: InstanceRecord, number: int) -> bytes:
         """Frame `number` uncompressed, little endian, as DICOM lays it out (interleaved colour).
 
-        Masters are decoded with OpenJPEG directly (one frame, all cores); recently decoded frames are
-        kept in a bounded memory cache, since viewers scroll back and forth through a stack."""
+        Stored uncompressed little-endian frames are read as they lie. Masters are decoded with OpenJPEG
+        directly (one frame, all cores); recently decoded frames are kept in a bounded memory cache,
+        since viewers scroll back and forth through a stack. CannotTranscode if it cannot be decoded."""
+        if syntax(rec.transfer_syntax).little_native and rec.frames:
+            return await self.read_frame(rec, number)
         cache_key = (rec.blob_key, number)
         if (hit := self._decoded.get(cache_key)) is not None:
             return hit
@@ -282,15 +420,61 @@ class Archive:
             pixels = await asyncio.to_thread(decode, codestream, threads=os.cpu_count() or 1)
             data = pixels.astype(dtype, copy=False).tobytes()
         else:
-            data = await asyncio.to_thread(frame_native, self.blob_path(rec), number - 1)
+            data = await asyncio.to_thread(frame_native, self.blobs.local_path(rec.blob_key), number - 1)
         self._decoded.put(cache_key, data)
         return data
 
+    async def render(self, rec: InstanceRecord, number: int, options: RenderOptions) -> bytes:
+        """Frame `number` rendered as `options` say (JPEG or PNG); BadRenderRequest, CannotRender, or
+        NotFound if the instance was deleted meanwhile."""
+        # The index addresses most frames; the others (deflated, bit-packed) are decoded from the file.
+        frame = await self.read_frame(rec, number) if number <= len(rec.frames) else None
+        try:
+            return await asyncio.to_thread(render_frame, self.blobs.local_path(rec.blob_key),
+                                           rec.transfer_syntax, frame, number, options)
+        except FileNotFoundError:
+            raise NotFound("the instance was deleted while it was being rendered") from None
+
     async def delete(self, study: str, series: str | None = None, sop: str | None = None) -> int:
+        """Delete a study, series or instance; NotFound if there is none."""
         keys = await self.index.delete(study, series, sop)
+        if not keys:
+            raise no_such(study, series, sop)
         for key in keys:
             await self.forget_blob(key)
         return len(keys)
+
+
+@dataclass
+class MasterReport:
+    sop_uid: str
+    has_master: bool
+    state: str  # pending, kept, or "" when no master was wanted
+    reason: str  # why there is no master, when there is none and none is pending
+
+
+def _kept_reason(row: Any) -> str:
+    """The reason recorded with a kept job; for archives written before ingest recorded one for every
+    instance it wanted no master for, a reason told by the index row."""
+    if row.has_master or row.state == "pending":
+        return ""
+    if row.state == "kept" and row.reason:
+        return str(row.reason)
+    if not row.number_of_frames:
+        return "no pixel data"
+    if not syntax(row.transfer_syntax).lossless:
+        return f"lossy original, never re-encoded: {UID(row.transfer_syntax).name}"
+    if row.bits_allocated not in (8, 16):
+        return f"no master for {row.bits_allocated}-bit pixels"
+    return "no master for this photometric interpretation or number of samples"
+
+
+@dataclass
+class SearchResult:
+    matches: list[dict[str, Any]]
+    # How many more match beyond this page, and the offset that gets them.
+    remaining: int
+    next_offset: int
 
 
 class IngestBatch:
@@ -334,6 +518,38 @@ class IngestBatch:
         for future in self._parsing:
             future.cancel()
         await asyncio.gather(*self._parsing, return_exceptions=True)
+
+
+class Upload(IngestBatch):
+    """An IngestBatch for one request, used as an async context manager: it gives the request a
+    folder to spool parts into (`folder`; removed at the end, with whatever was not stored), tells the
+    master queue an upload is in progress, and abandons the batch if the request fails before
+    `finish()`."""
+
+    def __init__(self, archive: Archive, expected_study: str | None) -> None:
+        super().__init__(archive, expected_study)
+        self.folder = ""
+        self._marked = archive.masters.upload()
+        self._finished = False
+
+    async def __aenter__(self) -> Self:
+        self.folder = self.archive.new_tmp_dir()
+        await self._marked.__aenter__()
+        return self
+
+    async def finish(self) -> list[Outcome]:
+        self._finished = True
+        return await super().finish()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        try:
+            if not self._finished:
+                await self.abandon()
+            # Stored files were moved out; what is left are refused parts. Off the event loop: unlinks
+            # wait for the file system journal.
+            await asyncio.to_thread(shutil.rmtree, self.folder, True)
+        finally:
+            await self._marked.__aexit__(None, None, None)
 
 
 class ByteLRU:

@@ -8,8 +8,11 @@ same four operations.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import shutil
+import time
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Protocol
@@ -19,12 +22,24 @@ class BlobStore(Protocol):
     async def put_file(self, key: str, src: Path) -> int: ...
     async def put_files(self, items: list[tuple[str, Path]]) -> list[int | BaseException]: ...
     async def read(self, key: str, offset: int = 0, length: int | None = None) -> bytes: ...
+    def chunks(self, key: str) -> AsyncIterator[bytes]: ...
     async def delete(self, key: str) -> None: ...
     def local_path(self, key: str) -> Path | None: ...
 
 
 # Files of one put_files call written in parallel.
 PUT_PARALLEL = 4
+# Streamed reads come in pieces of this size.
+CHUNK = 1 << 20
+
+
+def new_blob_key(series_uid: str, sop_uid: str) -> str:
+    """A fresh key for a version of an instance. One folder per series (so a series uploaded together
+    costs one folder sync), spread over 256 parents. Each stored version gets its own key, so storing an
+    instance again never touches the blob its current index row points at; the old blob is deleted once
+    the new row is committed."""
+    h = hashlib.sha1(series_uid.encode(), usedforsecurity=False).hexdigest()
+    return f"{h[:2]}/{series_uid}/{sop_uid}.{time.time_ns():x}.dcm"
 
 
 def _fsync_dir(path: Path) -> None:
@@ -113,6 +128,15 @@ class LocalBlobStore:
         if length is not None and length <= 1 << 20:
             return self.read_sync(key, offset, length)
         return await asyncio.to_thread(self.read_sync, key, offset, length)
+
+    async def chunks(self, key: str) -> AsyncIterator[bytes]:
+        """The whole blob, in pieces (a response streams it without holding it in memory)."""
+        fh = await asyncio.to_thread(open, self.local_path(key), "rb")
+        try:
+            while chunk := await asyncio.to_thread(fh.read, CHUNK):
+                yield chunk
+        finally:
+            fh.close()
 
     def _delete(self, key: str) -> None:
         try:

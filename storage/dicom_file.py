@@ -29,6 +29,7 @@ from storage.dicom_json import dataset_json
 from storage.implementation import stamp_file_meta
 from storage.tags import is_series_level, is_study_level, tag_hex
 from storage.transcode import native_frame_size
+from storage.transfer_syntaxes import DEFLATED_LE, syntax
 from storage.uids import is_valid_uid
 from storage.values import json_int, json_text, normalize_time
 
@@ -41,18 +42,7 @@ BULK_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
 # Written into stored metadata in place of the public base URL, replaced when serving, so a server
 # moved behind a proxy or to another host needs no re-index.
 BASE_PLACEHOLDER = "{{BASE}}"
-DEFLATED = "1.2.840.10008.1.2.1.99"
-J2K_LOSSLESS = "1.2.840.10008.1.2.4.90"
-# Transfer syntaxes whose pixel data decodes to exactly what was encoded.
-LOSSLESS_INPUTS = frozenset({
-    "1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2", DEFLATED,
-    "1.2.840.10008.1.2.5", "1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70", "1.2.840.10008.1.2.4.80",
-    J2K_LOSSLESS, "1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.202",
-})
 MASTER_PHOTOMETRICS = {1: {"MONOCHROME1", "MONOCHROME2", "PALETTE COLOR"}, 3: {"RGB"}}
-# Colour in a reversible JPEG 2000 codestream (PS3.5 8.2.4: YBR_RCT is the reversible colour transform)
-# decodes to RGB exactly, so it becomes a master like RGB.
-J2K_REVERSIBLE = frozenset({J2K_LOSSLESS, "1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.202"})
 ITEM_TAG = 0xFFFEE000
 SEQ_DELIM = 0xFFFEE0DD
 
@@ -279,7 +269,7 @@ def master_refusal(meta: dict[str, Any], ts: str, number_of_frames: int) -> str:
     instance's DICOM JSON."""
     if number_of_frames < 1:
         return "float pixel data" if "7FE00008" in meta or "7FE00009" in meta else "no pixel data"
-    if ts not in LOSSLESS_INPUTS:
+    if not syntax(ts).lossless:
         name = UID(ts).name if UID(ts).is_transfer_syntax else ""
         return f"lossy or not losslessly decodable transfer syntax: {name or ts}"
     try:
@@ -293,7 +283,8 @@ def master_refusal(meta: dict[str, Any], ts: str, number_of_frames: int) -> str:
         return f"Bits Allocated {bits} (masters hold 8 or 16)"
     if not 2 <= stored <= 16:
         return f"Bits Stored {stored} (masters hold 2 to 16)"
-    allowed = MASTER_PHOTOMETRICS.get(spp, set()) | ({"YBR_RCT"} if spp == 3 and ts in J2K_REVERSIBLE else set())
+    reversible = spp == 3 and syntax(ts).reversible_colour
+    allowed = MASTER_PHOTOMETRICS.get(spp, set()) | ({"YBR_RCT"} if reversible else set())
     if photometric not in allowed:
         return f"Photometric Interpretation {photometric or 'missing'} with {spp} sample(s) per pixel"
     return ""
@@ -365,7 +356,7 @@ def _parse(ds: Dataset, path: Path, threshold: int) -> ParsedInstance:
     has_image = ROWS in meta and BITS_ALLOCATED in meta
     number_of_frames = int(_first(meta, NUMBER_OF_FRAMES) or 1) if raw is not None and has_image else 0
     # In a deflated file, offsets point into the inflated stream: frames are decoded on request.
-    if isinstance(raw, RawDataElement) and has_image and ts != DEFLATED:
+    if isinstance(raw, RawDataElement) and has_image and ts != DEFLATED_LE:
         encapsulated = raw.length == 0xFFFFFFFF
         if encapsulated:
             frames = _encapsulated_frames(ds, path, raw, number_of_frames)

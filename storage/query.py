@@ -14,6 +14,7 @@ from sqlalchemy.sql import ColumnElement
 
 from storage import schema
 from storage.dicom_file import BASE_PLACEHOLDER
+from storage.errors import BadRequest
 from storage.index import Index
 from storage.tags import parse_attribute, tag_hex, vr_of
 from storage.uids import is_valid_uid
@@ -77,7 +78,7 @@ LEVEL_OF = {0x0020000D: "study", 0x0020000E: "series", 0x00080018: "instance"}
 RESERVED = {"limit", "offset", "includefield", "fuzzymatching", "orderby"}
 
 
-class QueryError(ValueError):
+class QueryError(BadRequest, ValueError):
     """A query the client got wrong; str() is the reason."""
 
 
@@ -98,6 +99,15 @@ class Query:
     fuzzy: bool = False
     limit: int | None = None
     offset: int = 0
+
+
+def scope_query(study: str, series: str | None) -> Query:
+    """A query that matches the study (or its series) itself: does it exist?"""
+    q = Query(level="series" if series else "study", limit=1)
+    q.filters.append(Filter(0x0020000D, study))
+    if series:
+        q.filters.append(Filter(0x0020000E, series))
+    return q
 
 
 def _parse_int(name: str, value: str, minimum: int) -> int:

@@ -28,22 +28,16 @@ from pydicom.multival import MultiValue
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi, convert_color_space, get_decoder
 from pydicom.uid import UID
 
-from storage.codec import CodestreamError, CutError, cut, decode, info
+from storage.codec import CodestreamError, CutError, cut, decode, info, levels_to_drop
 from storage.codec.openjpeg import OpenJPEGError
+from storage.errors import BadRequest, CannotProduce
+from storage.transfer_syntaxes import syntax
 
 JPEG = "image/jpeg"
 PNG = "image/png"
 MEDIA_TYPES = (JPEG, PNG)
 DEFAULT_QUALITY = 75
 THUMBNAIL_SIZE = 128  # PS3.18 leaves the thumbnail size to the server
-# Classic and HT JPEG 2000: their raw codestreams can be decoded at a reduced resolution.
-J2K_SYNTAXES = frozenset({
-    "1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91",
-    "1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.202", "1.2.840.10008.1.2.4.203",
-})
-# Native syntaxes whose frame bytes pydicom can decode without the rest of the file (big endian
-# 8-bit OW data needs the element's VR, so it goes through the whole dataset).
-LITTLE_NATIVE = frozenset({"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"})
 MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
 WINDOW_FUNCTIONS = ("linear", "linear-exact", "sigmoid")
 # JPEG thumbnails may leave out the quality layers after the first prefix whose measured maximum
@@ -57,11 +51,11 @@ PNG_COMPRESS_LEVEL = 3
 REDUCING_GAP = 3.0
 
 
-class CannotRender(Exception):
+class CannotRender(CannotProduce):
     """This frame cannot be turned into an image (no decoder, an unsupported colour model...)."""
 
 
-class BadRenderRequest(ValueError):
+class BadRenderRequest(BadRequest, ValueError):
     """Rendering parameters that make no sense for this image (a region outside it)."""
 
 
@@ -239,11 +233,7 @@ def resolution_level(geometry: Geometry, levels: int) -> int:
     """Levels to drop: as many as keep the region at least as large as the output on both axes
     (level D of a side n has ceil(n / 2^D) pixels, ISO 15444-1 B.5)."""
     x0, y0, x1, y1 = geometry.box
-    out_w, out_h = geometry.size
-    drop = 0
-    while drop < levels and -(-(x1 - x0) >> (drop + 1)) >= out_w and -(-(y1 - y0) >> (drop + 1)) >= out_h:
-        drop += 1
-    return drop
+    return levels_to_drop(x1 - x0, y1 - y0, levels, *geometry.size)
 
 
 def place(image: Image.Image, geometry: Geometry, level: int) -> Image.Image:
@@ -276,7 +266,7 @@ def decode_frame(
 ) -> tuple[np.ndarray, str, int]:
     """(pixels, their photometric interpretation, resolution levels dropped)."""
     photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
-    if frame_bytes is not None and transfer_syntax in J2K_SYNTAXES:
+    if frame_bytes is not None and syntax(transfer_syntax).family is not None:
         decoded = _decode_codestream(frame_bytes, ds, photometric, geometry, layer_errors, voi)
         if decoded is not None:
             return decoded
@@ -335,7 +325,7 @@ def _decode_pydicom(
     uid = UID(transfer_syntax)
     try:
         decoder = get_decoder(uid)
-        if frame_bytes is not None and (transfer_syntax in LITTLE_NATIVE or uid.is_encapsulated):
+        if frame_bytes is not None and (syntax(transfer_syntax).little_native or uid.is_encapsulated):
             # Just this frame: a multi-frame file is not read whole for one frame.
             source = encapsulate([frame_bytes]) if uid.is_encapsulated else frame_bytes
             pixels, meta = decoder.as_array(source, index=0, **_decode_options(ds, uid))

@@ -11,18 +11,13 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-NATIVE_SYNTAXES = {
-    "1.2.840.10008.1.2",
-    "1.2.840.10008.1.2.1",
-    "1.2.840.10008.1.2.2",
-    "1.2.840.10008.1.2.1.99",
-}
-LITTLE_NATIVE = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"}
-BIG_ENDIAN = "1.2.840.10008.1.2.2"
+from storage.errors import CannotProduce
+from storage.transfer_syntaxes import EXPLICIT_BE, is_native
+
 SWAP_WIDTH = {"OW": 2, "OF": 4, "OL": 4, "OD": 8, "OV": 8}
 
 
-class CannotTranscode(Exception):
+class CannotTranscode(CannotProduce):
     """The stored data cannot be turned into what was asked (406 to the client)."""
 
 
@@ -53,9 +48,9 @@ def decoded_dataset(path: Path, *, decompress: bool = True) -> Dataset:
     for _ in ds.iterall():
         pass
     ts = str(ds.file_meta.TransferSyntaxUID) if "TransferSyntaxUID" in ds.file_meta else ""
-    if ts == BIG_ENDIAN:
+    if ts == EXPLICIT_BE:
         _big_to_little(ds)
-    elif decompress and ts not in NATIVE_SYNTAXES and "PixelData" in ds:
+    elif decompress and not is_native(ts) and "PixelData" in ds:
         try:
             # Keep the SOP Instance UID: the pixel values are the same (lossless decode of what
             # was stored), and a viewer must find the instance it asked for.

@@ -15,8 +15,9 @@ import pydicom
 
 from storage.archive import Archive
 from storage.codec import decode
-from storage.dicom_file import J2K_LOSSLESS, file_sha256, parse_instance
-from storage.masters import container_dtype
+from storage.dicom_file import file_sha256, parse_instance
+from storage.mastering.make import container_dtype
+from storage.transfer_syntaxes import J2K_LOSSLESS
 
 
 @dataclass

@@ -27,7 +27,7 @@ from storage.codec import (
     openjpeg_version,
     to_htj2k,
 )
-from storage.codec.master import decomposition_levels
+from storage.codec.layered_j2k import decomposition_levels
 from storage.codec.openjpeg import OpenJPEGError, bundled_library, glymur_module
 from tests.conftest import first_frame
 

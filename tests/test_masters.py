@@ -17,7 +17,7 @@ import pydicom
 import pytest
 from pydicom.uid import PYDICOM_ROOT_UID, generate_uid
 
-from storage import masters
+from storage.mastering import make as masters
 from storage.archive import Archive
 from storage.codec import info
 from storage.config import Settings

@@ -1,10 +1,10 @@
 """Layered lossless JPEG 2000 masters: encode, inspect, cut, measure, transcode."""
 
-from .codestream import CodestreamError, CodestreamInfo, info, without_padding
+from .codestream import CodestreamError, CodestreamInfo, info, levels_to_drop, without_padding
 from .cutter import CutError, cut
 from .fidelity import LayerFidelity, fidelity_ladder
 from .htj2k import HTJ2KError, decode_htj2k, to_htj2k
-from .master import LADDER, MasterNotPossible, decode, encode_master
+from .layered_j2k import LADDER, MasterNotPossible, decode, encode_master
 from .openjpeg import glymur_module, openjpeg_version
 
 __all__ = [
@@ -22,6 +22,7 @@ __all__ = [
     "fidelity_ladder",
     "glymur_module",
     "info",
+    "levels_to_drop",
     "openjpeg_version",
     "to_htj2k",
     "without_padding",

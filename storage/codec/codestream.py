@@ -322,3 +322,14 @@ def without_padding(stream: bytes) -> bytes:
     if end == len(stream) or stream[end - 2:end] != END_MARKER:
         return stream
     return stream[:end]
+
+
+def levels_to_drop(width: int, height: int, levels: int, min_width: int, min_height: int) -> int:
+    """The most resolution levels (at most `levels`) that can be dropped while an image of width x
+    height stays at least min_width x min_height (level D of a side n has ceil(n / 2^D) samples,
+    ISO 15444-1 B.5)."""
+    drop = 0
+    while (drop < levels and -(-width >> (drop + 1)) >= min_width
+           and -(-height >> (drop + 1)) >= min_height):
+        drop += 1
+    return drop

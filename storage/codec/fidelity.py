@@ -13,7 +13,7 @@ import numpy as np
 
 from .codestream import info
 from .cutter import cut
-from .master import decode, psnr
+from .layered_j2k import decode, psnr
 
 
 @dataclass(frozen=True)

@@ -26,9 +26,8 @@ import imagecodecs
 import numpy as np
 
 from .codestream import SIZ, info, parse
-from .master import decode
+from .layered_j2k import decode
 
-TRANSFER_SYNTAX = "1.2.840.10008.1.2.4.202"
 _TILEPART_RESOLUTIONS = 1
 
 

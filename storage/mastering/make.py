@@ -24,9 +24,10 @@ from pydicom.pixels import get_decoder
 from pydicom.uid import UID
 
 from storage.codec import MasterNotPossible, decode, encode_master, fidelity_ladder, info
-from storage.dicom_file import J2K_LOSSLESS, ParsedInstance, parse_instance
+from storage.dicom_file import ParsedInstance, parse_instance
 from storage.implementation import stamp_file_meta
-from storage.transcode import NATIVE_SYNTAXES, decoded_dataset, frame_size
+from storage.transcode import decoded_dataset, frame_size
+from storage.transfer_syntaxes import J2K_LOSSLESS, is_native
 
 # Frames larger than this in total need 64-bit offsets (Extended Offset Table, PS3.5 A.4).
 BOT_LIMIT = 0xFFFFFFFF
@@ -59,7 +60,7 @@ def original_frames(ds: Dataset, path: Path) -> list[np.ndarray]:
     dtype = container_dtype(int(ds.BitsAllocated), int(ds.get("PixelRepresentation", 0) or 0) == 1)
     ts = str(ds.file_meta.TransferSyntaxUID)
     buffers: list[tuple[bytes, int]] = []
-    if ts in NATIVE_SYNTAXES:
+    if is_native(ts):
         data = decoded_dataset(path).PixelData  # big endian swapped, deflate inflated
         size = frame_size(ds)
         if len(data) < size * nframes:

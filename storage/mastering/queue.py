@@ -17,14 +17,13 @@ import threading
 import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING
 
+from storage.blobs import LocalBlobStore, new_blob_key
 from storage.codec import MasterNotPossible
+from storage.config import Settings
 from storage.dicom_file import file_sha256
-from storage.masters import make_master
-
-if TYPE_CHECKING:
-    from storage.archive import Archive
+from storage.index import Index
+from storage.mastering.make import make_master
 
 log = logging.getLogger(__name__)
 
@@ -46,13 +45,17 @@ def _lower_priority() -> None:
 
 
 class MasterQueue:
-    def __init__(self, archive: Archive, workers: int = 0) -> None:
-        self.archive = archive
-        self.workers = workers or os.cpu_count() or 1
+    def __init__(self, index: Index, blobs: LocalBlobStore, settings: Settings) -> None:
+        self.index = index
+        self.blobs = blobs
+        self.settings = settings
+        self.workers = settings.workers or os.cpu_count() or 1
         self.pool = ThreadPoolExecutor(self.workers, thread_name_prefix="master", initializer=_lower_priority)
         self._wake = asyncio.Event()
         self._busy: set[str] = set()
         self._task: asyncio.Task[None] | None = None
+        # Every task started here, so none is garbage-collected while it runs.
+        self._tasks: set[asyncio.Future[None]] = set()
         self._doomed: dict[str, asyncio.TimerHandle] = {}
         self._uploads = 0
         self._last_upload = 0.0
@@ -87,16 +90,23 @@ class MasterQueue:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         self.pool.shutdown(wait=True, cancel_futures=True)
         for key, timer in list(self._doomed.items()):
             timer.cancel()
-            await self.archive.blobs.delete(key)
+            await self.blobs.delete(key)
         self._doomed.clear()
+
+    def _keep_task(self, task: asyncio.Future[None]) -> None:
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _delete_later(self, key: str) -> None:
         def fire() -> None:
             self._doomed.pop(key, None)
-            asyncio.ensure_future(self.archive.blobs.delete(key))
+            self._keep_task(asyncio.ensure_future(self.blobs.delete(key)))
 
         self._doomed[key] = asyncio.get_running_loop().call_later(DELETE_GRACE_SECONDS, fire)
 
@@ -108,13 +118,13 @@ class MasterQueue:
         """Wait until no job is pending or running (for the import command and tests)."""
         self.start()
         self.notify()
-        while self._busy or (await self.archive.index.job_counts()).get("pending", 0):
+        while self._busy or (await self.index.job_counts()).get("pending", 0):
             await asyncio.sleep(0.05)
 
     async def _run(self) -> None:
         slots = asyncio.Semaphore(self.workers)
         while True:
-            jobs = await self.archive.index.pending_masters(self.workers * 2, self._busy)
+            jobs = await self.index.pending_masters(self.workers * 2, self._busy)
             if not jobs:
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
@@ -125,6 +135,7 @@ class MasterQueue:
                 await self._yield_to_uploads()
                 self._busy.add(sop)
                 task = asyncio.create_task(self._guarded(sop, key, attempts))
+                self._keep_task(task)
                 task.add_done_callback(functools.partial(self._done, sop, slots))
 
     def _done(self, sop: str, slots: asyncio.Semaphore, _task: asyncio.Task[None]) -> None:
@@ -141,11 +152,11 @@ class MasterQueue:
 
     async def _keep(self, sop: str, key: str, reason: str) -> None:
         checksum = await asyncio.get_running_loop().run_in_executor(
-            self.pool, file_sha256, self.archive.blobs.local_path(key))
-        await self.archive.index.keep_as_received(sop, key, reason, checksum)
+            self.pool, file_sha256, self.blobs.local_path(key))
+        await self.index.keep_as_received(sop, key, reason, checksum)
 
     async def _one(self, sop: str, key: str, attempts: int) -> None:
-        index, blobs = self.archive.index, self.archive.blobs
+        index, blobs, settings = self.index, self.blobs, self.settings
         if attempts >= MAX_ATTEMPTS:
             await self._keep(sop, key, f"gave up after {attempts} attempts")
             return
@@ -155,7 +166,6 @@ class MasterQueue:
         await index.count_attempt(sop)
         loop = asyncio.get_running_loop()
         try:
-            settings = self.archive.settings
             master = await loop.run_in_executor(
                 self.pool, functools.partial(make_master, bulk_data_threshold=settings.bulk_data_threshold),
                 blobs.local_path(key), settings.tmp_dir,
@@ -168,7 +178,7 @@ class MasterQueue:
             log.warning("encoder failure for %s, kept as received: %s", sop, exc)
             await self._keep(sop, key, f"encoder failure: {type(exc).__name__}: {exc}")
             return
-        new_key = self.archive.new_blob_key(master.parsed.series_uid, sop)
+        new_key = new_blob_key(master.parsed.series_uid, sop)
         try:
             size = await blobs.put_file(new_key, master.path)
         finally:
