@@ -260,7 +260,7 @@ def format_table(rows: Sequence[Row], ours: Results | None, peer: Results | None
         om = getattr(ours, row.attr) if ours else None
         pm = getattr(peer, row.attr) if peer else None
         r = ratio(om, pm, row.higher_is_better)
-        target = f"≥ {row.target:g}×" if row.target else "info"
+        target = f">= {row.target:g}x" if row.target else "info"
         if r is None:
             wrong = (om and om.problem) or (pm and pm.problem)
             rtxt, met = ("wrong answer" if wrong else "—"), ("no" if om and om.problem else "—")
@@ -268,7 +268,7 @@ def format_table(rows: Sequence[Row], ours: Results | None, peer: Results | None
             rtxt = f"{r:.2f}"
             met = "—" if row.target is None else ("yes" if r >= row.target else "no")
         cells.append([row.label, _cell(om, row), _cell(pm, row), rtxt, target, met])
-    header = ["Metric", "Ours", "Orthanc", "Ours vs Orthanc (×, > 1 = ours better)", "Target", "Met"]
+    header = ["Metric", "Ours", "Orthanc", "Ours vs Orthanc (x, > 1 = ours better)", "Target", "Met"]
     return "\n".join(markdown_table(header, cells, "lrrrrc"))
 
 

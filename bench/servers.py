@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import shutil
@@ -131,10 +132,8 @@ def dir_bytes(paths: Sequence[Path]) -> int:
     for root in paths:
         for dirpath, _dirs, files in os.walk(root):
             for f in files:
-                try:
+                with contextlib.suppress(OSError):  # a temp file vanished while walking
                     total += os.lstat(os.path.join(dirpath, f)).st_size
-                except OSError:
-                    pass  # a temp file vanished while walking
     return total
 
 

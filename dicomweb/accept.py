@@ -10,13 +10,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from dicomweb.header_params import split_unquoted, unquote
+from dicomweb.header_params import is_token, split_unquoted, unquote
 
 __all__ = ["MediaRange", "parse_accept"]
 
 # Values that JavaScript clients send when they meant "no Accept header".
 _MISSING = frozenset({"", "undefined", "null"})
-_TOKEN_CHARS = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
 
 
 @dataclass(frozen=True)
@@ -89,15 +88,13 @@ def _normalise_media_type(text: str) -> str | None:
     # Form-decoding turns the "+" of "application/dicom+json" in a query string
     # into a space; whitespace is never valid inside a subtype, so restore it.
     sub = "+".join(sub.split()).lower()
-    if not sep or not _is_token(main) or not _is_token(sub):
+    if not sep or not is_token(main) or not is_token(sub):
         return None
     if main == "*" and sub != "*":
         return None
     return f"{main}/{sub}"
 
 
-def _is_token(text: str) -> bool:
-    return bool(text) and all(ch in _TOKEN_CHARS for ch in text)
 
 
 def _parse_q(value: str) -> float:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 import sys
 import warnings
 from collections.abc import Callable
@@ -19,14 +18,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dicomweb.static_sites import site_notes
-from storage import SettingError, Settings, env_choice, env_int, settings_from_env
+from storage import DEFAULTS, LOG_LEVELS, SettingError, Settings, settings_from_env
 
 if TYPE_CHECKING:
     from storage import Archive
 
 DISTRIBUTION = "dicomweb-progressive"
-DEFAULTS = Settings()
-LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 TRACE = 5  # uvicorn's level below debug
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -62,6 +59,9 @@ def settings_from(args: argparse.Namespace) -> Settings:
         database_url=args.database_url,
         root="/" + root.strip("/") if root else None,
         access_log=getattr(args, "access_log", None),
+        host=getattr(args, "host", None),
+        port=getattr(args, "port", None),
+        log_level=getattr(args, "log_level", None),
     )
     index_label(settings)  # a malformed database URL is a setting error, not a traceback at start-up
     return settings
@@ -181,9 +181,7 @@ def serve(args: argparse.Namespace) -> int:
     from dicomweb.app import create_app
 
     settings = settings_from(args)
-    host = args.host or os.environ.get("DICOMWEB_HOST", "").strip() or "127.0.0.1"
-    port = args.port if args.port is not None else env_int("DICOMWEB_PORT", 8000, minimum=1, maximum=65535)
-    level = args.log_level or env_choice("DICOMWEB_LOG_LEVEL", "info", LOG_LEVELS)
+    host, port, level = settings.host, settings.port, settings.log_level
     # Before uvicorn: a broken install or an unreachable database refuses to start with one line, not a
     # lifespan traceback. (The lifespan's codec check then finds this one's result.)
     codecs = codec_stack()

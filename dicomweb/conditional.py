@@ -23,7 +23,7 @@ def not_modified(request: Request, etag: str) -> bool:
     return "*" in tags or etag in tags
 
 
-def _byte_range(header: str, size: int) -> tuple[int, int] | None | bool:
+def _byte_range(header: str, size: int) -> tuple[int, int] | bool | None:
     """(first, last) of a single satisfiable range; None to ignore the header; False if unsatisfiable."""
     m = _RANGE.match(header)
     if not m:

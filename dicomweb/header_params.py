@@ -34,3 +34,11 @@ def unquote(value: str) -> str:
     for ch in chars:
         out.append(next(chars, "") if ch == "\\" else ch)
     return "".join(out)
+
+
+_TOKEN_CHARS = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+
+def is_token(text: str) -> bool:
+    """An RFC 9110 token (a media type, a parameter name, a boundary without quotes)."""
+    return bool(text) and all(ch in _TOKEN_CHARS for ch in text)

@@ -7,6 +7,7 @@ batch size, never on the size of a part.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import hashlib
 import os
@@ -14,7 +15,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Ma
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from dicomweb.header_params import split_unquoted, unquote
+from dicomweb.header_params import is_token, split_unquoted, unquote
 
 __all__ = [
     "MAX_HEADER_BYTES",
@@ -344,7 +345,7 @@ def _parse_header_block(block: bytes) -> dict[str, str]:
             continue
         name, sep, value = line.partition(":")
         name = name.strip().lower()
-        if not sep or not name or not all(ch in _TOKEN_CHARS for ch in name):
+        if not sep or not name or not is_token(name):
             raise MultipartError(f"malformed part header line: {line[:80]!r}")
         value = value.strip()
         # Repeated headers combine as in HTTP (RFC 9110 section 5.3).
@@ -353,7 +354,6 @@ def _parse_header_block(block: bytes) -> dict[str, str]:
     return headers
 
 
-_TOKEN_CHARS = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
 
 
 def _decode_header(raw: bytes) -> str:
@@ -405,10 +405,8 @@ def cleanup(parts: Iterable[Part]) -> None:
 
 def _unlink_all(paths: Iterable[str]) -> None:
     for path in paths:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
-        except FileNotFoundError:
-            pass
 
 
 # --------------------------------------------------------------------------- writer
@@ -483,7 +481,7 @@ def _header_value(value: str) -> str:
 
 
 def _param_value(value: str) -> str:
-    if value and all(ch in _TOKEN_CHARS for ch in value):
+    if is_token(value):
         return value
     escaped = value.replace("\\", "\\\\").replace('"', '\\"')
     return f'"{escaped}"'

@@ -31,7 +31,6 @@ import hashlib
 import html
 import json
 import mimetypes
-import os
 import re
 import shlex
 from collections.abc import Callable
@@ -43,7 +42,7 @@ from starlette.responses import FileResponse, HTMLResponse, RedirectResponse, Re
 from starlette.routing import BaseRoute, Route
 
 from dicomweb.conditional import etag_for, not_modified
-from storage import Settings
+from storage import Settings, ohif_dist_override, user_data_home, viewer_demo_dir_override
 
 # What scripts/setup-browser.sh installs (its OHIF_VERSION, and viewer-demo/package-lock.json); the hints on
 # the "not installed" pages name them, and tests/browser/test_static_sites.py keeps them in step.
@@ -90,21 +89,16 @@ mimetypes.add_type("text/javascript", ".mjs")
 def user_assets_dir() -> Path | None:
     """``${XDG_DATA_HOME:-~/.local/share}/dicomweb/viewer-demo``: where scripts/setup-browser.sh installs the
     decoder and OHIF by default, so a server installed with pip finds them (None without a home folder)."""
-    base = os.environ.get("XDG_DATA_HOME", "")
-    if not os.path.isabs(base):  # the XDG spec: a relative value is to be ignored
-        try:
-            base = str(Path.home() / ".local" / "share")
-        except RuntimeError:  # a system user without a home folder
-            return None
-    return Path(base) / "dicomweb" / "viewer-demo"
+    base = user_data_home()
+    return base / "dicomweb" / "viewer-demo" if base else None
 
 
 def asset_dirs() -> list[Path]:
     """Folders laid out like viewer-demo/ (node_modules/, .ohif/dist) where the npm assets are looked for:
     DICOMWEB_VIEWER_DEMO_DIR alone when it is set; else the per-user folder the setup script installs into,
     then a source checkout's viewer-demo/ (where earlier versions of the script installed them)."""
-    if env := os.environ.get("DICOMWEB_VIEWER_DEMO_DIR"):
-        return [Path(env)]
+    if override := viewer_demo_dir_override():
+        return [override]
     user = user_assets_dir()
     checkout = CHECKOUT_DEMO if (CHECKOUT_DEMO / "package.json").is_file() else None  # not when pip-installed
     return [d for d in (user, checkout) if d is not None]
@@ -128,9 +122,9 @@ class Located:
 
 def web_files() -> Located:
     # The pages are part of the package; DICOMWEB_VIEWER_DEMO_DIR/web, when there, is a copy being worked on.
-    env = os.environ.get("DICOMWEB_VIEWER_DEMO_DIR")
+    override = viewer_demo_dir_override()
     packaged = PACKAGE_WEB if PACKAGE_WEB.is_dir() else CHECKOUT_DEMO / "web"
-    return Located("the viewer demo's pages", "index.html", ([Path(env) / "web"] if env else []) + [packaged])
+    return Located("the viewer demo's pages", "index.html", ([override / "web"] if override else []) + [packaged])
 
 
 def codec_files() -> Located:
@@ -138,8 +132,8 @@ def codec_files() -> Located:
 
 
 def ohif_files() -> Located:
-    env = os.environ.get("DICOMWEB_OHIF_DIST")
-    return Located("OHIF", "index.html", [Path(env)] if env else [d / OHIF_SUBDIR for d in asset_dirs()])
+    override = ohif_dist_override()
+    return Located("OHIF", "index.html", [override] if override else [d / OHIF_SUBDIR for d in asset_dirs()])
 
 
 def install_commands(located: Located) -> list[str]:
@@ -425,5 +419,5 @@ def landing_route(settings: Settings, codec: Located, ohif: Located) -> Route:
 def static_routes(settings: Settings) -> list[BaseRoute]:
     """Routes for `/`, /viewer-demo/ and the OHIF mounts; add them after the DICOMweb mount."""
     codec, ohif = codec_files(), ohif_files()
-    return ([landing_route(settings, codec, ohif)] + viewer_demo_routes(settings, web_files(), codec)
-            + ohif_routes(settings, ohif))
+    return [landing_route(settings, codec, ohif), *viewer_demo_routes(settings, web_files(), codec),
+            *ohif_routes(settings, ohif)]

@@ -2,8 +2,8 @@
 # The whole test suite on a fresh machine: a virtual environment (.venv, or $VENV) with the project and
 # its test extras, the browser prerequisites (Debian chromium, Playwright's driver, the npm decoder,
 # prebuilt OHIF), Debian's PostgreSQL server binaries (the PostgreSQL tests start their own temporary
-# cluster), then pytest. Arguments go to pytest. Never installs into the system's Python (Debian's is
-# externally managed, and a shared interpreter would hide what a plain install lacks).
+# cluster), then ruff, mypy and pytest. Arguments go to pytest. Never installs into the system's Python
+# (Debian's is externally managed, and a shared interpreter would hide what a plain install lacks).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
@@ -30,4 +30,7 @@ command -v opj_decompress >/dev/null || missing+=(libopenjp2-tools)
 if [ ${#missing[@]} -gt 0 ]; then
   apt_install "${missing[@]}"
 fi
+# The linters hold the line before the tests run: ruff (rules in pyproject.toml) and mypy on the code.
+"$VENV/bin/python" -m ruff check .
+"$VENV/bin/python" -m mypy dicomweb storage
 "$VENV/bin/python" -m pytest -q "$@"

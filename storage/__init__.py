@@ -18,7 +18,16 @@ from storage.archive import (
     Upload,
 )
 from storage.codec_check import CodecStackError, check_codec_stack
-from storage.config import SettingError, Settings, env_choice, env_int, settings_from_env
+from storage.config import (
+    DEFAULTS,
+    LOG_LEVELS,
+    SettingError,
+    Settings,
+    ohif_dist_override,
+    settings_from_env,
+    user_data_home,
+    viewer_demo_dir_override,
+)
 from storage.dicom_file import BASE_PLACEHOLDER
 from storage.errors import BadRequest, CannotProduce, NotFound, NotReady, StorageError
 from storage.frame_forms import WHOLE, FramePlan, Subset, plan_frame
@@ -43,10 +52,12 @@ from storage.verify import verify_archive
 __all__ = [
     "BASE_PLACEHOLDER",
     "CANNOT_UNDERSTAND",
+    "DEFAULTS",
     "DEFAULT_QUALITY",
     "EXPLICIT_LE",
     "IMPLICIT_LE",
     "JPEG",
+    "LOG_LEVELS",
     "MEDIA_TYPES",
     "OCTET_STREAM",
     "PNG",
@@ -75,11 +86,12 @@ __all__ = [
     "Viewport",
     "Window",
     "check_codec_stack",
-    "env_choice",
-    "env_int",
     "is_valid_uid",
+    "ohif_dist_override",
     "plan_frame",
     "settings_from_env",
     "syntax",
+    "user_data_home",
     "verify_archive",
+    "viewer_demo_dir_override",
 ]

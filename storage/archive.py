@@ -589,7 +589,6 @@ def _note_warnings(outcomes: list[Outcome], noted: list[list[str]]) -> None:
 
 def _warm_parser() -> None:
     """Import what parsing needs, so the first upload does not pay for it."""
-    import storage.parse_warnings  # noqa: F401
 
 
 def _write_atomic(path: Path, data: bytes) -> None:

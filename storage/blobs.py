@@ -8,6 +8,7 @@ same four operations.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import shutil
@@ -139,10 +140,8 @@ class LocalBlobStore:
             fh.close()
 
     def _delete(self, key: str) -> None:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(self.local_path(key))
-        except FileNotFoundError:
-            pass
 
     async def delete(self, key: str) -> None:
         # In a thread: an unlink waits for the file system journal, which fsyncs keep busy.

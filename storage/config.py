@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
 FALSE_WORDS = frozenset({"0", "false", "no", "off"})
 
@@ -76,6 +77,10 @@ class Settings:
     decoded_cache_bytes: int = 256 * 1024**2
     # One line per request (method, path without its query string, status, bytes, time, client).
     access_log: bool = True
+    # Where `dicomweb serve` listens, and how much it logs.
+    host: str = "127.0.0.1"
+    port: int = 8000
+    log_level: str = "info"
 
     @property
     def blob_dir(self) -> Path:
@@ -98,17 +103,56 @@ class Settings:
 def settings_from_env() -> Settings:
     """Settings from DICOMWEB_* variables; raises SettingError for a malformed one."""
     env = os.environ
+    d = DEFAULTS
     origins = tuple(o.strip() for o in env.get("DICOMWEB_CORS_ORIGINS", "").split(",") if o.strip())
     return Settings(
-        data_dir=Path(env.get("DICOMWEB_DATA", "./dicomweb-data")),
-        database_url=env.get("DICOMWEB_DATABASE_URL", ""),
-        root="/" + env.get("DICOMWEB_ROOT", "/dicom-web").strip("/"),
-        public_url=env.get("DICOMWEB_PUBLIC_URL", "").rstrip("/"),
-        max_upload_bytes=env_int("DICOMWEB_MAX_UPLOAD_BYTES", 8 * 1024**3, minimum=1),
-        max_parts=env_int("DICOMWEB_MAX_PARTS", 20000, minimum=1),
-        bulk_data_threshold=env_int("DICOMWEB_BULKDATA_THRESHOLD", 1024),
+        data_dir=Path(env.get("DICOMWEB_DATA") or d.data_dir),
+        database_url=env.get("DICOMWEB_DATABASE_URL", d.database_url),
+        root="/" + (env.get("DICOMWEB_ROOT") or d.root).strip("/"),
+        public_url=env.get("DICOMWEB_PUBLIC_URL", d.public_url).rstrip("/"),
+        max_upload_bytes=env_int("DICOMWEB_MAX_UPLOAD_BYTES", d.max_upload_bytes, minimum=1),
+        max_parts=env_int("DICOMWEB_MAX_PARTS", d.max_parts, minimum=1),
+        bulk_data_threshold=env_int("DICOMWEB_BULKDATA_THRESHOLD", d.bulk_data_threshold),
         cors_origins=origins,
-        workers=env_int("DICOMWEB_WORKERS", 0),
-        decoded_cache_bytes=env_int("DICOMWEB_DECODED_CACHE_MB", 256) * 1024**2,
-        access_log=env_bool("DICOMWEB_ACCESS_LOG", True),
+        workers=env_int("DICOMWEB_WORKERS", d.workers),
+        decoded_cache_bytes=env_int("DICOMWEB_DECODED_CACHE_MB", d.decoded_cache_bytes >> 20) << 20,
+        access_log=env_bool("DICOMWEB_ACCESS_LOG", d.access_log),
+        host=env.get("DICOMWEB_HOST", "").strip() or d.host,
+        port=env_int("DICOMWEB_PORT", d.port, minimum=1, maximum=65535),
+        log_level=env_choice("DICOMWEB_LOG_LEVEL", d.log_level, LOG_LEVELS),
     )
+
+
+DEFAULTS = Settings()
+
+
+# ---- where installed files are looked for (read on each call: a test or a script may change them) ----
+
+def openjpeg_library_override() -> Path | None:
+    """DICOMWEB_OPENJPEG: the libopenjp2 to load instead of the one bundled with Pillow."""
+    value = os.environ.get("DICOMWEB_OPENJPEG", "")
+    return Path(value) if value else None
+
+
+def viewer_demo_dir_override() -> Path | None:
+    """DICOMWEB_VIEWER_DEMO_DIR: a folder laid out like viewer-demo/ (npm assets, OHIF, web pages)."""
+    value = os.environ.get("DICOMWEB_VIEWER_DEMO_DIR", "")
+    return Path(value) if value else None
+
+
+def ohif_dist_override() -> Path | None:
+    """DICOMWEB_OHIF_DIST: a prebuilt OHIF to serve instead of the one the setup script installed."""
+    value = os.environ.get("DICOMWEB_OHIF_DIST", "")
+    return Path(value) if value else None
+
+
+def user_data_home() -> Path | None:
+    """${XDG_DATA_HOME:-~/.local/share} (a relative XDG_DATA_HOME is ignored, as the XDG spec says);
+    None for a user without a home folder."""
+    base = os.environ.get("XDG_DATA_HOME", "")
+    if os.path.isabs(base):
+        return Path(base)
+    try:
+        return Path.home() / ".local" / "share"
+    except RuntimeError:
+        return None

@@ -10,9 +10,10 @@ import hashlib
 import os
 import shutil
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import orjson
 import pydicom
@@ -288,6 +289,11 @@ def master_refusal(meta: dict[str, Any], ts: str, number_of_frames: int) -> str:
     if photometric not in allowed:
         return f"Photometric Interpretation {photometric or 'missing'} with {spp} sample(s) per pixel"
     return ""
+
+
+def frame_from_file(fh: BinaryIO, pieces: Sequence[Sequence[int]]) -> bytes:
+    """The bytes of one frame of an open file: its fragments' (offset, length) pieces, joined."""
+    return b"".join(os.pread(fh.fileno(), length, offset) for offset, length in pieces)
 
 
 def file_sha256(path: Path) -> str:

@@ -160,10 +160,6 @@ class Index:
         with self._writer_engine.begin() as conn:
             return transaction(conn)
 
-    @property
-    def sync_engine(self) -> Engine:
-        return self.engine.sync_engine
-
     def _insert(self, table):
         if self.is_sqlite:
             from sqlalchemy.dialects.sqlite import insert

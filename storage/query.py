@@ -75,7 +75,6 @@ DEFAULTS: dict[Level, tuple[int, ...]] = {
     ),
 }
 LEVEL_OF = {0x0020000D: "study", 0x0020000E: "series", 0x00080018: "instance"}
-RESERVED = {"limit", "offset", "includefield", "fuzzymatching", "orderby"}
 
 
 class QueryError(BadRequest, ValueError):
@@ -259,7 +258,7 @@ def _column_condition(tag: int, col, value: str, fuzzy: bool) -> ColumnElement |
     if vr == "DA" and "*" not in value and "?" not in value:
         return col == normalize_date(value)
     if vr == "TM" and "*" not in value and "?" not in value:
-        lo, hi = (value.split("-", 1) + [""])[:2] if "-" in value else (value, value)
+        lo, hi = [*value.split("-", 1), ""][:2] if "-" in value else (value, value)
         conds = [col != ""]
         if lo.strip():
             conds.append(col >= normalize_time(lo))

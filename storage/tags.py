@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
+from pydicom.datadict import dictionary_VR, tag_for_keyword
 
 STUDY_TAGS = frozenset(
     [
@@ -49,10 +49,6 @@ def parse_attribute(name: str) -> int | None:
             pass
     tag = tag_for_keyword(name.strip())
     return tag
-
-
-def keyword(tag: int) -> str:
-    return keyword_for_tag(tag) or tag_hex(tag)
 
 
 def vr_of(tag: int) -> str | None:

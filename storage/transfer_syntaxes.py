@@ -48,11 +48,6 @@ class TransferSyntax:
         return self.uid in (IMPLICIT_LE, EXPLICIT_LE)
 
     @property
-    def cut_uid(self) -> str | None:
-        """What a cut (fewer layers or levels) of a codestream in this syntax is labelled: lossy."""
-        return {"j2k": J2K, "htj2k": HTJ2K}.get(self.family or "")
-
-    @property
     def codestream(self) -> bool:
         """Frames are codestreams ending at a marker: sent without the fragment's pad byte."""
         return self.media_type in ("image/jp2", "image/jphc", "image/jpeg", "image/jls", "image/jpx")
@@ -95,18 +90,6 @@ def syntax(uid: str) -> TransferSyntax:
     return SYNTAXES.get(uid) or TransferSyntax(uid)
 
 
-def frame_media_type(uid: str) -> str:
-    return syntax(uid).media_type
-
-
 def is_native(uid: str) -> bool:
     known = SYNTAXES.get(uid)
     return known.native if known else False
-
-
-def is_decodable(uid: str) -> bool:
-    return syntax(uid).decodable
-
-
-def is_lossless(uid: str) -> bool:
-    return syntax(uid).lossless

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import os
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -15,7 +14,7 @@ import pydicom
 
 from storage.archive import Archive
 from storage.codec import decode
-from storage.dicom_file import file_sha256, parse_instance
+from storage.dicom_file import file_sha256, frame_from_file, parse_instance
 from storage.mastering.make import container_dtype
 from storage.transfer_syntaxes import J2K_LOSSLESS
 
@@ -47,7 +46,7 @@ def _master_pixels_sha256(path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         for pieces in parsed.frames:
-            codestream = b"".join(os.pread(fh.fileno(), length, off) for off, length in pieces)
+            codestream = frame_from_file(fh, pieces)
             digest.update(np.ascontiguousarray(decode(codestream).astype(dtype)).tobytes())
     return digest.hexdigest()
 

@@ -17,12 +17,12 @@ import pydicom
 import pytest
 from pydicom.uid import PYDICOM_ROOT_UID, generate_uid
 
-from storage.mastering import make as masters
 from storage.archive import Archive
 from storage.codec import info
 from storage.config import Settings
 from storage.dicom_file import parse_fragments
 from storage.implementation import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from storage.mastering import make as masters
 from storage.verify import verify_archive
 from tests.conftest import (
     PYDICOM_DATA,
@@ -132,7 +132,7 @@ async def test_forced_failure_keeps_instance_as_received(
             assert ("encoder failure" in state[1]) if fault == "encoder" else ("does not decode" in state[1])
         # Ingest left the checksum to the master queue, which computed it when it kept the file.
         checksums = {sop: sha for sop, _, sha, _, _ in await archive.index.checksums()}
-        assert checksums == {o.sop_uid: hashlib.sha256(p.read_bytes()).hexdigest() for p, o in zip(paths, outcomes)}
+        assert checksums == {o.sop_uid: hashlib.sha256(p.read_bytes()).hexdigest() for p, o in zip(paths, outcomes, strict=True)}
         assert (await verify_archive(archive)).ok
         assert not list((archive.settings.tmp_dir).glob("*.dcm")), "no master file left behind"
     finally:

@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from storage.config import openjpeg_library_override
+
 ENV_VAR = "DICOMWEB_OPENJPEG"
 
 _lock = threading.Lock()
@@ -54,10 +56,7 @@ def bundled_library() -> Path | None:
 
 def library_path() -> Path | None:
     """The library we will ask glymur to load (env override first)."""
-    override = os.environ.get(ENV_VAR)
-    if override:
-        return Path(override)
-    return bundled_library()
+    return openjpeg_library_override() or bundled_library()
 
 
 def _write_config(lib: Path) -> Path:
@@ -105,7 +104,7 @@ def glymur_module() -> ModuleType:
     with _lock:
         if _glymur is None:
             already = sys.modules.get("glymur.lib.openjp2")
-            if already is not None and already.version() != "0.0.0" and not os.environ.get(ENV_VAR):
+            if already is not None and already.version() != "0.0.0" and not openjpeg_library_override():
                 module = importlib.import_module("glymur")
             else:
                 module = _import_with_config(library_path())

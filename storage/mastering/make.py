@@ -24,7 +24,7 @@ from pydicom.pixels import get_decoder
 from pydicom.uid import UID
 
 from storage.codec import MasterNotPossible, decode, encode_master, fidelity_ladder, info
-from storage.dicom_file import ParsedInstance, parse_instance
+from storage.dicom_file import ParsedInstance, frame_from_file, parse_instance
 from storage.implementation import stamp_file_meta
 from storage.transcode import decoded_dataset, frame_size
 from storage.transfer_syntaxes import J2K_LOSSLESS, is_native
@@ -141,7 +141,7 @@ def _verify(path: Path, parsed: ParsedInstance, originals: list[np.ndarray]) -> 
     ladders = []
     with open(path, "rb") as fh:
         for number, (pieces, original) in enumerate(zip(parsed.frames, originals, strict=True), start=1):
-            codestream = b"".join(os.pread(fh.fileno(), length, off) for off, length in pieces)
+            codestream = frame_from_file(fh, pieces)
             decoded = decode(codestream)
             if decoded.shape != original.shape or not np.array_equal(decoded, original):
                 raise VerificationFailed(f"frame {number} of the master does not decode to the original pixels")

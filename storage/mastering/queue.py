@@ -72,7 +72,8 @@ class MasterQueue:
 
     async def _yield_to_uploads(self) -> None:
         started = time.monotonic()
-        while time.monotonic() - started < MAX_YIELD_SECONDS and (
+        # Polled: "quiet for a second" is a matter of time passing, which no event marks.
+        while time.monotonic() - started < MAX_YIELD_SECONDS and (  # noqa: ASYNC110
             self._uploads or time.monotonic() - self._last_upload < QUIET_SECONDS
         ):
             await asyncio.sleep(0.1)
@@ -118,7 +119,8 @@ class MasterQueue:
         """Wait until no job is pending or running (for the import command and tests)."""
         self.start()
         self.notify()
-        while self._busy or (await self.index.job_counts()).get("pending", 0):
+        # Polled: the jobs live in the index, where other processes may add or finish them too.
+        while self._busy or (await self.index.job_counts()).get("pending", 0):  # noqa: ASYNC110
             await asyncio.sleep(0.05)
 
     async def _run(self) -> None:
