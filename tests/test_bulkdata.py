@@ -11,6 +11,7 @@ uploaded file.
 from __future__ import annotations
 
 import io
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -247,3 +248,18 @@ def test_big_and_little_endian_copies_give_the_same_bulk_data(big: str, little: 
     assert pydicom.dcmread(sample(big)).original_encoding[1] is False
     assert bulk_value(sample(big), path) == bulk_value(sample(little), path) == element(
         pydicom.dcmread(sample(little)), path).value
+
+
+def test_threshold_kept_when_the_master_rewrites_the_metadata(small_threshold_client: httpx.Client) -> None:
+    """The master queue rewrites each instance's metadata with its master: with the configured
+    threshold, not the default (values of 101 to 1024 bytes stay bulk data)."""
+    ds = store(small_threshold_client, with_private_binaries(100, 101, 2))
+    layers = (f"/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
+              f"/instances/{ds.SOPInstanceUID}/layers")
+    deadline = time.monotonic() + 60
+    while (status := small_threshold_client.get(layers).status_code) == 503 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert status == 200, "the master was made"
+    item = metadata(small_threshold_client, ds)
+    assert "InlineBinary" in item["00991001"] and "InlineBinary" in item["00991003"]
+    assert set(item["00991002"]) == {"vr", "BulkDataURI"}, item["00991002"]
