@@ -16,6 +16,7 @@ from starlette.routing import Mount, Route
 from dicomweb import frames, progressive, qido, rendered, stow, wado
 from dicomweb.access_log import AccessLogMiddleware
 from dicomweb.responses import HTTPError, error_response
+from dicomweb.security import security_middleware, security_state
 from dicomweb.static_sites import static_routes
 from storage.archive import Archive
 from storage.config import Settings, settings_from_env
@@ -105,7 +106,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
         await archive.open()
         app.state.archive = archive
         try:
-            yield
+            async with security_state(app, settings, archive):
+                yield
         finally:
             await archive.close()
 
@@ -117,10 +119,12 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 CORSMiddleware,
                 allow_origins=list(settings.cors_origins),
                 allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
-                allow_headers=["Accept", "Authorization", "Content-Type", "Range", "If-None-Match"],
+                allow_headers=["Accept", "Authorization", "Content-Type", "Range", "If-None-Match", "X-API-Key"],
                 expose_headers=["Content-Range", "Content-Length", "ETag", "Warning"],
             )
         )
+    # Audit (outside, so refusals are audited), then authentication, then limits, nearest to the handlers.
+    middleware += security_middleware(settings)
     app = Starlette(
         routes=[Route("/healthz", healthz), Mount(settings.root, routes=dicomweb_routes()), *static_routes(settings)],
         middleware=middleware,

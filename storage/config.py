@@ -77,6 +77,42 @@ class Settings:
     # One line per request (method, path without its query string, status, bytes, time, client).
     access_log: bool = True
 
+    # ---- access control (dicomweb/auth.py) ----
+    # OpenID Connect issuer; its keys are found by discovery ({issuer}/.well-known/openid-configuration).
+    oidc_issuer: str = ""
+    # Expected `aud` of tokens (required when an issuer is set).
+    oidc_audience: str = ""
+    # Where roles are in a token, as a dotted path (Keycloak: realm_access.roles); they count as scopes.
+    oidc_roles_claim: str = "realm_access.roles"
+    # The claim listing the access labels a token may see (absent: every study its scopes allow).
+    oidc_labels_claim: str = "dicomweb_labels"
+    # Clock skew allowed on exp and nbf, seconds.
+    oidc_leeway: int = 30
+    # Least time between two JWKS fetches caused by an unknown kid: a flood of bad tokens cannot hammer
+    # the issuer.
+    oidc_jwks_refetch_seconds: float = 30.0
+    # Scope names for the four kinds of access.
+    scope_read: str = "dicomweb.read"
+    scope_write: str = "dicomweb.write"
+    scope_delete: str = "dicomweb.delete"
+    scope_admin: str = "dicomweb.admin"
+    # Serve without authentication when none is configured. The library default (an app built in code) is
+    # open, as before; `dicomweb serve` sets it only for a loopback address or --allow-anonymous.
+    allow_anonymous: bool = True
+    # One JSON line per request that touches patient data: a file path, "-" for stdout, "" for none.
+    audit_log: str = ""
+
+    # ---- limits for hostile or slow clients ----
+    # Seconds a request body may stall between two chunks before the request gets 408.
+    body_timeout: float = 60.0
+    # Seconds an idle keep-alive connection is kept open (uvicorn's timeout_keep_alive).
+    keep_alive_timeout: int = 5
+    # Uploads (STOW) one client address may have in progress at once (429 beyond).
+    max_uploads_per_client: int = 8
+    # A frame whose declared decoded size (rows x columns x samples x bytes) is larger is refused before
+    # anything is allocated.
+    max_frame_bytes: int = 2 * 1024**3
+
     @property
     def blob_dir(self) -> Path:
         return self.data_dir / "blobs"
@@ -111,4 +147,40 @@ def settings_from_env() -> Settings:
         workers=env_int("DICOMWEB_WORKERS", 0),
         decoded_cache_bytes=env_int("DICOMWEB_DECODED_CACHE_MB", 256) * 1024**2,
         access_log=env_bool("DICOMWEB_ACCESS_LOG", True),
+        oidc_issuer=env.get("DICOMWEB_OIDC_ISSUER", "").strip().rstrip("/"),
+        oidc_audience=env.get("DICOMWEB_OIDC_AUDIENCE", "").strip(),
+        oidc_roles_claim=env.get("DICOMWEB_OIDC_ROLES_CLAIM", "realm_access.roles").strip(),
+        oidc_labels_claim=env.get("DICOMWEB_OIDC_LABELS_CLAIM", "dicomweb_labels").strip(),
+        oidc_leeway=env_int("DICOMWEB_OIDC_LEEWAY", 30, maximum=600),
+        oidc_jwks_refetch_seconds=env_int("DICOMWEB_OIDC_JWKS_REFETCH_SECONDS", 30, maximum=86400),
+        scope_read=env_word("DICOMWEB_SCOPE_READ", "dicomweb.read"),
+        scope_write=env_word("DICOMWEB_SCOPE_WRITE", "dicomweb.write"),
+        scope_delete=env_word("DICOMWEB_SCOPE_DELETE", "dicomweb.delete"),
+        scope_admin=env_word("DICOMWEB_SCOPE_ADMIN", "dicomweb.admin"),
+        allow_anonymous=env_bool("DICOMWEB_ALLOW_ANONYMOUS", False),
+        audit_log=env.get("DICOMWEB_AUDIT_LOG", "").strip(),
+        body_timeout=env_int("DICOMWEB_BODY_TIMEOUT", 60, minimum=1),
+        keep_alive_timeout=env_int("DICOMWEB_KEEP_ALIVE_TIMEOUT", 5, minimum=1),
+        max_uploads_per_client=env_int("DICOMWEB_MAX_UPLOADS_PER_CLIENT", 8, minimum=1),
+        max_frame_bytes=env_int("DICOMWEB_MAX_FRAME_MB", 2048, minimum=1) * 1024**2,
     )
+
+
+def env_word(name: str, default: str) -> str:
+    """A variable holding one word (no spaces: a scope name), or `default` when unset or empty."""
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return default
+    if any(c.isspace() for c in value):
+        raise SettingError(f"{name}={value!r} must be one word")
+    return value
+
+
+def env_host() -> str:
+    """DICOMWEB_HOST, or 127.0.0.1."""
+    return os.environ.get("DICOMWEB_HOST", "").strip() or "127.0.0.1"
+
+
+def env_tls() -> tuple[str, str]:
+    """DICOMWEB_TLS_CERT and DICOMWEB_TLS_KEY (empty when unset)."""
+    return os.environ.get("DICOMWEB_TLS_CERT", "").strip(), os.environ.get("DICOMWEB_TLS_KEY", "").strip()
