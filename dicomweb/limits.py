@@ -4,7 +4,7 @@
   is closed): a client cannot hold an upload slot and a temporary file open by trickling bytes.
 - Uploads (POST under the DICOMweb root) one client address may have in progress at once:
   ``max_uploads_per_client``; one more gets 429 with ``Retry-After``.
-- Request headers that take longer than ``HEADER_TIMEOUT`` seconds to arrive: the connection is closed
+- Request headers that take longer than ``header_timeout`` seconds to arrive: the connection is closed
   (uvicorn has no such timeout; `HeaderTimeoutProtocol` adds it to its httptools protocol). Idle keep-alive
   connections are closed by uvicorn after ``keep_alive_timeout`` seconds.
 """
@@ -18,8 +18,6 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dicomweb.responses import HTTPError, error_response
-
-HEADER_TIMEOUT = 30.0
 
 
 class BodyTimeout(HTTPError):
@@ -71,7 +69,7 @@ class LimitsMiddleware:
                 del self.uploads[client]
 
 
-def header_timeout_protocol() -> Any:
+def header_timeout_protocol(seconds: float) -> Any:
     """uvicorn's httptools protocol with a timeout on receiving request headers (None without httptools)."""
     try:
         from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -83,7 +81,7 @@ def header_timeout_protocol() -> Any:
 
         def _arm(self) -> None:
             if self._header_timer is None:
-                self._header_timer = self.loop.call_later(HEADER_TIMEOUT, self._headers_too_slow)
+                self._header_timer = self.loop.call_later(seconds, self._headers_too_slow)
 
         def _disarm(self) -> None:
             if self._header_timer is not None:

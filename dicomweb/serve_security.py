@@ -78,7 +78,7 @@ def tls_files(cert: str | None, key: str | None, env: tuple[str, str]) -> tuple[
 
 def uvicorn_security(settings: Settings, tls: tuple[str, str] | None) -> dict[str, Any]:
     options: dict[str, Any] = {"timeout_keep_alive": settings.keep_alive_timeout}
-    protocol = header_timeout_protocol()
+    protocol = header_timeout_protocol(settings.header_timeout)
     if protocol is not None:
         options["http"] = protocol
     if tls:

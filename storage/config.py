@@ -105,13 +105,12 @@ class Settings:
     # ---- limits for hostile or slow clients ----
     # Seconds a request body may stall between two chunks before the request gets 408.
     body_timeout: float = 60.0
+    # Seconds a client has to send a request's headers before its connection is closed.
+    header_timeout: float = 30.0
     # Seconds an idle keep-alive connection is kept open (uvicorn's timeout_keep_alive).
     keep_alive_timeout: int = 5
     # Uploads (STOW) one client address may have in progress at once (429 beyond).
     max_uploads_per_client: int = 8
-    # A frame whose declared decoded size (rows x columns x samples x bytes) is larger is refused before
-    # anything is allocated.
-    max_frame_bytes: int = 2 * 1024**3
 
     @property
     def blob_dir(self) -> Path:
@@ -160,9 +159,9 @@ def settings_from_env() -> Settings:
         allow_anonymous=env_bool("DICOMWEB_ALLOW_ANONYMOUS", False),
         audit_log=env.get("DICOMWEB_AUDIT_LOG", "").strip(),
         body_timeout=env_int("DICOMWEB_BODY_TIMEOUT", 60, minimum=1),
+        header_timeout=env_int("DICOMWEB_HEADER_TIMEOUT", 30, minimum=1),
         keep_alive_timeout=env_int("DICOMWEB_KEEP_ALIVE_TIMEOUT", 5, minimum=1),
         max_uploads_per_client=env_int("DICOMWEB_MAX_UPLOADS_PER_CLIENT", 8, minimum=1),
-        max_frame_bytes=env_int("DICOMWEB_MAX_FRAME_MB", 2048, minimum=1) * 1024**2,
     )
 
 
