@@ -99,6 +99,9 @@ class Settings:
     # Serve without authentication when none is configured. The library default (an app built in code) is
     # open, as before; `dicomweb serve` sets it only for a loopback address or --allow-anonymous.
     allow_anonymous: bool = True
+    # OIDC client id of the OHIF pages (/ohif/, /ohif-progressive/): with an issuer, OHIF signs users in
+    # there itself (authorization code flow with PKCE) and sends their tokens.
+    ohif_oidc_client_id: str = ""
     # One JSON line per request that touches patient data: a file path, "-" for stdout, "" for none.
     audit_log: str = ""
 
@@ -156,6 +159,7 @@ def settings_from_env() -> Settings:
         scope_write=env_word("DICOMWEB_SCOPE_WRITE", "dicomweb.write"),
         scope_delete=env_word("DICOMWEB_SCOPE_DELETE", "dicomweb.delete"),
         scope_admin=env_word("DICOMWEB_SCOPE_ADMIN", "dicomweb.admin"),
+        ohif_oidc_client_id=env.get("DICOMWEB_OHIF_OIDC_CLIENT_ID", "").strip(),
         allow_anonymous=env_bool("DICOMWEB_ALLOW_ANONYMOUS", False),
         audit_log=env.get("DICOMWEB_AUDIT_LOG", "").strip(),
         body_timeout=env_int("DICOMWEB_BODY_TIMEOUT", 60, minimum=1),

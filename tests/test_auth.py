@@ -3,6 +3,7 @@ with RSA and EC keys, tokens signed by PyJWT, and the real server; API keys made
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -215,3 +216,17 @@ def test_open_bind_refused_without_auth(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert "refusing to serve patient data on 0.0.0.0" in done.stderr and "--allow-anonymous" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_ohif_app_config_signs_in_with_the_issuer() -> None:
+    from dicomweb.static_sites import ohif_app_config
+    from storage.config import Settings
+
+    plain = ohif_app_config(Settings(), "/ohif", False).data.decode()
+    assert '"oidc"' not in plain
+    body = ohif_app_config(Settings(oidc_issuer="https://id.example/realms/h", oidc_audience="dicomweb",
+                                    ohif_oidc_client_id="ohif-viewer"), "/ohif", False).data.decode()
+    config = json.loads(body.split("window.config = ", 1)[1].split(";\n", 1)[0])
+    assert config["oidc"] == [{
+        "authority": "https://id.example/realms/h", "client_id": "ohif-viewer", "redirect_uri": "/callback",
+        "response_type": "code", "scope": "openid dicomweb.read", "post_logout_redirect_uri": "/"}]
