@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Mount, Route
 
-from dicomweb import frames, progressive, qido, rendered, stow, wado
+from dicomweb import frames, labels_api, progressive, qido, rendered, stow, wado
 from dicomweb.access_log import AccessLogMiddleware
 from dicomweb.responses import HTTPError, error_response
 from dicomweb.security import security_middleware, security_state
@@ -39,6 +39,7 @@ def dicomweb_routes() -> list[Route]:
         Route(ST, wado.retrieve, methods=["GET"]),
         Route(ST, wado.delete, methods=["DELETE"]),
         Route(ST + "/metadata", wado.metadata, methods=["GET"]),
+        Route(ST + "/labels", labels_api.study_labels, methods=["GET", "PUT"]),
         Route(ST + "/series", qido.series, methods=["GET"]),
         Route(ST + "/instances", qido.instances, methods=["GET"]),
         Route(SE, wado.retrieve, methods=["GET"]),

@@ -83,8 +83,8 @@ def _matches(parts: list[str], pattern: tuple[str, ...]) -> bool:
 
 def classify(method: str, parts: list[str]) -> str | None:
     """The audited action of a request (path parts relative to the root), or None for one without patient data."""
-    if not parts or parts[0] not in ("studies", "series", "instances"):
-        return None  # /status and the like
+    if not parts or parts[0] not in ("studies", "series", "instances") or parts[-1] == "labels":
+        return None  # /status, access labels and the like
     if method == "POST":
         return "store" if parts[-1] != "labels" else None
     if method == "DELETE":

@@ -34,9 +34,10 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
 import jwt
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dicomweb.responses import error_response
+from storage import access_labels
 from storage.config import Settings
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,14 @@ class Principal:
 
 
 ANONYMOUS = Principal("anonymous", "anonymous", frozenset({"read", "write", "delete", "admin"}), None)
+
+
+def visible_studies(scope: Scope) -> Any:
+    """For storage.query.run_query: the studies this request's principal may see, None for all."""
+    principal = principal_of(scope)
+    if principal is None or principal.labels is None:
+        return None
+    return access_labels.visible_studies(principal.labels)
 
 
 def principal_of(scope: Scope) -> Principal | None:
@@ -214,10 +223,12 @@ def token_principal(claims: dict[str, Any], settings: Settings) -> Principal:
 def required_scope(method: str, path: str) -> str:
     """The scope a request under the DICOMweb root needs; `path` is relative to the root."""
     parts = [p for p in path.split("/") if p]
+    if parts[-1:] == ["labels"]:
+        return "admin"
     if method == "DELETE":
         return "delete"
     if method == "POST":
-        return "admin" if parts[-1:] == ["labels"] else "write"
+        return "write"
     if parts[:1] == ["status"]:
         return "admin"
     return "read"
@@ -292,7 +303,42 @@ class AuthMiddleware:
                 "insufficient_scope", f"this request needs the scope {scope_name}", scope_name)
             await response(scope, receive, send)
             return
+        if principal.labels is not None:
+            await self._labelled(scope, receive, send, principal.labels)
+            return
         await self.app(scope, receive, send)
+
+    async def _labelled(self, scope: Scope, receive: Receive, send: Send, labels: frozenset[str]) -> None:
+        """A principal restricted to studies with some of `labels`: a study it may not see does not exist for
+        it (404, never 403), and the studies it stores get its labels before the answer is sent."""
+        engine = scope["app"].state.archive.index.engine
+        parts = [p for p in scope["path"][len(self.root):].split("/") if p]
+        named = parts[1] if len(parts) > 1 and parts[0] == "studies" else None
+        if named is not None and await access_labels.hidden(engine, named, labels):
+            await error_response(404, "no such study")(scope, receive, send)
+            return
+        if scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        held: list[Message] = []
+
+        async def holding_send(message: Message) -> None:
+            held.append(message)
+
+        try:
+            await self.app(scope, receive, holding_send)
+        finally:
+            start = next((m for m in held if m["type"] == "http.response.start"), None)
+            if start is not None and start["status"] < 300:
+                from dicomweb.audit import uids_from_stow
+
+                encoding = next((v.decode("latin-1") for k, v in start.get("headers", [])
+                                 if k.lower() == b"content-encoding"), "")
+                body = b"".join(m.get("body", b"") for m in held if m["type"] == "http.response.body")
+                studies, _ = uids_from_stow(body, encoding)
+                await access_labels.add_labels(engine, studies, labels)
+            for message in held:
+                await send(message)
 
     async def _principal(self, scope: Scope, credential: str | None) -> Principal | None:
         app_state = scope["app"].state

@@ -6,6 +6,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
+from dicomweb.auth import visible_studies
 from dicomweb.params import uids
 from dicomweb.responses import HTTPError, check_json_accept, dicom_json
 from storage.query import Filter, Level, Query, QueryError, parse_query, run_query
@@ -21,7 +22,8 @@ async def _search(request: Request, level: Level) -> Response:
         query = parse_query(level, params, study, series)
     except QueryError as exc:
         raise HTTPError(400, str(exc)) from None
-    results, remaining = await run_query(request.app.state.archive.index, query)
+    visible = visible_studies(request.scope)  # access labels: a token sees only its studies
+    results, remaining = await run_query(request.app.state.archive.index, query, visible_studies=visible)
     headers = {}
     if remaining > 0:
         # PS3.18 8.3.4.4: say that results were cut, and how to get the rest.
@@ -31,7 +33,8 @@ async def _search(request: Request, level: Level) -> Response:
         )
     if not results and study and level != "study":
         # Searching inside a study or series that does not exist: say so rather than "no match".
-        found, _ = await run_query(request.app.state.archive.index, _scope_probe(study, series))
+        found, _ = await run_query(request.app.state.archive.index, _scope_probe(study, series),
+                                   visible_studies=visible)
         if not found:
             raise HTTPError(404, f"no such {'series' if series else 'study'}")
     return dicom_json(request, orjson.dumps(results), headers=headers)

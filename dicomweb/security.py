@@ -18,6 +18,7 @@ from starlette.middleware import Middleware
 from dicomweb.audit import AuditLog, AuditMiddleware
 from dicomweb.auth import AuthMiddleware, IssuerUnavailable, OidcVerifier
 from dicomweb.limits import LimitsMiddleware
+from storage import access_labels
 from storage.api_keys import ApiKeys
 from storage.archive import Archive
 from storage.config import Settings
@@ -38,6 +39,7 @@ async def security_state(app: Starlette, settings: Settings, archive: Archive) -
     answers, else at the first token) and the audit log, reopened on SIGHUP."""
     keys = ApiKeys(archive.index.engine)
     await keys.create_table()
+    await access_labels.create_table(archive.index.engine)
     app.state.api_keys = keys
     app.state.oidc = None
     if settings.oidc_issuer:

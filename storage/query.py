@@ -336,9 +336,12 @@ def _order(q: Query):
 LEVEL_RANK = {"study": 0, "series": 1, "instance": 2}
 
 
-async def run_query(index: Index, q: Query) -> tuple[list[dict[str, Any]], int]:
-    """Matching results as DICOM JSON dicts, and how many more matched beyond this page."""
+async def run_query(index: Index, q: Query, *, visible_studies: Any = None) -> tuple[list[dict[str, Any]], int]:
+    """Matching results as DICOM JSON dicts, and how many more matched beyond this page. `visible_studies`,
+    when given, is a subquery of the study UIDs the caller may see (storage/access_labels.py)."""
     stmt, _tables = _base_select(q)
+    if visible_studies is not None:
+        stmt = stmt.where(LEVEL_TABLE[q.level].c.study_uid.in_(visible_studies))
     if q.study_uid:
         stmt = stmt.where(LEVEL_TABLE[q.level].c.study_uid == q.study_uid)
     if q.series_uid:

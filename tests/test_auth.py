@@ -230,3 +230,44 @@ def test_ohif_app_config_signs_in_with_the_issuer() -> None:
     assert config["oidc"] == [{
         "authority": "https://id.example/realms/h", "client_id": "ohif-viewer", "redirect_uri": "/callback",
         "response_type": "code", "scope": "openid dicomweb.read", "post_logout_redirect_uri": "/"}]
+
+
+def test_access_labels_two_tokens_see_disjoint_studies(oidc_server: Server, issuer: Issuer) -> None:
+    rw = "dicomweb.read dicomweb.write"
+    cardio = bearer(issuer.token(sub="carol", scope=rw, dicomweb_labels=["cardio"]))
+    neuro = bearer(issuer.token(sub="nick", scope=rw, dicomweb_labels="neuro"))
+    everyone = bearer(issuer.token(scope="dicomweb.read"))  # no labels claim: every study
+    admin = bearer(issuer.token(scope="dicomweb.admin"))
+    raw = (PYDICOM_TEST_FILES / "CT_small.dcm").read_bytes()
+    stored = {}
+    for name, headers in (("cardio", cardio), ("neuro", neuro)):
+        f = new_uids(raw)
+        r = httpx.post(f"{oidc_server.root}/studies", content=multipart_body([f]),
+                       headers={**headers, "Content-Type": STOW_TYPE})
+        assert r.status_code == 200, r.text
+        stored[name] = r.json()["00081190"]["Value"][0].rsplit("/", 1)[1]
+
+    def seen(headers: dict[str, str], level: str = "studies") -> set[str]:
+        r = httpx.get(f"{oidc_server.root}/{level}", headers=headers)
+        assert r.status_code == 200, r.text
+        return {item["0020000D"]["Value"][0] for item in r.json()}
+
+    for level in ("studies", "series", "instances"):
+        assert seen(cardio, level) == {stored["cardio"]}
+        assert seen(neuro, level) == {stored["neuro"]}
+    assert {stored["cardio"], stored["neuro"]} <= seen(everyone)
+    # WADO of a study the token may not see: 404, as for a study that does not exist.
+    for path in ("/metadata", "", "/series", "/rendered"):
+        r = httpx.get(f"{oidc_server.root}/studies/{stored['neuro']}{path}", headers=cardio)
+        assert r.status_code == 404 and r.json()["error"] == "no such study", (path, r.text)
+    assert httpx.get(f"{oidc_server.root}/studies/{stored['cardio']}/metadata", headers=cardio).status_code == 200
+    # An admin relabels: the neuro study becomes visible to cardio too.
+    assert httpx.get(f"{oidc_server.root}/studies/{stored['neuro']}/labels", headers=admin).json()["labels"] == ["neuro"]
+    assert httpx.put(f"{oidc_server.root}/studies/{stored['neuro']}/labels", headers=cardio,
+                     json={"labels": ["x"]}).status_code == 403
+    r = httpx.put(f"{oidc_server.root}/studies/{stored['neuro']}/labels", headers=admin,
+                  json={"labels": ["neuro", "cardio"]})
+    assert r.status_code == 200 and r.json()["labels"] == ["cardio", "neuro"]
+    assert seen(cardio) == {stored["cardio"], stored["neuro"]}
+    assert httpx.put(f"{oidc_server.root}/studies/{stored['neuro']}/labels", headers=admin,
+                     json={"labels": "neuro"}).status_code == 400
