@@ -13,9 +13,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Mount, Route
 
-from dicomweb import frames, progressive, qido, rendered, stow, wado
+from dicomweb import frames, labels_api, progressive, qido, rendered, stow, wado
 from dicomweb.access_log import AccessLogMiddleware
 from dicomweb.responses import HTTPError, archive_of, error_response
+from dicomweb.security import security_middleware, security_state
 from dicomweb.static_sites import static_routes
 from storage import (
     Archive,
@@ -46,6 +47,7 @@ def dicomweb_routes() -> list[Route]:
         Route(ST, wado.retrieve, methods=["GET"]),
         Route(ST, wado.delete, methods=["DELETE"]),
         Route(ST + "/metadata", wado.metadata, methods=["GET"]),
+        Route(ST + "/labels", labels_api.study_labels, methods=["GET", "PUT"]),
         Route(ST + "/series", qido.series, methods=["GET"]),
         Route(ST + "/instances", qido.instances, methods=["GET"]),
         Route(SE, wado.retrieve, methods=["GET"]),
@@ -121,7 +123,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
         await archive.open()
         app.state.archive = archive
         try:
-            yield
+            async with security_state(app, settings, archive):
+                yield
         finally:
             await archive.close()
 
@@ -133,10 +136,12 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 CORSMiddleware,
                 allow_origins=list(settings.cors_origins),
                 allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
-                allow_headers=["Accept", "Authorization", "Content-Type", "Range", "If-None-Match"],
+                allow_headers=["Accept", "Authorization", "Content-Type", "Range", "If-None-Match", "X-API-Key"],
                 expose_headers=["Content-Range", "Content-Length", "ETag", "Warning"],
             )
         )
+    # Audit (outside, so refusals are audited), then authentication, then limits, nearest to the handlers.
+    middleware += security_middleware(settings)
     app = Starlette(
         routes=[Route("/healthz", healthz), Mount(settings.root, routes=dicomweb_routes()), *static_routes(settings)],
         middleware=middleware,

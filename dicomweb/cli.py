@@ -140,9 +140,10 @@ def browse_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-def banner(settings: Settings, host: str, port: int, codecs: str, log_level: str) -> str:
+def banner(settings: Settings, host: str, port: int, codecs: str, log_level: str, *, tls: bool = False,
+           auth: str = "") -> str:
     """What an operator wants to know at start-up: where to point a browser or viewer, where the data is."""
-    base = f"http://{browse_host(host)}:{port}"
+    base = f"{'https' if tls else 'http'}://{browse_host(host)}:{port}"
     root = settings.root.rstrip("/")
     if not settings.access_log:
         access = "off"
@@ -163,6 +164,9 @@ def banner(settings: Settings, host: str, port: int, codecs: str, log_level: str
         ("codecs", codecs),
         ("access log", access),
     ]
+    if auth:
+        rows.append(("access control", auth))
+    rows.append(("audit log", {"": "off", "-": "stdout"}.get(settings.audit_log, settings.audit_log)))
     if settings.public_url:
         rows.insert(1, ("public URL", settings.public_url))
     listening = f" (listening on every interface, {host})" if host in ("0.0.0.0", "::", "") else ""
@@ -179,17 +183,22 @@ def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from dicomweb.app import create_app
+    from dicomweb.serve_security import check_exposure, tls_files, uvicorn_security
 
     settings = settings_from(args)
     host, port, level = settings.host, settings.port, settings.log_level
+    tls = tls_files(args.tls_cert, args.tls_key, (settings.tls_cert, settings.tls_key))
     # Before uvicorn: a broken install or an unreachable database refuses to start with one line, not a
     # lifespan traceback. (The lifespan's codec check then finds this one's result.)
     codecs = codec_stack()
     asyncio.run(_try_open(settings))
+    # Open to anyone only on a loopback address, or when asked: exit 2 otherwise (dicomweb/serve_security.py).
+    settings, auth_note = check_exposure(settings, host, bool(args.allow_anonymous))
     configure_logging(level)
-    print(banner(settings, host, port, codecs, level), flush=True)
+    print(banner(settings, host, port, codecs, level, tls=bool(tls), auth=auth_note), flush=True)
     # uvicorn's access log prints query strings (patient names in QIDO): ours, in create_app, does not.
-    uvicorn.run(create_app(settings), host=host, port=port, log_level=level, access_log=False)
+    uvicorn.run(create_app(settings), host=host, port=port, log_level=level, access_log=False,
+                **uvicorn_security(settings, tls))
     return 0
 
 
@@ -255,6 +264,12 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--access-log", action=argparse.BooleanOptionalAction, default=None,
                    help="one line per request: method, path without its query string (no patient data), "
                         "status, bytes, time, client (env DICOMWEB_ACCESS_LOG=0 turns it off; default on)")
+    p.add_argument("--allow-anonymous", action="store_true", default=None,
+                   help="serve without authentication on a non-loopback address when no OIDC issuer and no API "
+                        "key is configured (env DICOMWEB_ALLOW_ANONYMOUS=1; default: refuse to start)")
+    p.add_argument("--tls-cert", metavar="FILE", help="serve HTTPS with this certificate chain (PEM) "
+                   "(env DICOMWEB_TLS_CERT; needs --tls-key)")
+    p.add_argument("--tls-key", metavar="FILE", help="private key of --tls-cert (PEM) (env DICOMWEB_TLS_KEY)")
     p.set_defaults(func=serve)
 
 
@@ -285,11 +300,26 @@ def _verify_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=verify)
 
 
+def apikey(args: argparse.Namespace) -> int:
+    from dicomweb.cli_apikey import ApiKeyCommandError, run
+
+    try:
+        return run(args, settings_from(args))
+    except ApiKeyCommandError as exc:
+        raise CommandError(str(exc)) from None
+
+
+def _apikey_parser(sub: argparse._SubParsersAction) -> None:
+    from dicomweb.cli_apikey import add_parser
+
+    add_parser(sub, _storage_options, apikey)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dicomweb", description="DICOMweb server with progressive JPEG 2000")
     parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_serve_parser, _import_parser, _verify_parser):
+    for add in (_serve_parser, _import_parser, _verify_parser, _apikey_parser):
         add(sub)
     return parser
 

@@ -6,6 +6,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
+from dicomweb.auth import visible_labels
 from dicomweb.params import uids
 from dicomweb.responses import archive_of, check_json_accept, dicom_json
 from storage import Level
@@ -17,7 +18,7 @@ async def _search(request: Request, level: Level) -> Response:
     if "study" in request.path_params:
         study, series, _ = uids(request)
     params = [(k, v) for k, v in request.query_params.multi_items() if k.lower() != "accept"]
-    found = await archive_of(request).search(level, params, study, series)
+    found = await archive_of(request).search(level, params, study, series, labels=visible_labels(request.scope))
     headers = {}
     if found.remaining > 0:
         # PS3.18 8.3.4.4: say that results were cut, and how to get the rest.

@@ -303,6 +303,14 @@ def ohif_app_config(settings: Settings, mount: str, progressive: bool) -> _Body:
             "configuration": source,
         }],
     }
+    if settings.oidc_issuer and settings.ohif_oidc_client_id:
+        # OHIF's own sign-in (oidc-client-ts, authorization code with PKCE); relative URIs are resolved
+        # under the mount (/ohif/callback). Register them with the issuer for this client.
+        config["oidc"] = [{
+            "authority": settings.oidc_issuer, "client_id": settings.ohif_oidc_client_id,
+            "redirect_uri": "/callback", "response_type": "code", "scope": f"openid {settings.scope_read}",
+            "post_logout_redirect_uri": "/",
+        }]
     root = json.dumps(settings.public_url + settings.root)
     public = "true" if settings.public_url else "false"
     script = (

@@ -10,6 +10,7 @@ from pydicom import config as _pydicom_config
 # flood the log (and cost time on every parse).
 _pydicom_config.settings.reading_validation_mode = _pydicom_config.IGNORE
 
+from storage.api_keys import SCOPES, ApiKey, ApiKeyError, ApiKeys, open_api_keys, parse_labels, parse_scopes
 from storage.archive import (
     CANNOT_UNDERSTAND,
     Archive,
@@ -45,6 +46,7 @@ from storage.render import (
     Viewport,
     Window,
 )
+from storage.tags import parse_attribute
 from storage.transfer_syntaxes import EXPLICIT_LE, IMPLICIT_LE, OCTET_STREAM, syntax
 from storage.uids import is_valid_uid
 from storage.verify import verify_archive
@@ -61,9 +63,13 @@ __all__ = [
     "MEDIA_TYPES",
     "OCTET_STREAM",
     "PNG",
+    "SCOPES",
     "THUMBNAIL_SIZE",
     "WHOLE",
     "WINDOW_FUNCTIONS",
+    "ApiKey",
+    "ApiKeyError",
+    "ApiKeys",
     "Archive",
     "BadRequest",
     "CannotProduce",
@@ -88,6 +94,10 @@ __all__ = [
     "check_codec_stack",
     "is_valid_uid",
     "ohif_dist_override",
+    "open_api_keys",
+    "parse_attribute",
+    "parse_labels",
+    "parse_scopes",
     "plan_frame",
     "settings_from_env",
     "syntax",

@@ -26,6 +26,8 @@ from typing import Any, Self
 import orjson
 from pydicom.uid import UID
 
+from storage import access_labels
+from storage.api_keys import ApiKeys
 from storage.blobs import LocalBlobStore, new_blob_key
 from storage.codec import CutError, cut, decode, info, levels_to_drop, to_htj2k, without_padding
 from storage.codec_check import check_codec_stack
@@ -81,6 +83,7 @@ class Archive:
         settings.tmp_dir.mkdir(parents=True, exist_ok=True)
         self.blobs = LocalBlobStore(settings.blob_dir)
         self.index = Index(settings.sql_url)
+        self.api_keys = ApiKeys(self.index.engine)
         self._sop_locks: dict[str, asyncio.Lock] = {}
         self.masters = MasterQueue(self.index, self.blobs, settings)
         self._parsers: ProcessPoolExecutor | None = None
@@ -93,6 +96,8 @@ class Archive:
             # Refuse to run a queue that could only keep every image as received (CodecStackError).
             self.codecs = await asyncio.to_thread(check_codec_stack)
         await self.index.create()
+        await self.api_keys.create_table()
+        await access_labels.create_table(self.index.engine)
         self._parser_count = parser_processes if parser_processes is not None else (os.cpu_count() or 1)
         if self._parser_count > 1:
             self._parsers = self._new_parser_pool()
@@ -286,17 +291,37 @@ class Archive:
         return rows
 
     async def search(self, level: Level, params: list[tuple[str, str]], study: str | None = None,
-                     series: str | None = None) -> SearchResult:
-        """QIDO-RS: the matches of the query `params` at `level`, within a study or series if given.
-        BadRequest (QueryError) for a malformed query; NotFound when the study or series does not exist."""
+                     series: str | None = None, *, labels: frozenset[str] | None = None) -> SearchResult:
+        """QIDO-RS: the matches of the query `params` at `level`, within a study or series if given, and
+        among studies with one of `labels` if given. BadRequest (QueryError) for a malformed query;
+        NotFound when the study or series does not exist (or cannot be seen)."""
         query = parse_query(level, params, study, series)
-        results, remaining = await run_query(self.index, query)
+        visible = None if labels is None else access_labels.visible_studies(labels)
+        results, remaining = await run_query(self.index, query, visible_studies=visible)
         if not results and study and level != "study":
             # Searching inside a study or series that does not exist: say so rather than "no match".
-            found, _ = await run_query(self.index, scope_query(study, series))
+            found, _ = await run_query(self.index, scope_query(study, series), visible_studies=visible)
             if not found:
                 raise no_such(study, series, None)
         return SearchResult(results, remaining, query.offset + len(results))
+
+    # ---- access labels (see storage.access_labels) ------------------------------------------------
+
+    async def study_hidden(self, study: str, labels: frozenset[str]) -> bool:
+        """Whether `study` exists but shares none of `labels`."""
+        return await access_labels.hidden(self.index.engine, study, labels)
+
+    async def add_study_labels(self, studies: set[str], labels: frozenset[str]) -> None:
+        await access_labels.add_labels(self.index.engine, studies, labels)
+
+    async def study_labels(self, study: str, replace_with: frozenset[str] | None = None) -> list[str]:
+        """The access labels of `study`, after replacing them when `replace_with` is given; NotFound if
+        there is no such study."""
+        if not await access_labels.study_exists(self.index.engine, study):
+            raise no_such(study, None, None)
+        if replace_with is not None:
+            await access_labels.set_labels(self.index.engine, study, replace_with)
+        return await access_labels.labels_of(self.index.engine, study)
 
     async def in_display_order(self, recs: list[InstanceRecord]) -> list[InstanceRecord]:
         """Series by Series Number (then UID), instances as the index gives them (Instance Number)."""

@@ -81,6 +81,47 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8000
     log_level: str = "info"
+    # HTTPS: a PEM certificate chain and its key (both, or neither).
+    tls_cert: str = ""
+    tls_key: str = ""
+
+    # ---- access control (dicomweb/auth.py) ----
+    # OpenID Connect issuer; its keys are found by discovery ({issuer}/.well-known/openid-configuration).
+    oidc_issuer: str = ""
+    # Expected `aud` of tokens (required when an issuer is set).
+    oidc_audience: str = ""
+    # Where roles are in a token, as a dotted path (Keycloak: realm_access.roles); they count as scopes.
+    oidc_roles_claim: str = "realm_access.roles"
+    # The claim listing the access labels a token may see (absent: every study its scopes allow).
+    oidc_labels_claim: str = "dicomweb_labels"
+    # Clock skew allowed on exp and nbf, seconds.
+    oidc_leeway: int = 30
+    # Least time between two JWKS fetches caused by an unknown kid: a flood of bad tokens cannot hammer
+    # the issuer.
+    oidc_jwks_refetch_seconds: float = 30.0
+    # Scope names for the four kinds of access.
+    scope_read: str = "dicomweb.read"
+    scope_write: str = "dicomweb.write"
+    scope_delete: str = "dicomweb.delete"
+    scope_admin: str = "dicomweb.admin"
+    # Serve without authentication when none is configured. The library default (an app built in code) is
+    # open, as before; `dicomweb serve` sets it only for a loopback address or --allow-anonymous.
+    allow_anonymous: bool = True
+    # OIDC client id of the OHIF pages (/ohif/, /ohif-progressive/): with an issuer, OHIF signs users in
+    # there itself (authorization code flow with PKCE) and sends their tokens.
+    ohif_oidc_client_id: str = ""
+    # One JSON line per request that touches patient data: a file path, "-" for stdout, "" for none.
+    audit_log: str = ""
+
+    # ---- limits for hostile or slow clients ----
+    # Seconds a request body may stall between two chunks before the request gets 408.
+    body_timeout: float = 60.0
+    # Seconds a client has to send a request's headers before its connection is closed.
+    header_timeout: float = 30.0
+    # Seconds an idle keep-alive connection is kept open (uvicorn's timeout_keep_alive).
+    keep_alive_timeout: int = 5
+    # Uploads (STOW) one client address may have in progress at once (429 beyond).
+    max_uploads_per_client: int = 8
 
     @property
     def blob_dir(self) -> Path:
@@ -120,7 +161,39 @@ def settings_from_env() -> Settings:
         host=env.get("DICOMWEB_HOST", "").strip() or d.host,
         port=env_int("DICOMWEB_PORT", d.port, minimum=1, maximum=65535),
         log_level=env_choice("DICOMWEB_LOG_LEVEL", d.log_level, LOG_LEVELS),
+        tls_cert=env.get("DICOMWEB_TLS_CERT", "").strip(),
+        tls_key=env.get("DICOMWEB_TLS_KEY", "").strip(),
+        oidc_issuer=env.get("DICOMWEB_OIDC_ISSUER", "").strip().rstrip("/"),
+        oidc_audience=env.get("DICOMWEB_OIDC_AUDIENCE", "").strip(),
+        oidc_roles_claim=env.get("DICOMWEB_OIDC_ROLES_CLAIM", "").strip() or d.oidc_roles_claim,
+        oidc_labels_claim=env.get("DICOMWEB_OIDC_LABELS_CLAIM", "").strip() or d.oidc_labels_claim,
+        oidc_leeway=env_int("DICOMWEB_OIDC_LEEWAY", d.oidc_leeway, maximum=600),
+        oidc_jwks_refetch_seconds=env_int("DICOMWEB_OIDC_JWKS_REFETCH_SECONDS", int(d.oidc_jwks_refetch_seconds),
+                                          maximum=86400),
+        scope_read=env_word("DICOMWEB_SCOPE_READ", d.scope_read),
+        scope_write=env_word("DICOMWEB_SCOPE_WRITE", d.scope_write),
+        scope_delete=env_word("DICOMWEB_SCOPE_DELETE", d.scope_delete),
+        scope_admin=env_word("DICOMWEB_SCOPE_ADMIN", d.scope_admin),
+        ohif_oidc_client_id=env.get("DICOMWEB_OHIF_OIDC_CLIENT_ID", "").strip(),
+        # Unlike an app built in code (open, as before), the environment's default is closed: `serve`
+        # opens it only on a loopback address.
+        allow_anonymous=env_bool("DICOMWEB_ALLOW_ANONYMOUS", False),
+        audit_log=env.get("DICOMWEB_AUDIT_LOG", "").strip(),
+        body_timeout=env_int("DICOMWEB_BODY_TIMEOUT", int(d.body_timeout), minimum=1),
+        header_timeout=env_int("DICOMWEB_HEADER_TIMEOUT", int(d.header_timeout), minimum=1),
+        keep_alive_timeout=env_int("DICOMWEB_KEEP_ALIVE_TIMEOUT", d.keep_alive_timeout, minimum=1),
+        max_uploads_per_client=env_int("DICOMWEB_MAX_UPLOADS_PER_CLIENT", d.max_uploads_per_client, minimum=1),
     )
+
+
+def env_word(name: str, default: str) -> str:
+    """A variable holding one word (no spaces: a scope name), or `default` when unset or empty."""
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return default
+    if any(c.isspace() for c in value):
+        raise SettingError(f"{name}={value!r} must be one word")
+    return value
 
 
 DEFAULTS = Settings()

@@ -48,6 +48,11 @@ ITEM_TAG = 0xFFFEE000
 SEQ_DELIM = 0xFFFEE0DD
 
 
+# Largest decoded frame accepted (bytes): 16384 x 16384 RGB at 16 bits is 1.5 GiB; whole-slide images come
+# as tiles far below this.
+MAX_FRAME_BYTES = 2 * 1024**3
+
+
 class InvalidInstance(ValueError):
     """The bytes are not a storable DICOM instance; str() is the reason given to the client."""
 
@@ -172,6 +177,17 @@ def _first(meta: dict[str, Any], key: str) -> Any:
     """The first value of an attribute in DICOM JSON, None when absent or empty."""
     values = meta.get(key, {}).get("Value")
     return values[0] if values else None
+
+
+def _check_declared_frame_size(meta: dict[str, Any]) -> None:
+    """Refuse an image whose declared decoded frame is absurd, before anything is decoded or allocated: a
+    few bytes of compressed data can declare 65535 x 65535 pixels of 3 x 64 bits (100 GB), and decoding it
+    (making its master, rendering it) would allocate that much."""
+    size = (int(_first(meta, ROWS) or 0) * int(_first(meta, COLUMNS) or 0) * int(_first(meta, SAMPLES_PER_PIXEL) or 1)
+            * int(_first(meta, BITS_ALLOCATED) or 0) + 7) // 8
+    if size > MAX_FRAME_BYTES:
+        raise InvalidInstance(f"declared frame of {size} bytes decoded exceeds the limit of {MAX_FRAME_BYTES} "
+                              "(Rows x Columns x Samples per Pixel x Bits Allocated)")
 
 
 def _native_frames(meta: dict[str, Any], raw: RawDataElement, file_size: int,
@@ -361,6 +377,8 @@ def _parse(ds: Dataset, path: Path, threshold: int) -> ParsedInstance:
     raw = ds._dict.get(PIXEL_DATA)
     has_image = ROWS in meta and BITS_ALLOCATED in meta
     number_of_frames = int(_first(meta, NUMBER_OF_FRAMES) or 1) if raw is not None and has_image else 0
+    if raw is not None and has_image:
+        _check_declared_frame_size(meta)
     # In a deflated file, offsets point into the inflated stream: frames are decoded on request.
     if isinstance(raw, RawDataElement) and has_image and ts != DEFLATED_LE:
         encapsulated = raw.length == 0xFFFFFFFF

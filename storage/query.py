@@ -23,6 +23,7 @@ from storage.values import json_values, normalize_date, normalize_datetime, norm
 Level = Literal["study", "series", "instance"]
 S, SE, I = schema.studies, schema.series, schema.instances
 
+INT64_MAX = 2**63 - 1  # SQL BIGINT (SQLite and PostgreSQL)
 MAX_RESULTS = 1000  # what one response returns when the client sets no limit (with a Warning)
 
 MODALITIES_IN_STUDY = 0x00080061
@@ -116,6 +117,8 @@ def _parse_int(name: str, value: str, minimum: int) -> int:
         raise QueryError(f"{name} must be an integer, got {value!r}") from None
     if n < minimum:
         raise QueryError(f"{name} must be at least {minimum}, got {n}")
+    if n > INT64_MAX:  # SQL integers are 64-bit: a larger one would be an OverflowError (500)
+        raise QueryError(f"{name} must be at most {INT64_MAX}, got {value[:30]!r}")
     return n
 
 
@@ -184,6 +187,8 @@ def _check_value(name: str, tag: int, value: str) -> None:
         for part in re.split(r"[,\\]", value):
             if not re.fullmatch(r"[+-]?\d+", part.strip()):
                 raise QueryError(f"{name}: expected an integer, got {value!r}")
+            if abs(int(part)) > INT64_MAX:
+                raise QueryError(f"{name}: {part.strip()[:30]!r} is beyond a 64-bit integer")
 
 
 def _is_date(text: str) -> bool:
@@ -340,9 +345,12 @@ def _order(q: Query):
 LEVEL_RANK = {"study": 0, "series": 1, "instance": 2}
 
 
-async def run_query(index: Index, q: Query) -> tuple[list[dict[str, Any]], int]:
-    """Matching results as DICOM JSON dicts, and how many more matched beyond this page."""
+async def run_query(index: Index, q: Query, *, visible_studies: Any = None) -> tuple[list[dict[str, Any]], int]:
+    """Matching results as DICOM JSON dicts, and how many more matched beyond this page. `visible_studies`,
+    when given, is a subquery of the study UIDs the caller may see (storage/access_labels.py)."""
     stmt, _tables = _base_select(q)
+    if visible_studies is not None:
+        stmt = stmt.where(LEVEL_TABLE[q.level].c.study_uid.in_(visible_studies))
     if q.study_uid:
         stmt = stmt.where(LEVEL_TABLE[q.level].c.study_uid == q.study_uid)
     if q.series_uid:

@@ -55,16 +55,17 @@ def free_port() -> int:
 
 class Server:
     def __init__(self, data_dir: Path, extra_env: dict[str, str] | None = None, *,
-                 program: list[str] | None = None, cwd: Path | None = None, start_timeout: float = 30) -> None:
+                 program: list[str] | None = None, cwd: Path | None = None, start_timeout: float = 30,
+                 args: list[str] | None = None, scheme: str = "http") -> None:
         self.port = free_port()
         self.data_dir = data_dir
-        self.base = f"http://127.0.0.1:{self.port}"
+        self.base = f"{scheme}://127.0.0.1:{self.port}"
         self.root = f"{self.base}/dicom-web"
         env = {**os.environ, **(extra_env or {})}
         self.log = open(data_dir.parent / f"server-{self.port}.log", "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(
             [*(program or [sys.executable, "-m", "dicomweb"]), "serve", "--host", "127.0.0.1",
-             "--port", str(self.port), "--data", str(data_dir), "--log-level", "warning"],
+             "--port", str(self.port), "--data", str(data_dir), "--log-level", "warning", *(args or [])],
             stdout=self.log, stderr=subprocess.STDOUT, env=env, cwd=cwd,
             # Its own process group: stop() can end the parser processes (forkserver, resource tracker,
             # workers) too, which outlive a server killed with SIGKILL in the crash tests.
@@ -73,7 +74,7 @@ class Server:
         deadline = time.time() + start_timeout
         while time.time() < deadline:
             try:
-                if httpx.get(f"{self.base}/healthz", timeout=1).status_code == 200:
+                if httpx.get(f"{self.base}/healthz", timeout=1, verify=False).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass

@@ -1,16 +1,18 @@
 // The viewer demo: a study list from QIDO-RS, and a stack view of one series that shows a small lossy
 // preview of each slice first and refines it to the lossless frame, saying which it shows.
 //
-// URL parameters: study, series, slice (0-based), link (local, 20M, 2M, 512k), mode (progressive, j2k, raw),
+// URL parameters: token (an access token, see auth.js), study, series, slice (0-based), link (local, 20M, 2M, 512k), mode (progressive, j2k, raw),
 // decoder (server = do not decode JPEG 2000 in the page), preview (layers,size; default 2,256). For tests and the curious, window.viewerState
 // describes what is on screen, including a SHA-256 of the displayed stored pixel values.
 
+import { installToken } from './auth.js';
 import config from './config.js';
 import { Decoder } from './decoder.js';
 import { MODES, SeriesLoader, preview } from './loader.js';
 import { DicomWeb, LINKS, Link, value, values } from './net.js';
 import { draw, fnv1a, fullWindow, sha256Hex } from './render.js';
 
+installToken((config.publicUrl || '') + config.root); // ?token=... when the server wants one
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
 const web = new DicomWeb((config.publicUrl || '') + config.root);
