@@ -90,7 +90,12 @@ async def frames(request: Request) -> Response:
         raise HTTPError(404, "instance has no pixel data frames")
     in_range(numbers, rec)
     archive = archive_of(request)
-    for choice in choices(accept_ranges(request), OCTET_STREAM, SINGLE_PART):
+    wanted = choices(accept_ranges(request), OCTET_STREAM, SINGLE_PART)
+    answerable = any(plan_frame(c.media_type, c.transfer_syntax, rec, subset) for c in wanted)
+    if not rec.is_master and (subset.wanted or not answerable):
+        # Only a master answers this (a cut, HTJ2K): hurry it if it is still being made.
+        rec = await archive.hurry_master(rec)
+    for choice in wanted:
         plan = plan_frame(choice.media_type, choice.transfer_syntax, rec, subset)
         if plan is None or (not choice.multipart and len(numbers) > 1):
             continue
@@ -109,7 +114,7 @@ async def frames(request: Request) -> Response:
     if subset.wanted and not rec.is_master:
         state = await archive.master_state(rec.study_uid, rec.series_uid, rec.sop_uid)
         # A master that appeared since `rec` was read is there on the retry.
-        if state.pending or state.fidelity is not None:
+        if state.pending or state.fidelity is not None or rec.pending_master:
             raise NotReady("layers/fsiz need the layered master, which is still being made; retry shortly")
         raise HTTPError(406, "layers/fsiz need a layered JPEG 2000 master, and this instance has none")
     reason = "application/octet-stream and transfer-syntax=* are always available"

@@ -13,7 +13,7 @@ from storage import NotReady
 async def layers(request: Request) -> Response:
     """Each frame's resolution levels and quality layers with their cumulative bytes, PSNR and
     maximum error, measured when the master was made, so a client can choose what to fetch."""
-    state = await archive_of(request).master_state(*instance_uids(request))
+    state = await archive_of(request).master_state(*instance_uids(request), hurry=True)
     if state.fidelity is None:
         if state.pending:
             raise NotReady("the layered master of this instance is still being made; retry shortly")

@@ -7,6 +7,7 @@ any point leaves either the whole instance or nothing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hashlib
 import logging
@@ -19,7 +20,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Self
 
@@ -34,10 +35,10 @@ from storage.codec_check import check_codec_stack
 from storage.config import Settings
 from storage.dicom_file import InvalidInstance, ParsedInstance
 from storage.dicom_json import bulk_value
-from storage.errors import CannotProduce, NotFound, no_such
+from storage.errors import CannotProduce, NotFound, NotReady, no_such
 from storage.frame_forms import WHOLE, FramePlan, Source, Subset
 from storage.index import Index, InstanceRecord, MasterState
-from storage.mastering.make import container_dtype
+from storage.mastering.make import MasterNotPossible, container_dtype, provisional_codestream
 from storage.mastering.queue import MasterQueue
 from storage.parse_warnings import parse_files_noting_warnings
 from storage.query import Level, Query, parse_query, run_query, scope_query
@@ -244,15 +245,18 @@ class Archive:
         await self.index.count_instances()
 
     async def status(self) -> dict[str, Any]:
-        """How many instances, how many still wait for a master, how many are kept as received (no
-        master) and for which reasons, and how many masters are being made now."""
+        """How many instances, how many still wait for a master (and since when, and how fast this
+        replica makes them), how many are kept as received (no master) and for which reasons."""
         jobs = await self.index.job_counts()
+        progress = await self.masters.progress()
         return {
             "instances": await self.index.count_instances(),
             "pending_masters": jobs.get("pending", 0),
+            "oldest_pending_seconds": None if progress.oldest_seconds is None else round(progress.oldest_seconds, 1),
+            "masters_per_second": round(progress.per_second, 2),
             "kept_as_received": jobs.get("kept", 0),
             "kept_as_received_reasons": await self.index.kept_reasons(),
-            "masters_in_progress": self.masters.busy,
+            "masters_in_progress": progress.in_progress,
         }
 
     async def count_instances(self) -> int:
@@ -331,12 +335,16 @@ class Archive:
         order = {row["0020000E"]["Value"][0]: i for i, row in enumerate(results)}
         return sorted(recs, key=lambda r: order.get(r.series_uid, len(order)))  # stable: keeps instance order
 
-    async def master_state(self, study: str, series: str, sop: str) -> MasterState:
+    async def master_state(self, study: str, series: str, sop: str, *, hurry: bool = False) -> MasterState:
         """Whether an instance has its master (and its fidelity ladder), or why not; NotFound if the
-        instance does not exist."""
+        instance does not exist. With `hurry`, a master still being made is waited for a moment first
+        (see hurry_master)."""
         state = await self.index.master_state(study, series, sop)
         if state is None:
             raise no_such(study, series, sop)
+        if hurry and state.pending:
+            await self.hurry_master((await self.instances(study, series, sop))[0])
+            return await self.master_state(study, series, sop)
         return state
 
     async def layer_errors(self, rec: InstanceRecord, number: int) -> tuple[int, ...] | None:
@@ -388,22 +396,58 @@ class Archive:
             return (without_padding(data) if syntax(plan.transfer_syntax).codestream else data), plan.transfer_syntax
         if plan.source is Source.NATIVE:
             return await self.native_frame(rec, number), EXPLICIT_LE
-        master = await self.read_frame(rec, number)
+        # Until the master exists, its codestream is encoded on the fly from the received frame: not
+        # verified, so never labelled lossless.
+        provisional = not rec.is_master
+        master = await (self._provisional_frame(rec, number) if provisional else self.read_frame(rec, number))
         head = info(master)
         drop = levels_to_drop(head.width, head.height, head.levels, *subset.fsiz) if subset.fsiz else 0
         try:
             if plan.source is Source.HTJ2K:
                 # HTJ2K has a single quality layer: `layers` cannot apply, resolution levels can.
-                whole = await self.htj2k_frame(rec, number)
-                if drop == 0:
+                if provisional:
+                    whole = await asyncio.to_thread(to_htj2k, master)
+                else:
+                    whole = await self.htj2k_frame(rec, number)
+                if drop == 0 and not provisional:
                     return whole, HTJ2K_LOSSLESS_RPCL
                 return cut(whole, layers=None, drop_levels=drop), HTJ2K
             layers = subset.layers if subset.layers is not None and subset.layers < head.layers else None
-            if layers is None and drop == 0:
+            if layers is None and drop == 0 and not provisional:
                 return without_padding(master), J2K_LOSSLESS
             return cut(master, layers=layers, drop_levels=drop), J2K
         except CutError as exc:
             raise CannotProduce(f"cannot cut this frame: {exc}") from None
+
+    async def _provisional_frame(self, rec: InstanceRecord, number: int) -> bytes:
+        try:
+            return await asyncio.to_thread(provisional_codestream, self.blobs.local_path(rec.blob_key), number)
+        except MasterNotPossible as exc:
+            raise CannotProduce(f"cannot cut this frame: {exc}") from None
+        except FileNotFoundError:
+            raise NotReady("the master of this instance was just made; ask again") from None
+
+    async def hurry_master(self, rec: InstanceRecord) -> InstanceRecord:
+        """For a request that needs the master of `rec`: if it is still being made, its series goes to
+        the front of the queue and the request waits for it up to settings.master_wait_seconds. The
+        record as it is then: the master's, or still the received file's, marked `pending_master`
+        (cuts can then be encoded on the fly)."""
+        if rec.is_master:
+            return rec
+        state = await self.master_state(rec.study_uid, rec.series_uid, rec.sop_uid)
+        if not state.pending:
+            return rec
+        self.masters.want(rec.series_uid)
+        deadline = time.monotonic() + self.settings.master_wait_seconds
+        while (left := deadline - time.monotonic()) > 0:
+            # This replica's queue says when it is done; another replica's work shows in the index.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(min(left, 0.25)):
+                    await self.masters.finished(rec.sop_uid)
+            [now] = await self.instances(rec.study_uid, rec.series_uid, rec.sop_uid)
+            if now.is_master or now.blob_key != rec.blob_key:
+                return now
+        return replace(rec, pending_master=True)
 
     def _htj2k_dir(self, blob_key: str) -> Path:
         tag = hashlib.sha1(blob_key.encode(), usedforsecurity=False).hexdigest()

@@ -77,6 +77,17 @@ def _stored_plan(rec: InstanceRecord) -> FramePlan:
     return FramePlan(syntax(rec.transfer_syntax).media_type, rec.transfer_syntax, Source.STORED)
 
 
+def _cuttable(rec: InstanceRecord, subset: Subset) -> bool:
+    """A master to cut: the stored one, or (for a cut only, always labelled lossy) one encoded on the
+    fly from the received frame while the master is still being made."""
+    return rec.is_master or (rec.pending_master and subset.wanted)
+
+
+def _no_cut(rec: InstanceRecord, subset: Subset) -> bool:
+    """The request is not for a cut of a master (a subset of an instance without one is ignored)."""
+    return not (subset.wanted and _cuttable(rec, subset))
+
+
 def _compressed(rec: InstanceRecord) -> bool:
     return _addressable(rec) and not syntax(rec.transfer_syntax).native
 
@@ -87,24 +98,25 @@ _STAR = frozenset({"*"})
 
 FORMS: tuple[Form, ...] = (
     # transfer-syntax=* with a subset of a master: the cut, as JPEG 2000.
-    Form(ANY_MEDIA, lambda r, s: _STAR, lambda r, s: s.wanted and r.is_master, lambda r: _CUT_PLAN),
+    Form(ANY_MEDIA, lambda r, s: _STAR, lambda r, s: s.wanted and _cuttable(r, s), lambda r: _CUT_PLAN),
     # transfer-syntax=*: uncompressed frames as they are (or decoded from deflated, bit-packed files)...
-    Form(ANY_MEDIA, lambda r, s: _STAR, lambda r, s: not (s.wanted and r.is_master) and not _compressed(r),
+    Form(ANY_MEDIA, lambda r, s: _STAR, lambda r, s: _no_cut(r, s) and not _compressed(r),
          lambda r: _NATIVE_PLAN),
     # ... and compressed frames as stored.
-    Form(ANY_MEDIA, lambda r, s: _STAR, lambda r, s: not (s.wanted and r.is_master), _stored_plan),
+    Form(ANY_MEDIA, lambda r, s: _STAR, _no_cut, _stored_plan),
     # Uncompressed, decoded from whatever pydicom can decode; never a cut.
     Form(ANY_MEDIA, lambda r, s: frozenset({None, EXPLICIT_LE}),
-         lambda r, s: not (s.wanted and r.is_master) and syntax(r.transfer_syntax).decodable,
+         lambda r, s: _no_cut(r, s) and syntax(r.transfer_syntax).decodable,
          lambda r: _NATIVE_PLAN),
     # JPEG 2000 from the master: whole (.90) only when no subset is asked for.
     Form(frozenset({JP2}),
          lambda r, s: frozenset({None, "*", J2K} | (set() if s.wanted else {J2K_LOSSLESS})),
-         lambda r, s: r.is_master, lambda r: _CUT_PLAN),
+         _cuttable, lambda r: _CUT_PLAN),
     # HTJ2K from the master: it has one quality layer, so only resolution cuts change its label.
     Form(frozenset({JPHC}),
          lambda r, s: frozenset({None, "*", HTJ2K} | (set() if s.fsiz else {HTJ2K_LOSSLESS_RPCL})),
-         lambda r, s: r.is_master, lambda r: FramePlan(JPHC, HTJ2K, Source.HTJ2K)),
+         lambda r, s: r.is_master or (r.pending_master and s.fsiz is not None),
+         lambda r: FramePlan(JPHC, HTJ2K, Source.HTJ2K)),
     # The stored compressed frame in its own media type, when no subset is asked for.
     Form(None, lambda r, s: frozenset({None, "*", r.transfer_syntax}),
          lambda r, s: _compressed(r) and not s.wanted, _stored_plan),

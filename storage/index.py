@@ -35,6 +35,8 @@ class InstanceRecord:
     frames: list[list[list[int]]]
     number_of_frames: int
     is_master: bool = False  # a verified layered JPEG 2000 master (can be cut)
+    # Its master is still being made: cuts of it can be encoded on the fly (Archive.hurry_master).
+    pending_master: bool = False
     bits_allocated: int | None = None
     pixel_representation: int | None = None
 
@@ -265,21 +267,62 @@ class Index:
         now = time.time()
         jobs = [
             {"sop_uid": p.sop_uid, "blob_key": key, "state": "pending" if p.master_candidate else "kept",
-             "attempts": 0, "reason": "" if p.master_candidate else p.kept_reason, "updated_at": now}
+             "attempts": 0, "reason": "" if p.master_candidate else p.kept_reason, "updated_at": now,
+             "lease_owner": "", "lease_until": 0.0}
             for p, key, _ in items
         ]
         self._upsert(conn, J, "sop_uid", jobs)
 
     # ---- the master queue ----------------------------------------------------------------------
 
-    async def pending_masters(self, limit: int, exclude: set[str]) -> list[tuple[str, str, int]]:
-        """(sop_uid, received blob key, attempts so far) of instances waiting for a master."""
-        q = select(J.c.sop_uid, J.c.blob_key, J.c.attempts).where(J.c.state == "pending")
-        if exclude:
-            q = q.where(J.c.sop_uid.not_in(list(exclude)))
+    async def claim_masters(self, owner: str, limit: int, lease_seconds: float,
+                            series: list[str] | None = None) -> list[tuple[str, str, int]]:
+        """Take up to `limit` pending jobs whose lease is free or ran out (their replica died), for
+        `owner`, until `lease_seconds` from now: (sop_uid, received blob key, attempts so far). With
+        `series`, only jobs of instances in those series (asked for by a viewer); else the newest first,
+        since the studies read first are the ones just acquired. On PostgreSQL the rows are locked with
+        SKIP LOCKED, so replicas claiming at once never take the same job."""
+        now = time.time()
+        q = (select(J.c.sop_uid, J.c.blob_key, J.c.attempts)
+             .where((J.c.state == "pending") & (J.c.lease_until < now))
+             .limit(limit))
+        if series:
+            q = q.where(J.c.sop_uid.in_(select(I.c.sop_uid).where(I.c.series_uid.in_(series))))
+        q = q.order_by(J.c.updated_at.desc()).with_for_update(skip_locked=True)
+
+        def transaction(conn: Connection) -> list[tuple[str, str, int]]:
+            rows = conn.execute(q).all()
+            if rows:
+                conn.execute(update(J).where(J.c.sop_uid.in_([r.sop_uid for r in rows]))
+                             .values(lease_owner=owner, lease_until=now + lease_seconds))
+            return [(r.sop_uid, r.blob_key, r.attempts) for r in rows]
+
+        return await self._write(transaction)
+
+    async def extend_leases(self, owner: str, sops: list[str], lease_seconds: float) -> None:
+        """Keep the jobs `owner` is still working on."""
+        if sops:
+            stmt = (update(J).where(J.c.sop_uid.in_(sops) & (J.c.lease_owner == owner))
+                    .values(lease_until=time.time() + lease_seconds))
+            await self._write(lambda conn: conn.execute(stmt))
+
+    async def lease_owners(self) -> list[str]:
+        """The replicas holding leases that have not run out."""
+        q = select(J.c.lease_owner).where((J.c.lease_until >= time.time()) & (J.c.lease_owner != "")).distinct()
         async with self.engine.connect() as conn:
-            rows = (await conn.execute(q.order_by(J.c.updated_at).limit(limit))).all()
-        return [(r.sop_uid, r.blob_key, r.attempts) for r in rows]
+            return [r.lease_owner for r in (await conn.execute(q)).all()]
+
+    async def release_leases(self, owner: str) -> None:
+        """Free the jobs a replica that is gone had claimed."""
+        stmt = update(J).where(J.c.lease_owner == owner).values(lease_owner="", lease_until=0.0)
+        await self._write(lambda conn: conn.execute(stmt))
+
+    async def backlog(self) -> tuple[int, float | None]:
+        """How many instances wait for a master, and since when the oldest has waited (epoch seconds)."""
+        q = select(func.count(), func.min(J.c.updated_at)).where(J.c.state == "pending")
+        async with self.engine.connect() as conn:
+            count, oldest = (await conn.execute(q)).one()
+        return int(count), oldest
 
     async def count_attempt(self, sop: str) -> None:
         stmt = update(J).where(J.c.sop_uid == sop).values(attempts=J.c.attempts + 1)

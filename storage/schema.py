@@ -106,5 +106,9 @@ master_jobs = Table(
     Column("attempts", Integer, nullable=False, default=0),
     Column("reason", Text, nullable=False, default=""),
     Column("updated_at", Float, nullable=False),
+    # The replica working on the job, until when: a replica that died (SIGKILL) loses its jobs to the
+    # others once their leases run out.
+    Column("lease_owner", String(64), nullable=False, default=""),
+    Column("lease_until", Float, nullable=False, default=0.0),
 )
 Index("ix_master_jobs_state", master_jobs.c.state)

@@ -673,7 +673,15 @@ def test_frame_of_single_frame_instance(client: httpx.Client) -> None:
 
 def test_frames_in_unavailable_media_type_is_406(client: httpx.Client) -> None:
     inst = store_one(client, EMRI)
-    assert_error(get(client, f"{inst.url}/frames/1", 'multipart/related; type="image/jp2"'), 406)
+    assert_error(get(client, f"{inst.url}/frames/1", 'multipart/related; type="image/jls"'), 406)
+
+
+def test_frames_as_jpeg_2000_right_after_store_wait_for_the_master(client: httpx.Client) -> None:
+    """Uncompressed when stored: JPEG 2000 needs the master, which the request hurries and waits for."""
+    inst = store_one(client, EMRI)
+    [(media, params, body)] = frame_parts(get(client, f"{inst.url}/frames/1", 'multipart/related; type="image/jp2"'))
+    assert media == "image/jp2" and params.get("transfer-syntax") == J2K_LOSSLESS
+    assert body[:2] == b"\xff\x4f"
 
 
 @pytest.fixture(scope="module")

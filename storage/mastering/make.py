@@ -49,8 +49,9 @@ def container_dtype(bits_allocated: int, signed: bool) -> np.dtype:
     return np.dtype(f"<{'i' if signed else 'u'}{bits_allocated // 8}")
 
 
-def original_frames(ds: Dataset, path: Path) -> list[np.ndarray]:
-    """The exact stored values of every frame, in (rows, cols[, samples]) arrays of the container type.
+def original_frames(ds: Dataset, path: Path, only: int | None = None) -> list[np.ndarray]:
+    """The exact stored values of every frame (or of frame index `only`), in (rows, cols[, samples])
+    arrays of the container type.
 
     Not `pixel_array`: that masks bits above Bits Stored, and a master made from masked values would
     silently lose them. Native data is read as stored; compressed data as its codec decodes it."""
@@ -60,16 +61,17 @@ def original_frames(ds: Dataset, path: Path) -> list[np.ndarray]:
     dtype = container_dtype(int(ds.BitsAllocated), int(ds.get("PixelRepresentation", 0) or 0) == 1)
     ts = str(ds.file_meta.TransferSyntaxUID)
     buffers: list[tuple[bytes, int]] = []
+    indices = range(nframes) if only is None else [only]
     if is_native(ts):
         data = decoded_dataset(path).PixelData  # big endian swapped, deflate inflated
         size = frame_size(ds)
         if len(data) < size * nframes:
             raise MasterNotPossible("pixel data is shorter than its frames")
         planar = int(ds.get("PlanarConfiguration", 0) or 0)
-        buffers = [(data[i * size: (i + 1) * size], planar) for i in range(nframes)]
+        buffers = [(data[i * size: (i + 1) * size], planar) for i in indices]
     else:
         decoder = get_decoder(UID(ts))
-        for i in range(nframes):
+        for i in indices:
             try:
                 buf, meta = decoder.as_buffer(ds, index=i)
             except Exception as exc:  # noqa: BLE001 - any decoder failure: keep as received
@@ -96,14 +98,29 @@ def _levels(codestream: bytes) -> list[dict[str, int]]:
     ]
 
 
+def _encoding(source: Dataset) -> dict[str, Any]:
+    """encode_master's arguments for the frames of `source`."""
+    return {"bits_stored": int(source.get("BitsStored", source.BitsAllocated)),
+            "signed": int(source.get("PixelRepresentation", 0) or 0) == 1,
+            "color": int(source.get("SamplesPerPixel", 1) or 1) == 3}
+
+
+def provisional_codestream(received: Path, number: int) -> bytes:
+    """Frame `number` (1-based) of a received file encoded as its master's codestream will be, for a
+    viewer that cannot wait for the master: not verified, so only cuts of it (labelled lossy) are sent.
+    Raises MasterNotPossible."""
+    source = pydicom.dcmread(received)
+    [frame] = original_frames(source, received, only=number - 1)
+    return encode_master(frame, **_encoding(source))
+
+
 def make_master(received: Path, work_dir: Path, *, bulk_data_threshold: int = 1024) -> Master:
     """Encode, write, read back and verify; raises MasterNotPossible (or VerificationFailed)."""
     source = pydicom.dcmread(received)
-    bits_stored = int(source.get("BitsStored", source.BitsAllocated))
-    signed = int(source.get("PixelRepresentation", 0) or 0) == 1
-    color = int(source.get("SamplesPerPixel", 1) or 1) == 3
+    encoding = _encoding(source)
+    color = encoding["color"]
     originals = original_frames(source, received)
-    codestreams = [encode_master(f, bits_stored=bits_stored, signed=signed, color=color) for f in originals]
+    codestreams = [encode_master(f, **encoding) for f in originals]
 
     ds = decoded_dataset(received, decompress=False)  # raw values little endian, ready to re-encode
     if sum(len(c) + 8 for c in codestreams) < BOT_LIMIT:

@@ -1,9 +1,19 @@
 """The durable background queue that turns received instances into masters.
 
 Jobs are rows written in the same transaction as the received instance, so the queue survives a
-restart. Encoding runs in a thread pool sized to the cores (OpenJPEG releases the GIL), at a lower OS
-priority than request handling, so uploads stay fast while masters are made. Until its master is
-ready an instance is served from the received file.
+restart. Each replica claims jobs with a lease (SKIP LOCKED on PostgreSQL): a job is worked on by one
+replica at a time, and the jobs of a replica that died go to the others once their leases run out.
+Finishing a job twice is harmless: the master is swapped in only if the instance still points at the
+blob it was made from.
+
+Encoding runs in a thread pool sized to the cores (OpenJPEG releases the GIL), at a lower OS priority
+than request handling, and waits while uploads arrive, so STOW stays fast. Three things keep masters
+coming all the same:
+- the series a viewer asks for (a cut, /layers, HTJ2K of an instance without its master) go first, and
+  start at once whatever the uploads;
+- a backlog older than BACKLOG_BOUND_SECONDS gets one worker at normal priority that never yields;
+- the newest jobs go first: the studies read first are the ones just acquired.
+Until its master is ready an instance is served from the received file.
 """
 
 from __future__ import annotations
@@ -13,10 +23,14 @@ import contextlib
 import functools
 import logging
 import os
+import secrets
+import socket
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections import OrderedDict, deque
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 from storage.blobs import LocalBlobStore, new_blob_key
 from storage.codec import MasterNotPossible
@@ -32,10 +46,29 @@ NICENESS = 10
 # A request that looked up the received blob just before its master replaced it may still open it:
 # the received blob is deleted only after this grace period.
 DELETE_GRACE_SECONDS = 30.0
-# Uploads come first: masters wait while uploads are arriving (and this long after the last one),
-# but never longer than MAX_YIELD_SECONDS in a row, so a steady stream of uploads cannot starve them.
+# Uploads come first: background masters wait while uploads are arriving (and this long after the last
+# one), but never longer than MAX_YIELD_SECONDS in a row.
 QUIET_SECONDS = 1.0
 MAX_YIELD_SECONDS = 30.0
+# A backlog whose oldest job waited longer than this gets a worker that never yields.
+BACKLOG_BOUND_SECONDS = 10.0
+# A claimed job belongs to its replica this long, renewed while it works on it.
+LEASE_SECONDS = 60.0
+# Series asked for by viewers that are remembered at once (the oldest are forgotten first).
+WANTED_SERIES = 64
+# The rate in /status is over this window; the backlog is sampled this often for the growth warning.
+RATE_WINDOW_SECONDS = 60.0
+GROWTH_SAMPLES = 5
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
 
 
 def _lower_priority() -> None:
@@ -44,25 +77,48 @@ def _lower_priority() -> None:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), NICENESS)
 
 
+@dataclass(frozen=True)
+class Progress:
+    """How far behind the queue is: for /status."""
+
+    backlog: int  # instances waiting for a master (all replicas)
+    oldest_seconds: float | None  # how long the oldest of them has waited
+    per_second: float  # masters made (or instances kept) here per second, over the last minute
+    in_progress: int  # jobs this replica is working on now
+
+
 class MasterQueue:
     def __init__(self, index: Index, blobs: LocalBlobStore, settings: Settings) -> None:
         self.index = index
         self.blobs = blobs
         self.settings = settings
         self.workers = settings.workers or os.cpu_count() or 1
+        # Unique per process: leases name the replica (and the process, for several on one host).
+        self.owner = f"{socket.gethostname()[:32]}:{os.getpid()}:{secrets.token_hex(4)}"
         self.pool = ThreadPoolExecutor(self.workers, thread_name_prefix="master", initializer=_lower_priority)
+        # Normal priority: instances a viewer waits for, and the worker an old backlog gets.
+        self.urgent_pool = ThreadPoolExecutor(1, thread_name_prefix="master-urgent")
         self._wake = asyncio.Event()
         self._busy: set[str] = set()
+        self._urgent_busy = 0
+        self._normal_busy = 0
         self._task: asyncio.Task[None] | None = None
         # Every task started here, so none is garbage-collected while it runs.
         self._tasks: set[asyncio.Future[None]] = set()
         self._doomed: dict[str, asyncio.TimerHandle] = {}
         self._uploads = 0
         self._last_upload = 0.0
+        self._yielding_since: float | None = None
+        self._wanted: OrderedDict[str, None] = OrderedDict()  # series UIDs, most recently asked last
+        self._finished: dict[str, asyncio.Event] = {}  # set when this replica ends the job of a SOP
+        self._done_at: deque[float] = deque()
+        self._backlog: tuple[int, float | None] = (0, None)
+        self._backlog_read = 0.0
+        self._samples: deque[int] = deque(maxlen=GROWTH_SAMPLES)
 
     @contextlib.asynccontextmanager
     async def upload(self) -> AsyncIterator[None]:
-        """Mark an upload in progress, so masters give it the CPU."""
+        """Mark an upload in progress, so background masters give it the CPU."""
         self._uploads += 1
         try:
             yield
@@ -70,17 +126,24 @@ class MasterQueue:
             self._uploads -= 1
             self._last_upload = time.monotonic()
 
-    async def _yield_to_uploads(self) -> None:
-        started = time.monotonic()
-        # Polled: "quiet for a second" is a matter of time passing, which no event marks.
-        while time.monotonic() - started < MAX_YIELD_SECONDS and (  # noqa: ASYNC110
-            self._uploads or time.monotonic() - self._last_upload < QUIET_SECONDS
-        ):
-            await asyncio.sleep(0.1)
+    def _uploads_first(self) -> bool:
+        """Whether background masters should wait now (uploads arriving, and not yet for too long)."""
+        active = self._uploads > 0 or time.monotonic() - self._last_upload < QUIET_SECONDS
+        if not active:
+            self._yielding_since = None
+            return False
+        now = time.monotonic()
+        if self._yielding_since is None:
+            self._yielding_since = now
+        if now - self._yielding_since >= MAX_YIELD_SECONDS:
+            self._yielding_since = None  # this once, a master goes ahead
+            return False
+        return True
 
     def start(self) -> None:
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="master-queue")
+            self._keep_task(asyncio.ensure_future(self._keep_leases()))
 
     def notify(self) -> None:
         self._wake.set()
@@ -95,6 +158,7 @@ class MasterQueue:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self.pool.shutdown(wait=True, cancel_futures=True)
+        self.urgent_pool.shutdown(wait=True, cancel_futures=True)
         for key, timer in list(self._doomed.items()):
             timer.cancel()
             await self.blobs.delete(key)
@@ -115,6 +179,57 @@ class MasterQueue:
     def busy(self) -> int:
         return len(self._busy)
 
+    # ---- what viewers wait for ---------------------------------------------------------------------
+
+    def want(self, series_uid: str) -> None:
+        """A viewer needs masters of this series: its jobs go before all others, at once."""
+        self._wanted[series_uid] = None
+        self._wanted.move_to_end(series_uid)
+        while len(self._wanted) > WANTED_SERIES:
+            self._wanted.popitem(last=False)
+        self.notify()
+
+    async def finished(self, sop_uid: str) -> None:
+        """Wait for this replica to end the job of `sop_uid` (master made, or kept as received); the
+        caller bounds the wait (the job may be another replica's)."""
+        event = self._finished.setdefault(sop_uid, asyncio.Event())
+        try:
+            await event.wait()
+        finally:
+            if self._finished.get(sop_uid) is event and not event.is_set():
+                self._finished.pop(sop_uid, None)
+
+    def _job_ended(self, sop_uid: str) -> None:
+        self._done_at.append(time.monotonic())
+        if (event := self._finished.pop(sop_uid, None)) is not None:
+            event.set()
+
+    # ---- how far behind ----------------------------------------------------------------------------
+
+    async def _read_backlog(self) -> tuple[int, float | None]:
+        """The backlog, read from the index at most once a second (every replica adds to it)."""
+        if time.monotonic() - self._backlog_read >= 1.0:
+            self._backlog_read = time.monotonic()
+            self._backlog = await self.index.backlog()
+        return self._backlog
+
+    async def progress(self) -> Progress:
+        count, oldest = await self._read_backlog()
+        cutoff = time.monotonic() - RATE_WINDOW_SECONDS
+        while self._done_at and self._done_at[0] < cutoff:
+            self._done_at.popleft()
+        age = max(0.0, time.time() - oldest) if oldest is not None else None
+        return Progress(count, age, len(self._done_at) / RATE_WINDOW_SECONDS, len(self._busy))
+
+    def _note_growth(self, count: int) -> None:
+        """Warn when the backlog grew at every one of the last samples (one a minute)."""
+        self._samples.append(count)
+        grew = len(self._samples) == GROWTH_SAMPLES and all(
+            b > a for a, b in zip(self._samples, list(self._samples)[1:], strict=False))
+        if grew:
+            log.warning("the master backlog keeps growing: %d instances wait (was %d %d minutes ago)",
+                        count, self._samples[0], GROWTH_SAMPLES - 1)
+
     async def drain(self) -> None:
         """Wait until no job is pending or running (for the import command and tests)."""
         self.start()
@@ -123,44 +238,106 @@ class MasterQueue:
         while self._busy or (await self.index.job_counts()).get("pending", 0):  # noqa: ASYNC110
             await asyncio.sleep(0.05)
 
-    async def _run(self) -> None:
-        slots = asyncio.Semaphore(self.workers)
+    # ---- the loop ----------------------------------------------------------------------------------
+
+    async def _keep_leases(self) -> None:
+        """Renew the leases of the jobs being worked on; sample the backlog for the growth warning."""
+        last_sample = time.monotonic()
         while True:
-            jobs = await self.index.pending_masters(self.workers * 2, self._busy)
-            if not jobs:
+            await asyncio.sleep(LEASE_SECONDS / 3)
+            with contextlib.suppress(Exception):
+                await self.index.extend_leases(self.owner, list(self._busy), LEASE_SECONDS)
+            if time.monotonic() - last_sample >= RATE_WINDOW_SECONDS:
+                last_sample = time.monotonic()
+                with contextlib.suppress(Exception):
+                    self._note_growth((await self._read_backlog())[0])
+
+    async def _claim(self, free: int, free_urgent: bool) -> list[tuple[tuple[str, str, int], bool]]:
+        """Jobs to start now, each with whether it is urgent (normal priority, never yields)."""
+        if self._wanted:
+            wanted = list(self._wanted)
+            jobs = await self.index.claim_masters(self.owner, free + int(free_urgent), LEASE_SECONDS,
+                                                  series=wanted)
+            if jobs:
+                return [(job, True) for job in jobs]
+            for series in wanted:  # nothing of them left to make
+                self._wanted.pop(series, None)
+        background = 0 if self._uploads_first() else free
+        count, oldest = await self._read_backlog()
+        old = count > 0 and oldest is not None and time.time() - oldest > BACKLOG_BOUND_SECONDS
+        urgent = 1 if free_urgent and old else 0
+        if background + urgent == 0:
+            return []
+        jobs = await self.index.claim_masters(self.owner, background + urgent, LEASE_SECONDS)
+        return [(job, i < urgent) for i, job in enumerate(jobs)]
+
+    async def _run(self) -> None:
+        await self._reclaim_from_dead_processes()
+        while True:
+            free = self.workers - self._normal_busy
+            free_urgent = self._urgent_busy == 0
+            started = 0
+            if free or free_urgent:
+                for (sop, key, attempts), urgent in await self._claim(free, free_urgent):
+                    if urgent and self._urgent_busy == 0:
+                        self._urgent_busy += 1
+                        pool, release = self.urgent_pool, self._release_urgent
+                    else:
+                        self._normal_busy += 1
+                        pool, release = self.pool, self._release_normal
+                    self._busy.add(sop)
+                    task = asyncio.create_task(self._guarded(sop, key, attempts, pool))
+                    self._keep_task(task)
+                    task.add_done_callback(functools.partial(self._done, sop, release))
+                    started += 1
+            if not started:
+                # Woken by new uploads, a viewer's request or a job ending; else look again shortly
+                # (uploads going quiet, leases of a dead replica running out).
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout=5)
-                continue
-            for sop, key, attempts in jobs:
-                await slots.acquire()
-                await self._yield_to_uploads()
-                self._busy.add(sop)
-                task = asyncio.create_task(self._guarded(sop, key, attempts))
-                self._keep_task(task)
-                task.add_done_callback(functools.partial(self._done, sop, slots))
+                    await asyncio.wait_for(self._wake.wait(), timeout=0.5 if self._uploads_first() else 5)
 
-    def _done(self, sop: str, slots: asyncio.Semaphore, _task: asyncio.Task[None]) -> None:
+    def _release_urgent(self) -> None:
+        self._urgent_busy -= 1
+
+    def _release_normal(self) -> None:
+        self._normal_busy -= 1
+
+    async def _reclaim_from_dead_processes(self) -> None:
+        """Free the leases of processes on this host that no longer run (killed, crashed), so their jobs
+        start now rather than when the leases run out. Other hosts' leases are left to run out."""
+        host = self.owner.split(":")[0]
+        for owner in await self.index.lease_owners():
+            name, _, rest = owner.partition(":")
+            pid = rest.partition(":")[0]
+            if name == host and pid.isdigit() and owner != self.owner and not _alive(int(pid)):
+                await self.index.release_leases(owner)
+
+    def _done(self, sop: str, release: Callable[[], None], _task: asyncio.Task[None]) -> None:
         self._busy.discard(sop)
-        slots.release()
+        release()
+        self.notify()
 
-    async def _guarded(self, sop: str, key: str, attempts: int) -> None:
+    async def _guarded(self, sop: str, key: str, attempts: int, pool: ThreadPoolExecutor) -> None:
         try:
-            await self._one(sop, key, attempts)
+            await self._one(sop, key, attempts, pool)
         except asyncio.CancelledError:
             raise
         except Exception:
             log.exception("master job for %s failed; it will be retried", sop)
+            with contextlib.suppress(Exception):  # give the job back now rather than when its lease ends
+                await self.index.extend_leases(self.owner, [sop], 0.0)
+        else:
+            self._job_ended(sop)
 
-    async def _keep(self, sop: str, key: str, reason: str) -> None:
-        checksum = await asyncio.get_running_loop().run_in_executor(
-            self.pool, file_sha256, self.blobs.local_path(key))
+    async def _keep(self, sop: str, key: str, reason: str, pool: ThreadPoolExecutor) -> None:
+        checksum = await asyncio.get_running_loop().run_in_executor(pool, file_sha256, self.blobs.local_path(key))
         await self.index.keep_as_received(sop, key, reason, checksum)
 
-    async def _one(self, sop: str, key: str, attempts: int) -> None:
+    async def _one(self, sop: str, key: str, attempts: int, pool: ThreadPoolExecutor) -> None:
         index, blobs, settings = self.index, self.blobs, self.settings
         if attempts >= MAX_ATTEMPTS:
-            await self._keep(sop, key, f"gave up after {attempts} attempts")
+            await self._keep(sop, key, f"gave up after {attempts} attempts", pool)
             return
         if await index.current_blob(sop) != key:
             await index.drop_job(sop, key)  # replaced or deleted meanwhile
@@ -169,16 +346,16 @@ class MasterQueue:
         loop = asyncio.get_running_loop()
         try:
             master = await loop.run_in_executor(
-                self.pool, functools.partial(make_master, bulk_data_threshold=settings.bulk_data_threshold),
+                pool, functools.partial(make_master, bulk_data_threshold=settings.bulk_data_threshold),
                 blobs.local_path(key), settings.tmp_dir,
             )
         except MasterNotPossible as exc:
             log.info("instance %s kept as received: %s", sop, exc)
-            await self._keep(sop, key, str(exc))
+            await self._keep(sop, key, str(exc), pool)
             return
         except Exception as exc:  # noqa: BLE001 - an encoder failure keeps the instance as received
             log.warning("encoder failure for %s, kept as received: %s", sop, exc)
-            await self._keep(sop, key, f"encoder failure: {type(exc).__name__}: {exc}")
+            await self._keep(sop, key, f"encoder failure: {type(exc).__name__}: {exc}", pool)
             return
         new_key = new_blob_key(master.parsed.series_uid, sop)
         try:
