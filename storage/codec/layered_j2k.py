@@ -39,8 +39,6 @@ empty layer there: the ladder never costs losslessness.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from .openjpeg import OpenJPEGError, decode_j2k, encode_j2k
@@ -152,10 +150,3 @@ def decode(codestream: bytes, *, layers: int | None = None, reduce: int = 0, thr
 def _dtype(precision: int, signed: bool) -> np.dtype:
     size = 8 if precision <= 8 else 16 if precision <= 16 else 32
     return np.dtype(f"{'int' if signed else 'uint'}{size}")
-
-
-def psnr(reference: np.ndarray, test: np.ndarray, peak: float) -> float:
-    """PSNR in dB; ``math.inf`` when identical."""
-    diff = reference.astype(np.float64) - test.astype(np.float64)
-    mse = float(np.mean(diff * diff))
-    return math.inf if mse == 0 else 10.0 * math.log10(peak * peak / mse)

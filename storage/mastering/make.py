@@ -24,6 +24,7 @@ from pydicom.pixels import get_decoder
 from pydicom.uid import UID
 
 from storage.codec import MasterNotPossible, decode, encode_master, fidelity_ladder, info
+from storage.codec.fidelity import THREADED_SAMPLES
 from storage.dicom_file import ParsedInstance, frame_from_file, parse_instance
 from storage.implementation import stamp_file_meta
 from storage.transcode import decoded_dataset, frame_size
@@ -159,10 +160,10 @@ def _verify(path: Path, parsed: ParsedInstance, originals: list[np.ndarray]) -> 
     with open(path, "rb") as fh:
         for number, (pieces, original) in enumerate(zip(parsed.frames, originals, strict=True), start=1):
             codestream = frame_from_file(fh, pieces)
-            decoded = decode(codestream)
+            decoded = decode(codestream, threads=(os.cpu_count() or 1) if original.size >= THREADED_SAMPLES else 1)
             if decoded.shape != original.shape or not np.array_equal(decoded, original):
                 raise VerificationFailed(f"frame {number} of the master does not decode to the original pixels")
-            ladder = [step.to_dict() for step in fidelity_ladder(codestream, original)]
+            ladder = [step.to_dict() for step in fidelity_ladder(codestream, original, whole_verified=True)]
             head = _levels(codestream)
             ladders.append({"number": number, "rows": head[0]["rows"], "columns": head[0]["columns"],
                             "levels": head, "layers": ladder})
