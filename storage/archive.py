@@ -436,7 +436,9 @@ class Archive:
             return rec
         state = await self.master_state(rec.study_uid, rec.series_uid, rec.sop_uid)
         if not state.pending:
-            return rec
+            # No master coming; or it came since `rec` was read: then the record as it is now.
+            return rec if state.fidelity is None else (await self.instances(rec.study_uid, rec.series_uid,
+                                                                            rec.sop_uid))[0]
         self.masters.want(rec.series_uid)
         deadline = time.monotonic() + self.settings.master_wait_seconds
         while (left := deadline - time.monotonic()) > 0:

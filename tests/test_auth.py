@@ -118,18 +118,22 @@ def test_unknown_kid_refetch_is_rate_limited_then_rotation(oidc_server: Server, 
     token = issuer.token("rsa-2")
     time.sleep(2.1)  # let a refetch be allowed
     before = issuer.jwks_fetches
+    started = time.monotonic()
     assert_401(httpx.get(f"{oidc_server.root}/studies", headers=bearer(token)), "token signed by an unknown key")
-    # A flood of tokens with unknown kids: at most one more fetch within the refetch interval.
+    # A flood of tokens with unknown kids: at most one fetch per refetch interval (2 s here), however slow
+    # a loaded machine makes the flood.
     for n in range(30):
         r = httpx.get(f"{oidc_server.root}/studies", headers=bearer(issuer.token("rsa-2", jti=str(n))))
         assert r.status_code == 401
-    assert issuer.jwks_fetches - before <= 1, issuer.jwks_fetches - before
+    allowed = 1 + int((time.monotonic() - started) // 2.0)
+    assert 1 <= issuer.jwks_fetches - before <= allowed, (issuer.jwks_fetches - before, allowed)
     # The issuer rotates: rsa-2 published. Once the interval has passed, the next token makes it fetched.
     issuer.published.add("rsa-2")
     time.sleep(2.1)
+    fetched = issuer.jwks_fetches
     r = httpx.get(f"{oidc_server.root}/studies", headers=bearer(token))
     assert r.status_code == 200, r.text
-    assert issuer.jwks_fetches - before == 2
+    assert issuer.jwks_fetches == fetched + 1
 
 
 def test_access_token_query_parameter_on_get_only(oidc_server: Server, issuer: Issuer) -> None:
