@@ -91,7 +91,7 @@ def _spawn(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> subp
                                 env=env, cwd=REPO_ROOT, start_new_session=True)
 
 
-def _kill_group(pid: int, sig: int = signal.SIGTERM, wait: float = 10.0) -> None:
+def kill_group(pid: int, sig: int = signal.SIGTERM, wait: float = 10.0) -> None:
     """Signal the process group `pid` leads, and wait (then SIGKILL) until its leader is gone."""
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, sig)
@@ -135,6 +135,22 @@ def create_bucket(endpoint: str, bucket: str) -> None:
                       aws_secret_access_key=S3_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
                       region_name=S3_CREDENTIALS["AWS_REGION"])
     s3.create_bucket(Bucket=bucket)
+
+
+def start_s3_server(base: Path) -> tuple[str, subprocess.Popen]:
+    """moto's standalone S3 server on a free loopback port, with the bucket BUCKET; (endpoint, process)."""
+    base.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    log = base / "s3.log"
+    proc = _spawn([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], log)
+    try:
+        _wait_http(f"{endpoint}/moto-api/", 30, proc, log)
+        create_bucket(endpoint, BUCKET)
+    except BaseException:
+        kill_group(proc.pid)
+        raise
+    return endpoint, proc
 
 
 def haproxy_config(port: int, replicas: list[int], stats_port: int) -> str:
@@ -233,13 +249,8 @@ class Cluster:
         self.base.mkdir(parents=True, exist_ok=True)
         pg_port = free_port()
         self.database_url = start_postgres(self.base / "pg", pg_port)
-        s3_port = free_port()
-        self.s3_endpoint = f"http://127.0.0.1:{s3_port}"
-        log = self.base / "s3.log"
-        moto = _spawn([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(s3_port)], log)
+        self.s3_endpoint, moto = start_s3_server(self.base)
         self._procs["s3"], self.pids["s3"] = moto, moto.pid
-        _wait_http(f"{self.s3_endpoint}/moto-api/", 30, moto, log)
-        create_bucket(self.s3_endpoint, BUCKET)
         for i in range(self.replicas):
             self.nodes.append(Replica(free_port(), self.base / f"replica{i + 1}", self.base / f"replica{i + 1}.log"))
         # One at a time: the first creates the schema (before migrations under a lock exist, two replicas
@@ -271,7 +282,7 @@ class Cluster:
         """Kill replica `i` and its children at once (SIGKILL: no shutdown, as a crash or an OOM kill)."""
         node = self.nodes[i]
         if node.pid:
-            _kill_group(node.pid, sig)
+            kill_group(node.pid, sig)
             node.proc, node.pid = None, 0
 
     def backend_states(self) -> dict[str, str]:
@@ -300,11 +311,11 @@ class Cluster:
 
     def stop(self) -> None:
         if "haproxy" in self.pids:
-            _kill_group(self.pids.pop("haproxy"))
+            kill_group(self.pids.pop("haproxy"))
         for i in range(len(self.nodes)):
             self.kill_replica(i, signal.SIGTERM)
         if "s3" in self.pids:
-            _kill_group(self.pids.pop("s3"))
+            kill_group(self.pids.pop("s3"))
         stop_postgres(self.base / "pg")
 
     def describe(self) -> str:
@@ -332,7 +343,7 @@ def down(base: Path) -> None:
         state = json.loads(state_file.read_text())
         for pid in [state["pids"].get("haproxy"), *state["replicas"], state["pids"].get("s3")]:
             if pid:
-                _kill_group(int(pid))
+                kill_group(int(pid))
     stop_postgres(base / "pg")
     shutil.rmtree(base, ignore_errors=True)
 
