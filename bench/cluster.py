@@ -154,7 +154,8 @@ def start_s3_server(base: Path) -> tuple[str, subprocess.Popen]:
 
 
 def haproxy_config(port: int, replicas: list[int], stats_port: int) -> str:
-    """Round robin over the replicas; one is taken out after two failed /readyz checks a second apart, and
+    """Round robin over the replicas; one is taken out after two failed /readyz checks a second apart (each
+    allowed 5 s), and
     a request whose connection to a dead replica fails is sent to another (redispatch)."""
     servers = "\n".join(f"    server r{i + 1} 127.0.0.1:{p} check" for i, p in enumerate(replicas))
     return f"""global
@@ -184,6 +185,8 @@ backend replicas
     balance roundrobin
     option httpchk GET /readyz
     http-check expect status 200
+    # Without `timeout check` a check must answer within `inter`: a busy replica would flap.
+    timeout check 5s
     default-server inter 1s fall 2 rise 1
 {servers}
 """
@@ -247,6 +250,7 @@ class Cluster:
 
     def _start(self) -> None:
         self.base.mkdir(parents=True, exist_ok=True)
+        self.base.chmod(0o755)  # mkdtemp's 0700 would keep the postgres user out of pg/
         pg_port = free_port()
         self.database_url = start_postgres(self.base / "pg", pg_port)
         self.s3_endpoint, moto = start_s3_server(self.base)
