@@ -18,9 +18,7 @@ import asyncio
 import contextlib
 import os
 import re
-import socket
 import tempfile
-import time
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
@@ -40,6 +38,8 @@ PUT_PARALLEL = 8
 # Whole-object reads (a response streaming an instance, a file for a codec) go in ranged pieces of this
 # size: each is a short request, so a slow client never holds one GET open past the service's timeouts.
 READ_PIECE = 8 << 20
+# Written at start, looked at by readiness checks (not a blob: outside the 2-hex-digit folders of blob keys).
+READY_MARKER = "_readiness/marker"
 # A readiness or start-up check that has no answer by then fails (rather than waiting for every retry).
 CHECK_SECONDS = 10.0
 
@@ -163,18 +163,24 @@ class S3BlobStore:
     # ---- health ------------------------------------------------------------------------------------
 
     async def check(self, *, write: bool = False) -> None:
-        """Raise BlobStoreUnavailable (one line) unless the bucket answers: a listing (which fails on a
-        missing bucket and on refused credentials, unlike a HEAD of some key), and with `write` a small
-        object put and deleted (credentials that may read but not write)."""
+        """Raise BlobStoreUnavailable (one line) unless the bucket answers.
+
+        With `write` (at start): a listing, which fails on a missing bucket and on refused credentials
+        (a HEAD of a missing key cannot tell those apart), then the readiness marker written, so
+        credentials that may read but not write are found too. Without (readiness, polled every second
+        or two by a load balancer): a HEAD of that marker, the cheapest request S3 bills."""
         try:
             async with asyncio.timeout(CHECK_SECONDS):
-                await obstore.list_with_delimiter_async(self.store, "_readiness/")
                 if write:
-                    probe = f"_readiness/{socket.gethostname()}-{os.getpid()}-{time.time_ns():x}"
-                    await obstore.put_async(self.store, probe, b"")
-                    await obstore.delete_async(self.store, probe)
+                    await obstore.list_with_delimiter_async(self.store, "_readiness/")
+                    await obstore.put_async(self.store, READY_MARKER, b"dicomweb readiness marker\n")
+                else:
+                    await obstore.head_async(self.store, READY_MARKER)
         except TimeoutError:
             raise BlobStoreUnavailable(f"{self.label}: no answer within {CHECK_SECONDS:.0f} s") from None
+        except FileNotFoundError:
+            raise BlobStoreUnavailable(f"{self.label}: the readiness marker {READY_MARKER} is gone "
+                                       "(bucket emptied or deleted?)") from None
         except Exception as exc:  # noqa: BLE001 - obstore's errors, told in one line
             raise BlobStoreUnavailable(f"{self.label}: {short_reason(exc)}") from None
 
