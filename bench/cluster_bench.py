@@ -13,13 +13,19 @@ gains: replicas on separate machines add cores; here they only split the same tw
 from __future__ import annotations
 
 import argparse
+import asyncio
+import os
+import random
+import shutil
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
+from pathlib import Path
 
-from bench.cluster import Cluster
+from bench.cluster import BUCKET, S3_CREDENTIALS, Cluster
 from bench.corpus import Corpus, build_corpus, corpus_size
 from bench.dicomweb_urls import DICOM_JSON, FRAME_ACCEPT, FRAME_NATIVE_ACCEPT, frame_urls, study_list_url
 from bench.http_client import CLIENT_ERRORS, Client
@@ -89,6 +95,44 @@ def measure(name: str, url: str, corpus: Corpus, rounds: int, log: Callable[[str
     return out
 
 
+def store_read_latency(endpoint: str, reads: int) -> dict[str, str]:
+    """Ranged reads of frame-sized pieces (64 to 512 KiB) straight from the blob stores, no HTTP: the S3
+    store (the bucket of moto's server on loopback) against the local folder (page cache warm)."""
+    from storage.blobs import LocalBlobStore
+    from storage.config import Settings
+    from storage.s3_blobs import S3BlobStore
+
+    os.environ.update({**S3_CREDENTIALS, "AWS_ENDPOINT_URL": endpoint})
+    work = Path(tempfile.mkdtemp(prefix="bench-blobs-"))
+    try:
+        s3 = S3BlobStore.from_settings(Settings(data_dir=work, blob_url=f"s3://{BUCKET}/bench", s3_endpoint=endpoint))
+        local = LocalBlobStore(work / "blobs")
+        data = os.urandom(16 << 20)
+        rng = random.Random(7)
+        ranges = [(o, n) for n in (rng.choice((64, 128, 256, 512)) << 10 for _ in range(reads))
+                  for o in [rng.randrange(0, len(data) - n)]]
+
+        async def run() -> dict[str, str]:
+            out = {}
+            for name, store in (("local folder", local), ("S3 (moto on loopback)", s3)):
+                (work / "src").write_bytes(data)
+                await store.put_file("ab/1.2/1.2.3.dcm", work / "src")
+                await store.read("ab/1.2/1.2.3.dcm", 0, 1024)
+                times = []
+                for offset, length in ranges:
+                    t0 = time.perf_counter()
+                    got = await store.read("ab/1.2/1.2.3.dcm", offset, length)
+                    times.append((time.perf_counter() - t0) * 1000)
+                    assert got == data[offset:offset + length]
+                times.sort()
+                out[name] = f"{statistics.median(times):.2f} / {times[round(0.95 * (len(times) - 1))]:.2f}"
+            return out
+
+        return asyncio.run(run())
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.cluster_bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small corpus, fewer rounds (a smoke run)")
@@ -103,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         results["1 replica, SQLite + folder"] = measure("local", local.dicomweb_url, corpus, rounds, log)
         stack.close()
         cluster = Cluster().start()
+        stack.callback(shutil.rmtree, cluster.base, True)
         stack.callback(cluster.stop)
         log(f"[cluster]\n{cluster.describe()}")
         results["2 replicas via HAProxy, PostgreSQL + S3"] = measure("cluster", cluster.root, corpus, rounds, log)
@@ -111,12 +156,16 @@ def main(argv: list[str] | None = None) -> int:
         with Client() as client:
             med, p95 = latencies(client, frame_urls(replica, corpus), {"Accept": "application/octet-stream; transfer-syntax=*"})
         results["1 replica on S3, direct"] = {"frame read, one at a time (median / p95 ms)": f"{med:.1f} / {p95:.1f}"}
+        blob_reads = store_read_latency(cluster.s3_endpoint, 100 if args.quick else 500)
     rows = list(next(iter(results.values())))
     header = ["", *results]
     table = [[row, *(r.get(row, "") for r in results.values())] for row in rows]
     print(f"corpus: {corpus.ct_slices} CT slices + {corpus.small_studies} small studies; "
           f"{CONCURRENCY} requests in flight; frames x{rounds}")
     print("\n".join(markdown_table(header, table, "l" + "r" * len(results))))
+    print()
+    print("ranged read of 64-512 KiB from a 16 MiB blob, in the blob store (no HTTP), median / p95 ms:")
+    print("\n".join(markdown_table(["store", "median / p95 ms"], list(blob_reads.items()), "lr")))
     return 0
 
 
