@@ -32,7 +32,9 @@ COPY storage ./storage
 COPY viewer-demo ./viewer-demo
 COPY --from=web /web/node_modules ./viewer-demo/node_modules
 COPY --from=web /web/.ohif ./viewer-demo/.ohif
-RUN pip install . \
+# With the PostgreSQL and S3 extras, so one image serves the embedded default and the cluster of
+# deploy/compose.yaml (DICOMWEB_DATABASE_URL, DICOMWEB_BLOB_URL and the AWS_* variables).
+RUN pip install '.[postgres,s3]' \
     && useradd --system --uid 10001 --home-dir /data dicomweb \
     && mkdir -p /data && chown dicomweb /data
 

@@ -76,6 +76,16 @@ async def healthz(request: Request) -> Response:
     return PlainTextResponse("ok")
 
 
+async def readyz(request: Request) -> Response:
+    """Readiness, for a load balancer: 200 when the index and the blob store both answer, else 503 with
+    the reason (no Retry-After: the balancer polls). /healthz stays liveness: this process answers."""
+    try:
+        await archive_of(request).check_ready()
+    except NotReady as exc:
+        return PlainTextResponse(f"not ready: {exc}\n", status_code=503, headers={"Cache-Control": "no-store"})
+    return PlainTextResponse("ready\n", headers={"Cache-Control": "no-store"})
+
+
 async def status(request: Request) -> Response:
     """Archive state: how many instances, how many still wait for a master, and how many are kept as
     received (no master), with how many for each reason."""
@@ -143,7 +153,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     # Audit (outside, so refusals are audited), then authentication, then limits, nearest to the handlers.
     middleware += security_middleware(settings)
     app = Starlette(
-        routes=[Route("/healthz", healthz), Mount(settings.root, routes=dicomweb_routes()), *static_routes(settings)],
+        routes=[Route("/healthz", healthz), Route("/readyz", readyz), Mount(settings.root, routes=dicomweb_routes()), *static_routes(settings)],
         middleware=middleware,
         exception_handlers={HTTPError: http_error, StorageError: storage_error, 404: not_found, 405: not_found,
                             Exception: unexpected_error},

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dicomweb.static_sites import site_notes
-from storage import DEFAULTS, LOG_LEVELS, SettingError, Settings, settings_from_env
+from storage import DEFAULTS, LOG_LEVELS, SettingError, Settings, check_blob_url, settings_from_env
 
 if TYPE_CHECKING:
     from storage import Archive
@@ -57,6 +57,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
     settings = settings_from_env().with_overrides(
         data_dir=Path(args.data) if args.data else None,
         database_url=args.database_url,
+        blob_url=check_blob_url(args.blob_url) if getattr(args, "blob_url", None) else None,
         root="/" + root.strip("/") if root else None,
         access_log=getattr(args, "access_log", None),
         host=getattr(args, "host", None),
@@ -82,6 +83,15 @@ def index_label(settings: Settings) -> str:
     return f"{kind} {url.render_as_string(hide_password=True)}"
 
 
+def blob_label(settings: Settings) -> str:
+    """Where blobs are kept: a folder, or an S3 bucket and prefix at an endpoint."""
+    if settings.s3_location is None:
+        return str(settings.blob_dir.resolve())
+    bucket, prefix = settings.s3_location
+    where = settings.s3_endpoint or f"AWS {settings.s3_region or 'us-east-1'}"
+    return f"S3 s3://{bucket}/{prefix} at {where}"
+
+
 def codec_stack() -> str:
     """The codec versions, or CommandError with the reason. Quietly: glymur's warning about a library
     it cannot load would add lines that the error's one line already says."""
@@ -99,14 +109,19 @@ async def open_archive(settings: Settings, *, start_masters: bool, parser_proces
     """The opened archive, or CommandError saying which folder or database could not be opened."""
     from sqlalchemy.exc import SQLAlchemyError
 
-    from storage import Archive
+    from storage import Archive, BlobStoreUnavailable
 
     try:
         archive = Archive(settings)
+    except BlobStoreUnavailable as exc:
+        raise CommandError(f"cannot use the blob store: {exc}") from None
     except OSError as exc:
         raise CommandError(f"cannot use the data folder {settings.data_dir}: {exc}") from None
     try:
         await archive.open(start_masters=start_masters, parser_processes=parser_processes)
+    except BlobStoreUnavailable as exc:
+        await archive.close()
+        raise CommandError(f"cannot use the blob store: {exc}") from None
     except (SQLAlchemyError, OSError) as exc:
         await archive.close()
         reason = (str(exc).splitlines() or [""])[0]  # SQLAlchemy adds lines (statement, help link)
@@ -158,9 +173,11 @@ def banner(settings: Settings, host: str, port: int, codecs: str, log_level: str
         ("OHIF", f"{base}/ohif/{ohif_note}"),
         ("OHIF progressive", f"{base}/ohif-progressive/{ohif_note}"),
         ("health", f"{base}/healthz"),
+        ("readiness", f"{base}/readyz"),
         ("status", f"{base}{root}/status"),
         ("data folder", str(settings.data_dir.resolve())),
         ("index", index_label(settings)),
+        ("blobs", blob_label(settings)),
         ("codecs", codecs),
         ("access log", access),
     ]
@@ -248,6 +265,11 @@ def _storage_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--database-url", metavar="URL",
                    help="SQLAlchemy URL of the index, e.g. postgresql+asyncpg://user:pw@host/db "
                         "(env DICOMWEB_DATABASE_URL; default: SQLite in the data folder)")
+    p.add_argument("--blob-url", metavar="URL",
+                   help="where blobs are kept: s3://BUCKET/PREFIX for an S3-compatible service (endpoint, "
+                        "region and credentials from AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID, "
+                        "AWS_SECRET_ACCESS_KEY...; install with pip install '.[s3]'), or a folder "
+                        "(env DICOMWEB_BLOB_URL; default: blobs/ in the data folder)")
 
 
 def _serve_parser(sub: argparse._SubParsersAction) -> None:

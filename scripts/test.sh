@@ -20,13 +20,15 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e '.[test]'
 PYTHON="$VENV/bin/python" bash scripts/setup-browser.sh
-# PostgreSQL server binaries (the tests start their own cluster) and the independent validators of
+# PostgreSQL server binaries (the tests start their own cluster), HAProxy and the independent validators of
 # tests/test_validation.py: dciodvfy (dicom3tools), gdcminfo/gdcmconv (libgdcm-tools), opj_decompress.
 missing=()
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
 command -v dciodvfy >/dev/null || missing+=(dicom3tools)
 command -v gdcmconv >/dev/null || missing+=(libgdcm-tools)
 command -v opj_decompress >/dev/null || missing+=(libopenjp2-tools)
+# The load balancer of the cluster tests (bench/cluster.py: two replicas on PostgreSQL and S3).
+command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || missing+=(haproxy)
 if [ ${#missing[@]} -gt 0 ]; then
   apt_install "${missing[@]}"
 fi

@@ -18,12 +18,14 @@ from storage.archive import (
     SearchResult,
     Upload,
 )
+from storage.blobs import BlobStoreUnavailable
 from storage.codec_check import CodecStackError, check_codec_stack
 from storage.config import (
     DEFAULTS,
     LOG_LEVELS,
     SettingError,
     Settings,
+    check_blob_url,
     ohif_dist_override,
     settings_from_env,
     user_data_home,
@@ -72,6 +74,7 @@ __all__ = [
     "ApiKeys",
     "Archive",
     "BadRequest",
+    "BlobStoreUnavailable",
     "CannotProduce",
     "CodecStackError",
     "FramePlan",
@@ -91,6 +94,7 @@ __all__ = [
     "Upload",
     "Viewport",
     "Window",
+    "check_blob_url",
     "check_codec_stack",
     "is_valid_uid",
     "ohif_dist_override",

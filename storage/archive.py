@@ -26,10 +26,11 @@ from typing import Any, Self
 
 import orjson
 from pydicom.uid import UID
+from sqlalchemy import text as sql_text
 
 from storage import access_labels
 from storage.api_keys import ApiKeys
-from storage.blobs import LocalBlobStore, new_blob_key
+from storage.blobs import BlobStoreUnavailable, new_blob_key, open_blob_store
 from storage.codec import CutError, cut, decode, info, levels_to_drop, to_htj2k, without_padding
 from storage.codec_check import check_codec_stack
 from storage.config import Settings
@@ -47,6 +48,9 @@ from storage.transcode import frame_native, pixel_data_native, to_native
 from storage.transfer_syntaxes import EXPLICIT_LE, HTJ2K, HTJ2K_LOSSLESS_RPCL, J2K, J2K_LOSSLESS, syntax
 
 log = logging.getLogger(__name__)
+
+# A readiness check that has no answer from the index by then fails.
+READY_SECONDS = 5.0
 
 # PS3.4 / PS3.18 failure reasons used in FailedSOPSequence.
 PROCESSING_FAILURE = 0x0110
@@ -82,7 +86,7 @@ class Archive:
         self.settings = settings
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         settings.tmp_dir.mkdir(parents=True, exist_ok=True)
-        self.blobs = LocalBlobStore(settings.blob_dir)
+        self.blobs = open_blob_store(settings)
         self.index = Index(settings.sql_url)
         self.api_keys = ApiKeys(self.index.engine)
         self._sop_locks: dict[str, asyncio.Lock] = {}
@@ -96,6 +100,9 @@ class Archive:
         if start_masters:
             # Refuse to run a queue that could only keep every image as received (CodecStackError).
             self.codecs = await asyncio.to_thread(check_codec_stack)
+        # A bucket that cannot be listed or written stops the start (BlobStoreUnavailable), as an
+        # unreachable database does, rather than failing every upload afterwards.
+        await self.blobs.check(write=True)
         await self.index.create()
         await self.api_keys.create_table()
         await access_labels.create_table(self.index.engine)
@@ -113,6 +120,7 @@ class Archive:
             self._parsers.shutdown(wait=True, cancel_futures=True)
             self._parsers = None
         await self.index.close()
+        await self.blobs.close()
 
     def new_tmp_dir(self) -> str:
         return tempfile.mkdtemp(dir=self.settings.tmp_dir)
@@ -244,6 +252,20 @@ class Archive:
         """Raise if the index cannot be read."""
         await self.index.count_instances()
 
+    async def check_ready(self) -> None:
+        """Raise NotReady (with the reason) unless the index and the blob store both answer now: what a
+        load balancer asks before sending this replica requests."""
+        try:
+            async with asyncio.timeout(READY_SECONDS):
+                async with self.index.engine.connect() as conn:
+                    await conn.execute(sql_text("SELECT 1"))
+        except Exception as exc:  # noqa: BLE001 - any failure means not ready
+            raise NotReady(f"index unreachable: {type(exc).__name__}") from None
+        try:
+            await self.blobs.check()
+        except BlobStoreUnavailable as exc:
+            raise NotReady(f"blob store unreachable: {exc}") from None
+
     async def status(self) -> dict[str, Any]:
         """How many instances, how many still wait for a master (and since when, and how fast this
         replica makes them), how many are kept as received (no master) and for which reasons."""
@@ -368,15 +390,18 @@ class Archive:
     async def transcoded(self, rec: InstanceRecord, transfer_syntax: str) -> bytes:
         """The instance as Part 10 in an uncompressed `transfer_syntax`; CannotTranscode if it cannot be
         decoded."""
-        return await asyncio.to_thread(to_native, self.blobs.local_path(rec.blob_key), transfer_syntax)
+        async with self.blobs.local_file(rec.blob_key) as path:
+            return await asyncio.to_thread(to_native, path, transfer_syntax)
 
     async def pixel_data_native(self, rec: InstanceRecord) -> bytes:
         """All frames' pixel data uncompressed, little endian (the Pixel Data bulk data)."""
-        return await asyncio.to_thread(pixel_data_native, self.blobs.local_path(rec.blob_key))
+        async with self.blobs.local_file(rec.blob_key) as path:
+            return await asyncio.to_thread(pixel_data_native, path)
 
     async def bulk_value(self, rec: InstanceRecord, tag_path: str) -> bytes:
         """The binary value at `tag_path` as bulk data is sent; NotFound if there is none."""
-        value = await asyncio.to_thread(bulk_value, self.blobs.local_path(rec.blob_key), tag_path)
+        async with self.blobs.local_file(rec.blob_key) as path:
+            value = await asyncio.to_thread(bulk_value, path, tag_path)
         if value is None:
             raise NotFound(f"no bulk data at {tag_path}")
         return value
@@ -421,7 +446,8 @@ class Archive:
 
     async def _provisional_frame(self, rec: InstanceRecord, number: int) -> bytes:
         try:
-            return await asyncio.to_thread(provisional_codestream, self.blobs.local_path(rec.blob_key), number)
+            async with self.blobs.local_file(rec.blob_key) as path:
+                return await asyncio.to_thread(provisional_codestream, path, number)
         except MasterNotPossible as exc:
             raise CannotProduce(f"cannot cut this frame: {exc}") from None
         except FileNotFoundError:
@@ -491,7 +517,8 @@ class Archive:
             pixels = await asyncio.to_thread(decode, codestream, threads=os.cpu_count() or 1)
             data = pixels.astype(dtype, copy=False).tobytes()
         else:
-            data = await asyncio.to_thread(frame_native, self.blobs.local_path(rec.blob_key), number - 1)
+            async with self.blobs.local_file(rec.blob_key) as path:
+                data = await asyncio.to_thread(frame_native, path, number - 1)
         self._decoded.put(cache_key, data)
         return data
 
@@ -501,8 +528,8 @@ class Archive:
         # The index addresses most frames; the others (deflated, bit-packed) are decoded from the file.
         frame = await self.read_frame(rec, number) if number <= len(rec.frames) else None
         try:
-            return await asyncio.to_thread(render_frame, self.blobs.local_path(rec.blob_key),
-                                           rec.transfer_syntax, frame, number, options)
+            async with self.blobs.local_file(rec.blob_key) as path:
+                return await asyncio.to_thread(render_frame, path, rec.transfer_syntax, frame, number, options)
         except FileNotFoundError:
             raise NotFound("the instance was deleted while it was being rendered") from None
 

@@ -1,8 +1,9 @@
 """Blob store: immutable objects addressed by key.
 
 The local store is the embedded default. Writes are atomic (temporary name, fsync, rename, fsync of the
-folder) so a crash never leaves a half object under a real key. An S3-compatible store can implement the
-same four operations.
+folder) so a crash never leaves a half object under a real key. The S3 store (storage/s3_blobs.py) does
+the same operations on a bucket. Nothing outside this module and that one knows where blobs lie: code that
+needs a file (a codec, pydicom) asks for one with `async with blobs.local_file(key) as path`.
 """
 
 from __future__ import annotations
@@ -16,16 +17,39 @@ import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from storage.config import Settings
 
 
 class BlobStore(Protocol):
+    # Where the blobs are, for people: a folder, or s3://bucket/prefix at an endpoint.
+    label: str
+
     async def put_file(self, key: str, src: Path) -> int: ...
     async def put_files(self, items: list[tuple[str, Path]]) -> list[int | BaseException]: ...
     async def read(self, key: str, offset: int = 0, length: int | None = None) -> bytes: ...
     def chunks(self, key: str) -> AsyncIterator[bytes]: ...
     async def delete(self, key: str) -> None: ...
-    def local_path(self, key: str) -> Path | None: ...
+    def local_file(self, key: str) -> contextlib.AbstractAsyncContextManager[Path]: ...
+    async def check(self, *, write: bool = False) -> None: ...
+    async def close(self) -> None: ...
+
+
+class BlobStoreUnavailable(Exception):
+    """The blob store cannot be used (unreachable, refused credentials, no such bucket); str() is one line."""
+
+
+def open_blob_store(settings: Settings) -> BlobStore:
+    """The store `settings.blob_url` names: an S3 bucket, or a folder (the data folder's blobs/ by default)."""
+    if settings.s3_location is None:
+        return LocalBlobStore(settings.blob_dir)
+    try:
+        from storage.s3_blobs import S3BlobStore
+    except ImportError as exc:
+        raise BlobStoreUnavailable(f"{settings.blob_url} needs the S3 client: pip install '.[s3]' ({exc})") from None
+    return S3BlobStore.from_settings(settings)
 
 
 # Files of one put_files call written in parallel.
@@ -43,6 +67,14 @@ def new_blob_key(series_uid: str, sop_uid: str) -> str:
     return f"{h[:2]}/{series_uid}/{sop_uid}.{time.time_ns():x}.dcm"
 
 
+def check_key(key: str) -> str:
+    """`key` if it is a relative path without . or .. parts; else ValueError (keys come from new_blob_key,
+    which builds them from validated UIDs: this is the last guard)."""
+    if not key or key.startswith("/") or any(part in ("", ".", "..") for part in key.split("/")):
+        raise ValueError(f"bad blob key {key!r}")
+    return key
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -54,6 +86,7 @@ def _fsync_dir(path: Path) -> None:
 class LocalBlobStore:
     def __init__(self, root: Path, io_threads: int = 16) -> None:
         self.root = root
+        self.label = str(root.resolve())
         self.root.mkdir(parents=True, exist_ok=True)
         # fsync waits on the disk, not the CPU: many of them in flight keep uploads moving.
         self._io = ThreadPoolExecutor(io_threads, thread_name_prefix="blob-io")
@@ -62,9 +95,30 @@ class LocalBlobStore:
         return await asyncio.get_running_loop().run_in_executor(self._io, fn, *args)
 
     def local_path(self, key: str) -> Path:
-        if ".." in key.split("/") or key.startswith("/"):
-            raise ValueError(f"bad blob key {key!r}")
-        return self.root / key
+        return self.root / check_key(key)
+
+    @contextlib.asynccontextmanager
+    async def local_file(self, key: str) -> AsyncIterator[Path]:
+        """The blob as a file, for code that needs one: here, the file itself (FileNotFoundError when the
+        blob does not exist)."""
+        path = self.local_path(key)
+        if not path.is_file():
+            raise FileNotFoundError(f"no blob {key}")
+        yield path
+
+    async def check(self, *, write: bool = False) -> None:
+        """Raise BlobStoreUnavailable if the folder cannot be used (listed, or with `write`, written)."""
+        try:
+            await asyncio.to_thread(os.listdir, self.root)
+            if write:
+                probe = self.root / f".probe.{os.getpid()}.{time.time_ns():x}"
+                await asyncio.to_thread(probe.write_bytes, b"")
+                await asyncio.to_thread(probe.unlink)
+        except OSError as exc:
+            raise BlobStoreUnavailable(f"cannot use the blob folder {self.root}: {exc}") from None
+
+    async def close(self) -> None:
+        self._io.shutdown(wait=False)
 
     def _place(self, key: str, src: Path) -> int:
         """Move (or copy) `src` to a temporary name, fsync it, rename it to `key`. `src` is consumed."""

@@ -8,6 +8,7 @@ SettingError naming the variable, so the command line can answer with one line i
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,15 @@ class Settings:
     data_dir: Path = Path("./dicomweb-data")
     # SQLAlchemy URL; empty means an SQLite file inside data_dir.
     database_url: str = ""
+    # Where blobs are kept: s3://BUCKET/PREFIX for an S3-compatible service, or a folder (a path or a
+    # file:// URL); empty means the folder blobs/ inside data_dir.
+    blob_url: str = ""
+    # The S3 service: endpoint (empty: AWS's own for the region) and region, from the standard AWS
+    # variables (AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL; AWS_REGION or AWS_DEFAULT_REGION). Credentials
+    # are not settings: the S3 client takes them from the usual chain (AWS_ACCESS_KEY_ID and
+    # AWS_SECRET_ACCESS_KEY, a web identity token, the container or instance metadata service).
+    s3_endpoint: str = ""
+    s3_region: str = ""
     # Root of the DICOMweb API in URLs.
     root: str = "/dicom-web"
     # Public base URL used in RetrieveURL / BulkDataURI when behind a proxy; empty = from the request.
@@ -127,8 +137,19 @@ class Settings:
     max_uploads_per_client: int = 8
 
     @property
+    def s3_location(self) -> tuple[str, str] | None:
+        """(bucket, prefix) when blobs are in an S3 bucket, else None."""
+        return parse_s3_url(self.blob_url) if self.blob_url.startswith("s3://") else None
+
+    @property
     def blob_dir(self) -> Path:
-        return self.data_dir / "blobs"
+        """The blob folder, when blobs are kept in a folder."""
+        url = self.blob_url
+        if not url:
+            return self.data_dir / "blobs"
+        if url.startswith("file://"):
+            return Path(url.removeprefix("file://"))
+        return Path(url)
 
     @property
     def tmp_dir(self) -> Path:
@@ -152,6 +173,10 @@ def settings_from_env() -> Settings:
     return Settings(
         data_dir=Path(env.get("DICOMWEB_DATA") or d.data_dir),
         database_url=env.get("DICOMWEB_DATABASE_URL", d.database_url),
+        blob_url=check_blob_url(env.get("DICOMWEB_BLOB_URL", "").strip() or d.blob_url),
+        s3_endpoint=(env.get("AWS_ENDPOINT_URL_S3", "").strip() or env.get("AWS_ENDPOINT_URL", "").strip()
+                     or d.s3_endpoint).rstrip("/"),
+        s3_region=env.get("AWS_REGION", "").strip() or env.get("AWS_DEFAULT_REGION", "").strip() or d.s3_region,
         root="/" + (env.get("DICOMWEB_ROOT") or d.root).strip("/"),
         public_url=env.get("DICOMWEB_PUBLIC_URL", d.public_url).rstrip("/"),
         max_upload_bytes=env_int("DICOMWEB_MAX_UPLOAD_BYTES", d.max_upload_bytes, minimum=1),
@@ -189,6 +214,32 @@ def settings_from_env() -> Settings:
         keep_alive_timeout=env_int("DICOMWEB_KEEP_ALIVE_TIMEOUT", d.keep_alive_timeout, minimum=1),
         max_uploads_per_client=env_int("DICOMWEB_MAX_UPLOADS_PER_CLIENT", d.max_uploads_per_client, minimum=1),
     )
+
+
+# S3 bucket names: 3 to 63 lower-case letters, digits, dots and hyphens, starting and ending with a letter
+# or digit (AWS's rules; MinIO and Ceph follow them).
+BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+
+
+def parse_s3_url(url: str) -> tuple[str, str]:
+    """(bucket, prefix) of s3://BUCKET/PREFIX; SettingError if it is malformed."""
+    rest = url.removeprefix("s3://")
+    bucket, _, prefix = rest.partition("/")
+    prefix = prefix.strip("/")
+    if not BUCKET_NAME.fullmatch(bucket):
+        raise SettingError(f"blob URL {url!r}: {bucket!r} is not an S3 bucket name")
+    if any(part in ("", ".", "..") for part in prefix.split("/")) and prefix:
+        raise SettingError(f"blob URL {url!r}: the prefix has an empty, . or .. part")
+    return bucket, prefix
+
+
+def check_blob_url(url: str) -> str:
+    """`url` if it names a blob store this server can use (s3://, file://, or a path); else SettingError."""
+    if url.startswith("s3://"):
+        parse_s3_url(url)
+    elif "://" in url and not url.startswith("file://"):
+        raise SettingError(f"blob URL {url!r}: use s3://BUCKET/PREFIX, a folder path or a file:// URL")
+    return url
 
 
 def env_word(name: str, default: str) -> str:

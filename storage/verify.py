@@ -8,6 +8,7 @@ import hashlib
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pydicom
@@ -51,10 +52,7 @@ def _master_pixels_sha256(path) -> str:
     return digest.hexdigest()
 
 
-def _check(archive: Archive, sop: str, key: str, sha: str, ts: str, pixel_sha: str | None) -> list[str]:
-    path = archive.blobs.local_path(key)
-    if not path.exists():
-        return [f"{sop}: blob {key} is missing"]
+def _check_file(path: Path, sop: str, key: str, sha: str, ts: str, pixel_sha: str | None) -> list[str]:
     if sha and file_sha256(path) != sha:
         return [f"{sop}: checksum mismatch for {key}"]
     if ts == J2K_LOSSLESS and pixel_sha:
@@ -67,12 +65,22 @@ def _check(archive: Archive, sop: str, key: str, sha: str, ts: str, pixel_sha: s
     return []
 
 
+async def _check(archive: Archive, sop: str, key: str, sha: str, ts: str, pixel_sha: str | None) -> list[str]:
+    """The problems of one instance's blob, wherever the blob store keeps it (an S3 object is fetched to a
+    temporary file)."""
+    try:
+        async with archive.blobs.local_file(key) as path:
+            return await asyncio.to_thread(_check_file, path, sop, key, sha, ts, pixel_sha)
+    except FileNotFoundError:
+        return [f"{sop}: blob {key} is missing"]
+
+
 async def verify_archive(archive: Archive, progress: Callable[[int], None] | None = None) -> VerifyReport:
     report = VerifyReport(kept=await archive.index.kept_as_received())
     rows = await archive.index.checksums()
     report.instances = len(rows)
     for sop, key, sha, ts, pixel_sha in rows:
-        report.problems += await asyncio.to_thread(_check, archive, sop, key, sha, ts, pixel_sha)
+        report.problems += await _check(archive, sop, key, sha, ts, pixel_sha)
         if ts == J2K_LOSSLESS and pixel_sha:
             report.masters += 1
         if progress:

@@ -171,3 +171,31 @@ def new_uids(data: bytes, **changes: str) -> bytes:
     out = io.BytesIO()
     ds.save_as(out, enforce_file_format=True)
     return out.getvalue()
+
+
+# ---- the scale-out topology (bench/cluster.py): PostgreSQL + S3 server + two replicas behind HAProxy ----
+
+class ClusterServer:
+    """The cluster seen as one server by the protocol suites: its address is the load balancer's."""
+
+    def __init__(self, cluster) -> None:
+        self.cluster = cluster
+        self.port = cluster.port
+        self.base = cluster.url
+        self.root = cluster.root
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory):
+    """One cluster for the whole session (started on first use: the cluster suites only)."""
+    import tempfile
+
+    from bench.cluster import Cluster
+
+    # Not under pytest's tmp folder: as root that is private to root, and PostgreSQL runs as postgres.
+    c = Cluster(base=Path(tempfile.mkdtemp(prefix="dicomweb-cluster-")), env={"DICOMWEB_WORKERS": "1"}).start()
+    yield c
+    c.stop()
+    import shutil
+
+    shutil.rmtree(c.base, ignore_errors=True)

@@ -32,7 +32,7 @@ from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from storage.blobs import LocalBlobStore, new_blob_key
+from storage.blobs import BlobStore, new_blob_key
 from storage.codec import MasterNotPossible
 from storage.config import Settings
 from storage.dicom_file import file_sha256
@@ -88,7 +88,7 @@ class Progress:
 
 
 class MasterQueue:
-    def __init__(self, index: Index, blobs: LocalBlobStore, settings: Settings) -> None:
+    def __init__(self, index: Index, blobs: BlobStore, settings: Settings) -> None:
         self.index = index
         self.blobs = blobs
         self.settings = settings
@@ -331,7 +331,8 @@ class MasterQueue:
             self._job_ended(sop)
 
     async def _keep(self, sop: str, key: str, reason: str, pool: ThreadPoolExecutor) -> None:
-        checksum = await asyncio.get_running_loop().run_in_executor(pool, file_sha256, self.blobs.local_path(key))
+        async with self.blobs.local_file(key) as path:
+            checksum = await asyncio.get_running_loop().run_in_executor(pool, file_sha256, path)
         await self.index.keep_as_received(sop, key, reason, checksum)
 
     async def _one(self, sop: str, key: str, attempts: int, pool: ThreadPoolExecutor) -> None:
@@ -344,19 +345,22 @@ class MasterQueue:
             return
         await index.count_attempt(sop)
         loop = asyncio.get_running_loop()
-        try:
-            master = await loop.run_in_executor(
-                pool, functools.partial(make_master, bulk_data_threshold=settings.bulk_data_threshold),
-                blobs.local_path(key), settings.tmp_dir,
-            )
-        except MasterNotPossible as exc:
-            log.info("instance %s kept as received: %s", sop, exc)
-            await self._keep(sop, key, str(exc), pool)
-            return
-        except Exception as exc:  # noqa: BLE001 - an encoder failure keeps the instance as received
-            log.warning("encoder failure for %s, kept as received: %s", sop, exc)
-            await self._keep(sop, key, f"encoder failure: {type(exc).__name__}: {exc}", pool)
-            return
+        # A blob that cannot be fetched (the store failed) is not an encoder failure: that error leaves
+        # this job, which is retried.
+        async with blobs.local_file(key) as path:
+            try:
+                master = await loop.run_in_executor(
+                    pool, functools.partial(make_master, bulk_data_threshold=settings.bulk_data_threshold),
+                    path, settings.tmp_dir,
+                )
+            except MasterNotPossible as exc:
+                log.info("instance %s kept as received: %s", sop, exc)
+                await self._keep(sop, key, str(exc), pool)
+                return
+            except Exception as exc:  # noqa: BLE001 - an encoder failure keeps the instance as received
+                log.warning("encoder failure for %s, kept as received: %s", sop, exc)
+                await self._keep(sop, key, f"encoder failure: {type(exc).__name__}: {exc}", pool)
+                return
         new_key = new_blob_key(master.parsed.series_uid, sop)
         try:
             size = await blobs.put_file(new_key, master.path)
