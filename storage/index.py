@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -12,6 +13,7 @@ from typing import Any, TypeVar
 import orjson
 from sqlalchemy import bindparam, create_engine, delete, event, func, make_url, select, update
 from sqlalchemy.engine import Connection, Engine, Row
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from storage import schema
@@ -117,6 +119,16 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
+# PostgreSQL's serialization_failure and deadlock_detected: the transaction can simply be run again.
+RETRY_SQLSTATES = frozenset({"40001", "40P01"})
+WRITE_ATTEMPTS = 5
+
+
+def _sqlstate(exc: DBAPIError) -> str:
+    orig = exc.orig
+    return str(getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None) or "")
+
+
 class Index:
     def __init__(self, url: str) -> None:
         self.url = url
@@ -154,8 +166,17 @@ class Index:
         async with self._write_lock:
             if self._writer is not None:
                 return await asyncio.get_running_loop().run_in_executor(self._writer, self._run_write, transaction)
-            async with self.engine.begin() as conn:
-                return await conn.run_sync(transaction)
+            for attempt in range(1, WRITE_ATTEMPTS + 1):
+                try:
+                    async with self.engine.begin() as conn:
+                        return await conn.run_sync(transaction)
+                except DBAPIError as exc:
+                    # Replicas writing the same study, series or instance at once (PostgreSQL): a
+                    # deadlock or serialization failure rolls one back whole; it is run again.
+                    if _sqlstate(exc) not in RETRY_SQLSTATES or attempt == WRITE_ATTEMPTS:
+                        raise
+                    await asyncio.sleep(0.01 * attempt * (1 + random.random()))
+            raise AssertionError("unreachable")
 
     def _run_write(self, transaction: Callable[[Connection], T]) -> T:
         assert self._writer_engine is not None  # only called when the writer thread exists

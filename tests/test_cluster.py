@@ -89,6 +89,40 @@ def test_same_instance_twice_keeps_one_object(cluster: Cluster) -> None:
     assert len(bucket_keys(cluster, f"/{ds.SOPInstanceUID}.")) == 1
 
 
+def test_concurrent_stow_of_one_new_study_to_both_replicas(cluster: Cluster) -> None:
+    """Both replicas store instances of the same new study and series at the same moment, the same SOP
+    Instances among them: no error, exact counts, one row and one object per instance."""
+    study, series = generate_uid(), generate_uid()
+    shared = [new_uids(JPEG_LOSSY, study=study, series=series, InstanceNumber=str(i)) for i in range(4)]
+    own = [[new_uids(JPEG_LOSSY, study=study, series=series, InstanceNumber=str(10 * n + i)) for i in range(6)]
+           for n in (1, 2)]
+    start = threading.Barrier(len(cluster.nodes) * 3)
+    statuses: list[int] = []
+
+    def upload(node_base: str, files: list[bytes]) -> None:
+        with httpx.Client(base_url=f"{node_base}/dicom-web", timeout=120) as c:
+            start.wait()
+            statuses.append(stow(c, files).status_code)
+
+    threads = [threading.Thread(target=upload, args=(node.base, files))
+               for node, mine in zip(cluster.nodes, own, strict=True)
+               for files in (mine[:3], mine[3:], shared)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert statuses == [200] * len(threads)
+    with httpx.Client(base_url=cluster.root, timeout=60) as c:
+        [found] = c.get("/studies", params={"StudyInstanceUID": study}).json()
+        assert found["00201208"]["Value"] == [16] and found["00201206"]["Value"] == [1]
+        [row] = c.get(f"/studies/{study}/series").json()
+        assert row["00201209"]["Value"] == [16]
+        assert len(c.get(f"/studies/{study}/instances").json()) == 16
+    for data in shared:
+        sop = pydicom.dcmread(io.BytesIO(data)).SOPInstanceUID
+        assert len(bucket_keys(cluster, f"/{sop}.")) == 1
+
+
 def test_replica_killed_during_ingest_and_masters(cluster: Cluster) -> None:
     victim = cluster.nodes[0]
     study = generate_uid()
