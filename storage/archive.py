@@ -424,9 +424,12 @@ class Archive:
         # Until the master exists, its codestream is encoded on the fly from the received frame: not
         # verified, so never labelled lossless.
         provisional = not rec.is_master
-        master = await (self._provisional_frame(rec, number) if provisional else self.read_frame(rec, number))
+        if provisional:  # already reduced to the size asked for
+            master = await self._provisional_frame(rec, number, subset.fsiz)
+        else:
+            master = await self.read_frame(rec, number)
         head = info(master)
-        drop = levels_to_drop(head.width, head.height, head.levels, *subset.fsiz) if subset.fsiz else 0
+        drop = levels_to_drop(head.width, head.height, head.levels, *subset.fsiz) if subset.fsiz and not provisional else 0
         try:
             if plan.source is Source.HTJ2K:
                 # HTJ2K has a single quality layer: `layers` cannot apply, resolution levels can.
@@ -444,10 +447,10 @@ class Archive:
         except CutError as exc:
             raise CannotProduce(f"cannot cut this frame: {exc}") from None
 
-    async def _provisional_frame(self, rec: InstanceRecord, number: int) -> bytes:
+    async def _provisional_frame(self, rec: InstanceRecord, number: int, fsiz: tuple[int, int] | None) -> bytes:
         try:
             async with self.blobs.local_file(rec.blob_key) as path:
-                return await asyncio.to_thread(provisional_codestream, path, number)
+                return await asyncio.to_thread(provisional_codestream, path, number, fsiz)
         except MasterNotPossible as exc:
             raise CannotProduce(f"cannot cut this frame: {exc}") from None
         except FileNotFoundError:

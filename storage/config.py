@@ -87,7 +87,7 @@ class Settings:
     decoded_cache_bytes: int = 256 * 1024**2
     # How long a request that needs a master still being made (a cut, HTJ2K) waits for it, after moving
     # it to the front of the queue; then cuts are encoded on the fly from the received frame.
-    master_wait_seconds: float = 1.0
+    master_wait_seconds: float = 0.3
     # One line per request (method, path without its query string, status, bytes, time, client).
     access_log: bool = True
     # Where `dicomweb serve` listens, and how much it logs.

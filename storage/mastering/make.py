@@ -23,8 +23,9 @@ from pydicom.encaps import encapsulate, encapsulate_extended
 from pydicom.pixels import get_decoder
 from pydicom.uid import UID
 
-from storage.codec import MasterNotPossible, decode, encode_master, fidelity_ladder, info
+from storage.codec import MasterNotPossible, decode, encode_master, fidelity_ladder, info, levels_to_drop
 from storage.codec.fidelity import THREADED_SAMPLES
+from storage.codec.layered_j2k import decomposition_levels
 from storage.dicom_file import ParsedInstance, frame_from_file, parse_instance
 from storage.implementation import stamp_file_meta
 from storage.transcode import decoded_dataset, frame_size
@@ -106,13 +107,36 @@ def _encoding(source: Dataset) -> dict[str, Any]:
             "color": int(source.get("SamplesPerPixel", 1) or 1) == 3}
 
 
-def provisional_codestream(received: Path, number: int) -> bytes:
-    """Frame `number` (1-based) of a received file encoded as its master's codestream will be, for a
-    viewer that cannot wait for the master: not verified, so only cuts of it (labelled lossy) are sent.
-    Raises MasterNotPossible."""
+def provisional_codestream(received: Path, number: int, fsiz: tuple[int, int] | None = None) -> bytes:
+    """Frame `number` (1-based) of a received file as a layered JPEG 2000 codestream, for a viewer that
+    cannot wait for the master: reduced first to the smallest resolution level of the master that is at
+    least `fsiz` (so a thumbnail-sized cut costs a thumbnail-sized encode), else encoded as the master
+    will be. Not verified, so only cuts of it (labelled lossy) are sent. Raises MasterNotPossible."""
     source = pydicom.dcmread(received)
     [frame] = original_frames(source, received, only=number - 1)
+    if fsiz is not None:
+        rows, cols = frame.shape[:2]
+        drop = levels_to_drop(cols, rows, decomposition_levels(rows, cols), *fsiz)
+        palette = str(source.get("PhotometricInterpretation", "")).strip() == "PALETTE COLOR"
+        frame = _reduced(frame, drop, average=not palette)
     return encode_master(frame, **_encoding(source))
+
+
+def _reduced(frame: np.ndarray, levels: int, *, average: bool) -> np.ndarray:
+    """`frame` at 1 / 2^levels of its size, ceil(n / 2^levels) on each side as a resolution level of
+    JPEG 2000 is: the mean of each block (edges repeated to fill the last), or for palette indices,
+    which are labels, the block's first sample."""
+    if levels == 0:
+        return frame
+    step = 1 << levels
+    if not average:
+        return np.ascontiguousarray(frame[::step, ::step])
+    rows, cols = frame.shape[:2]
+    pad = [(0, -rows % step), (0, -cols % step)] + [(0, 0)] * (frame.ndim - 2)
+    padded = np.pad(frame, pad, mode="edge")
+    shape = (padded.shape[0] // step, step, padded.shape[1] // step, step, *frame.shape[2:])
+    means = padded.reshape(shape).mean(axis=(1, 3))
+    return np.rint(means).astype(frame.dtype)
 
 
 def make_master(received: Path, work_dir: Path, *, bulk_data_threshold: int = 1024) -> Master:

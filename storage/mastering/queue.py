@@ -97,10 +97,11 @@ class MasterQueue:
         self.owner = f"{socket.gethostname()[:32]}:{os.getpid()}:{secrets.token_hex(4)}"
         self.pool = ThreadPoolExecutor(self.workers, thread_name_prefix="master", initializer=_lower_priority)
         # Normal priority: instances a viewer waits for, and the worker an old backlog gets.
-        self.urgent_pool = ThreadPoolExecutor(1, thread_name_prefix="master-urgent")
+        self.urgent_pool = ThreadPoolExecutor(self.workers, thread_name_prefix="master-urgent")
         self._wake = asyncio.Event()
         self._busy: set[str] = set()
         self._urgent_busy = 0
+        self._backlog_worker = False  # an urgent worker is on an old backlog
         self._normal_busy = 0
         self._task: asyncio.Task[None] | None = None
         # Every task started here, so none is garbage-collected while it runs.
@@ -252,36 +253,40 @@ class MasterQueue:
                 with contextlib.suppress(Exception):
                     self._note_growth((await self._read_backlog())[0])
 
-    async def _claim(self, free: int, free_urgent: bool) -> list[tuple[tuple[str, str, int], bool]]:
-        """Jobs to start now, each with whether it is urgent (normal priority, never yields)."""
-        if self._wanted:
+    async def _claim(self, free: int, free_urgent: int) -> list[tuple[tuple[str, str, int], str]]:
+        """Jobs to start now, each with its kind: "wanted" and "backlog" run on the urgent workers
+        (normal priority, never yield), "background" on the others. The series viewers asked for take
+        every free urgent worker; an old backlog takes one."""
+        if self._wanted and free_urgent:
             wanted = list(self._wanted)
-            jobs = await self.index.claim_masters(self.owner, free + int(free_urgent), LEASE_SECONDS,
-                                                  series=wanted)
+            jobs = await self.index.claim_masters(self.owner, free_urgent, LEASE_SECONDS, series=wanted)
             if jobs:
-                return [(job, True) for job in jobs]
+                return [(job, "wanted") for job in jobs]
             for series in wanted:  # nothing of them left to make
                 self._wanted.pop(series, None)
         background = 0 if self._uploads_first() else free
         count, oldest = await self._read_backlog()
         old = count > 0 and oldest is not None and time.time() - oldest > BACKLOG_BOUND_SECONDS
-        urgent = 1 if free_urgent and old else 0
+        urgent = 1 if free_urgent and old and not self._backlog_worker else 0
         if background + urgent == 0:
             return []
         jobs = await self.index.claim_masters(self.owner, background + urgent, LEASE_SECONDS)
-        return [(job, i < urgent) for i, job in enumerate(jobs)]
+        return [(job, "backlog" if i < urgent else "background") for i, job in enumerate(jobs)]
 
     async def _run(self) -> None:
         await self._reclaim_from_dead_processes()
         while True:
             free = self.workers - self._normal_busy
-            free_urgent = self._urgent_busy == 0
+            free_urgent = self.workers - self._urgent_busy
             started = 0
             if free or free_urgent:
-                for (sop, key, attempts), urgent in await self._claim(free, free_urgent):
-                    if urgent and self._urgent_busy == 0:
+                for (sop, key, attempts), kind in await self._claim(free, free_urgent):
+                    if kind != "background":
+                        backlog = kind == "backlog"
                         self._urgent_busy += 1
-                        pool, release = self.urgent_pool, self._release_urgent
+                        self._backlog_worker |= backlog
+                        pool = self.urgent_pool
+                        release: Callable[[], None] = functools.partial(self._release_urgent, backlog)
                     else:
                         self._normal_busy += 1
                         pool, release = self.pool, self._release_normal
@@ -297,8 +302,10 @@ class MasterQueue:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout=0.5 if self._uploads_first() else 5)
 
-    def _release_urgent(self) -> None:
+    def _release_urgent(self, backlog: bool) -> None:
         self._urgent_busy -= 1
+        if backlog:
+            self._backlog_worker = False
 
     def _release_normal(self) -> None:
         self._normal_busy -= 1
