@@ -441,6 +441,10 @@ class Archive:
                     return whole, HTJ2K_LOSSLESS_RPCL
                 return cut(whole, layers=None, drop_levels=drop), HTJ2K
             layers = subset.layers if subset.layers is not None and subset.layers < head.layers else None
+            if provisional and subset.fsiz:
+                # The reduced frame is small: all its layers cost a few kilobytes, while its first layers
+                # (a share of a thumbnail's bytes) would be far worse than the master's first layers.
+                layers = None
             if layers is None and drop == 0 and not provisional:
                 return without_padding(master), J2K_LOSSLESS
             return cut(master, layers=layers, drop_levels=drop), J2K
