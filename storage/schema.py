@@ -25,7 +25,6 @@ from sqlalchemy import (
     String,
     Table,
     Text,
-    text,
 )
 
 metadata = MetaData()
@@ -61,7 +60,7 @@ studies = Table(
 Index("ix_studies_patient_id", studies.c.patient_id)
 Index("ix_studies_patient_name_ci", studies.c.patient_name_ci)
 # The study list's order (newest first, the UID breaking ties), and StudyDate ranges.
-Index("ix_studies_date_order", text("study_date DESC"), text("study_time DESC"), studies.c.study_uid)
+Index("ix_studies_date_order", studies.c.study_date.desc(), studies.c.study_time.desc(), studies.c.study_uid)
 Index("ix_studies_accession", studies.c.accession_number)
 
 series = Table(

@@ -15,6 +15,7 @@ from sqlalchemy import func, select
 
 from storage import query as query_module
 from storage import schema
+from storage.dicom_file import ParsedInstance
 from storage.index import Index
 from tests.index_helpers import (
     CT_CLASS,
@@ -104,13 +105,11 @@ async def index(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
     await ix.close()
 
 
-async def _archive(index: Index, folder: Path) -> list[str]:
+def people(folder: Path) -> list[ParsedInstance]:
     """One study per person, a series per modality (two instances in the first), each its own date."""
     items = []
-    studies = []
     for i, (name, pid, acc, date, time, modalities) in enumerate(PEOPLE):
         study = f"1.2.826.0.1.3680043.10.1414.7.{i + 1}"
-        studies.append(study)
         for n, modality in enumerate(modalities):
             series = generate_uid()
             for k in range(2 if n == 0 else 1):
@@ -119,8 +118,13 @@ async def _archive(index: Index, folder: Path) -> list[str]:
                          "InstanceNumber": str(k + 1)}
                 sop_class = {"MR": MR_CLASS, "SR": SR_CLASS}.get(modality, CT_CLASS)
                 items.append(make_instance(folder, study=study, series=series, sop_class=sop_class, **attrs))
+    return items
+
+
+async def _archive(index: Index, folder: Path) -> list[str]:
+    items = people(folder)
     await index.store(stored(items))
-    return studies
+    return list(dict.fromkeys(p.study_uid for p in items))
 
 
 async def test_matching_and_order_agree_with_ps34(index: Index, tmp_path: Path) -> None:
