@@ -122,7 +122,14 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
 class Index:
     def __init__(self, url: str) -> None:
         self.url = url
-        self.engine: AsyncEngine = create_async_engine(url)
+        connect_args: dict[str, Any] = {}
+        if make_url(url).drivername == "postgresql+asyncpg":
+            # asyncpg prepares every statement; after five runs PostgreSQL may switch a prepared statement
+            # to a generic plan, made without the values: for `study_date BETWEEN $1 AND $2 ... LIMIT $3`
+            # or `patient_id LIKE $1` that plan ignores how selective the values are (no trigram index
+            # for an infix pattern, a full sort for a range). Planning each execution costs ~0.1 ms.
+            connect_args["server_settings"] = {"plan_cache_mode": "force_custom_plan"}
+        self.engine: AsyncEngine = create_async_engine(url, connect_args=connect_args)
         self.is_sqlite = self.engine.dialect.name == "sqlite"
         # SQLite allows one writer; queueing writers here is cheaper than SQLITE_BUSY retries.
         self._write_lock = asyncio.Lock()
