@@ -5,6 +5,7 @@ exactly at storage/schema.py."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -129,3 +130,17 @@ async def test_new_archive_matches_schema(tmp_path: Path) -> None:
         await _check_schema(index)
     finally:
         await index.close()
+
+
+async def test_servers_starting_together_migrate_once(two_urls: tuple[str, str]) -> None:
+    """Several server processes starting at once on one database: one migrates, the others wait for it
+    (an advisory lock on PostgreSQL, BEGIN IMMEDIATE on SQLite) and find nothing left to do."""
+    url, _ = two_urls
+    indexes = [Index(url) for _ in range(3)]
+    try:
+        await asyncio.gather(*(ix.create() for ix in indexes))
+        for ix in indexes:
+            await _check_schema(ix)
+    finally:
+        for ix in indexes:
+            await ix.close()
