@@ -229,6 +229,12 @@ def _wildcard_match(col, value: str) -> ColumnElement:
     like = col.like(_like_pattern(value), escape="!")
     prefix = _literal_prefix(value)
     if not prefix:
+        if col.table is S and col.name in INFIX_COVERED:
+            # Nothing to seek: test every value, on the (value, study_uid) index's entries rather than on
+            # the studies' rows (much smaller on SQLite; on PostgreSQL a trigram index answers the LIKE).
+            covered = S.alias(f"infix_{col.name}")
+            return S.c.study_uid.in_(select(covered.c.study_uid).where(covered.c[col.name].like(
+                _like_pattern(value), escape="!")))
         return like
     conds = [col >= prefix, like]
     if (upper := _after_prefix(prefix)) is not None:
@@ -270,6 +276,7 @@ def _fuzzy_name(col, value: str) -> ColumnElement:
 # Text columns compared byte-wise (prefix wildcards become index ranges), and person names with a
 # lower-cased copy for case-insensitive matching.
 BYTEWISE_COLUMNS = {0x00100020: S.c.patient_id, 0x00080050: S.c.accession_number}
+INFIX_COVERED = {"patient_id", "patient_name_ci"}  # indexed as (column, study_uid)
 CASE_FOLDED = {0x00100010: S.c.patient_name_ci}
 
 

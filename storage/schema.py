@@ -57,8 +57,10 @@ studies = Table(
     Column("attrs", LargeBinary, nullable=False),
     Column("updated_at", Float, nullable=False),
 )
-Index("ix_studies_patient_id", studies.c.patient_id)
-Index("ix_studies_patient_name_ci", studies.c.patient_name_ci)
+# With the UID, so that an infix wildcard (no prefix to seek) scans these small index entries instead of
+# the studies' rows (SQLite; PostgreSQL has trigram indexes for it, migration 0003).
+Index("ix_studies_patient_id", studies.c.patient_id, studies.c.study_uid)
+Index("ix_studies_patient_name_ci", studies.c.patient_name_ci, studies.c.study_uid)
 # The study list's order (newest first, the UID breaking ties), and StudyDate ranges.
 Index("ix_studies_date_order", studies.c.study_date.desc(), studies.c.study_time.desc(), studies.c.study_uid)
 Index("ix_studies_accession", studies.c.accession_number)

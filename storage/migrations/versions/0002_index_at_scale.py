@@ -3,7 +3,8 @@ through a lower-cased column, byte-wise collation for prefix matching on Postgre
 
 - studies.patient_name_ci: PatientName lower-cased (filled here for the studies already stored);
 - studies: (study_date DESC, study_time DESC, study_uid) for the study list and date ranges, instead of
-  study_date alone; patient_name_ci instead of patient_name;
+  study_date alone; (patient_name_ci, study_uid) instead of patient_name, and (patient_id, study_uid):
+  an infix wildcard scans these small entries rather than the rows;
 - PostgreSQL: patient_id, accession_number and patient_name_ci compare byte-wise (COLLATE "C"), so a
   B-tree serves prefix wildcards whatever the database's locale;
 - series: (study_uid, series_number, series_uid) and (modality, study_uid) instead of single columns;
@@ -28,6 +29,7 @@ BATCH = 5000
 # (table, index, columns) before and after.
 Columns = list[str | sa.TextClause]
 OLD: list[tuple[str, str, Columns]] = [
+    ("studies", "ix_studies_patient_id", ["patient_id"]),
     ("studies", "ix_studies_patient_name", ["patient_name"]),
     ("studies", "ix_studies_study_date", ["study_date"]),
     ("series", "ix_series_study", ["study_uid"]),
@@ -37,7 +39,8 @@ OLD: list[tuple[str, str, Columns]] = [
     ("master_jobs", "ix_master_jobs_state", ["state"]),
 ]
 NEW: list[tuple[str, str, Columns]] = [
-    ("studies", "ix_studies_patient_name_ci", ["patient_name_ci"]),
+    ("studies", "ix_studies_patient_id", ["patient_id", "study_uid"]),
+    ("studies", "ix_studies_patient_name_ci", ["patient_name_ci", "study_uid"]),
     ("studies", "ix_studies_date_order", [sa.text("study_date DESC"), sa.text("study_time DESC"), "study_uid"]),
     ("series", "ix_series_study_order", ["study_uid", "series_number", "series_uid"]),
     ("series", "ix_series_modality_study", ["modality", "study_uid"]),
