@@ -88,7 +88,7 @@ def _scope(study: str, series: str | None, sop: str | None):
 
 
 def _study_values(p: ParsedInstance) -> dict[str, Any]:
-    return {**p.study_row, "updated_at": time.time()}
+    return {**p.study_row, "patient_name_ci": p.study_row["patient_name"].lower(), "updated_at": time.time()}
 
 
 def _series_values(p: ParsedInstance) -> dict[str, Any]:
@@ -104,6 +104,10 @@ def _instance_values(p: ParsedInstance, blob_key: str, size: int) -> dict[str, A
         "fidelity": None,
         "pixel_sha256": None,
     }
+
+
+def _by_key(rows: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {key: rows[key] for key in sorted(rows)}
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -132,7 +136,14 @@ def _sqlstate(exc: DBAPIError) -> str:
 class Index:
     def __init__(self, url: str) -> None:
         self.url = url
-        self.engine: AsyncEngine = create_async_engine(url)
+        connect_args: dict[str, Any] = {}
+        if make_url(url).drivername == "postgresql+asyncpg":
+            # asyncpg prepares every statement; after five runs PostgreSQL may switch a prepared statement
+            # to a generic plan, made without the values: for `study_date BETWEEN $1 AND $2 ... LIMIT $3`
+            # or `patient_id LIKE $1` that plan ignores how selective the values are (no trigram index
+            # for an infix pattern, a full sort for a range). Planning each execution costs ~0.1 ms.
+            connect_args["server_settings"] = {"plan_cache_mode": "force_custom_plan"}
+        self.engine: AsyncEngine = create_async_engine(url, connect_args=connect_args)
         self.is_sqlite = self.engine.dialect.name == "sqlite"
         # SQLite allows one writer; queueing writers here is cheaper than SQLITE_BUSY retries.
         self._write_lock = asyncio.Lock()
@@ -151,8 +162,11 @@ class Index:
                 self._writer = ThreadPoolExecutor(1, thread_name_prefix="index-writer")
 
     async def create(self) -> None:
-        async with self.engine.begin() as conn:
-            await conn.run_sync(schema.metadata.create_all)
+        """Create the index, or carry an existing one forward to this code's schema (Alembic migrations)."""
+        from storage import migrations
+
+        async with self.engine.connect() as conn:
+            await conn.run_sync(migrations.run)
 
     async def close(self) -> None:
         await self.engine.dispose()
@@ -208,16 +222,20 @@ class Index:
         and the SOP Instance UIDs the index already held (the instances these copies replaced)."""
         if not items:
             return [], set()
-        studies_rows = {p.study_uid: _study_values(p) for p, _, _ in items}
-        series_rows = {p.series_uid: _series_values(p) for p, _, _ in items}
-        inst_rows = {p.sop_uid: _instance_values(p, key, size) for p, key, size in items}
+        # In key order, so that two transactions touching the same rows lock them in the same order.
+        studies_rows = _by_key({p.study_uid: _study_values(p) for p, _, _ in items})
+        series_rows = _by_key({p.series_uid: _series_values(p) for p, _, _ in items})
+        inst_rows = _by_key({p.sop_uid: _instance_values(p, key, size) for p, key, size in items})
 
         def transaction(conn: Connection) -> tuple[list[str], set[str]]:
+            self._lock_studies(conn, set(studies_rows))
             old = conn.execute(
                 select(I.c.sop_uid, I.c.study_uid, I.c.series_uid, I.c.blob_key).where(
                     I.c.sop_uid.in_(list(inst_rows))
                 )
             ).all()
+            # A replaced instance may have belonged to another study, whose counts change too.
+            self._lock_studies(conn, {r.study_uid for r in old} - set(studies_rows))
             self._upsert(conn, S, "study_uid", list(studies_rows.values()))
             self._upsert(conn, SE, "series_uid", list(series_rows.values()))
             self._upsert(conn, I, "sop_uid", list(inst_rows.values()))
@@ -228,6 +246,20 @@ class Index:
             return stale, {r.sop_uid for r in old}
 
         return await self._write(transaction)
+
+    def _lock_studies(self, conn: Connection, studies: set[str]) -> None:
+        """Lock these studies' rows until the transaction ends (PostgreSQL; SQLite has one writer at a time).
+
+        The study-level values (counts, ModalitiesInStudy, SOP classes) are recomputed from the instance
+        rows in the transaction that changes them. With several server processes on one database, two
+        transactions changing one study must not both count before either commits: the second would
+        overwrite the first's values with a count that misses the first's rows. Taken before anything is
+        read, in UID order (no deadlock between two transactions); under READ COMMITTED every later
+        statement of the waiting transaction sees what the first committed."""
+        if self.is_sqlite or not studies:
+            return
+        conn.execute(select(S.c.study_uid).where(S.c.study_uid.in_(sorted(studies)))
+                     .order_by(S.c.study_uid).with_for_update())
 
     def _refresh_counts(self, conn: Connection, studies: set[str], series: set[str]) -> None:
         """Recompute the derived study and series attributes; drop levels left empty.
@@ -462,12 +494,15 @@ class Index:
         cond = _scope(study, series, sop)
 
         def transaction(conn: Connection) -> list[str]:
-            rows = conn.execute(select(I.c.blob_key, I.c.series_uid).where(cond)).all()
+            self._lock_studies(conn, {study})
+            rows = conn.execute(select(I.c.blob_key, I.c.series_uid, I.c.sop_uid).where(cond)).all()
             if not rows:
                 return []
             conn.execute(delete(I).where(cond))
-            sops = select(I.c.sop_uid)  # jobs of deleted instances go too
-            conn.execute(delete(J).where(J.c.sop_uid.not_in(sops)))
+            # Jobs of the deleted instances go too (by key: an anti-join with every instance was a scan).
+            sops = [r.sop_uid for r in rows]
+            for i in range(0, len(sops), self.REPORT_CHUNK):
+                conn.execute(delete(J).where(J.c.sop_uid.in_(sops[i: i + self.REPORT_CHUNK])))
             self._refresh_counts(conn, {study}, {r.series_uid for r in rows})
             return [r.blob_key for r in rows]
 

@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 import orjson
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import and_, exists, func, or_, select, true
 from sqlalchemy.sql import ColumnElement
 
 from storage import schema
@@ -25,6 +25,8 @@ S, SE, I = schema.studies, schema.series, schema.instances
 
 INT64_MAX = 2**63 - 1  # SQL BIGINT (SQLite and PostgreSQL)
 MAX_RESULTS = 1000  # what one response returns when the client sets no limit (with a Warning)
+# How far past a page the "how many more" count looks: counting every match on every request is a scan.
+MORE_RESULTS_CAP = 1000
 
 MODALITIES_IN_STUDY = 0x00080061
 SOP_CLASSES_IN_STUDY = 0x00080062
@@ -215,6 +217,45 @@ def _like_pattern(value: str) -> str:
     return "".join(out)
 
 
+def _literal_prefix(value: str) -> str:
+    """The characters before the first wildcard."""
+    cut = min((i for i, c in enumerate(value) if c in "*?"), default=len(value))
+    return value[:cut]
+
+
+def _after_prefix(prefix: str) -> str | None:
+    """The smallest string above every string that starts with ``prefix``, in code point order (which is
+    UTF-8 byte order: SQLite's BINARY and PostgreSQL's "C" collation); None when there is none."""
+    while prefix:
+        last = ord(prefix[-1])
+        if last < 0x10FFFF:
+            return prefix[:-1] + chr(0xE000 if last + 1 == 0xD800 else last + 1)  # skip surrogates
+        prefix = prefix[:-1]
+    return None
+
+
+def _wildcard_match(col, value: str) -> ColumnElement:
+    """Case-sensitive PS3.4 wildcard matching on a byte-ordered column (SQLite, or COLLATE "C" on
+    PostgreSQL), with the literal prefix also given as a range: an index then serves it on both databases,
+    whatever the driver does with a bound LIKE pattern."""
+    if not value.strip("*"):
+        return true()  # only "*": universal
+    like = col.like(_like_pattern(value), escape="!")
+    prefix = _literal_prefix(value)
+    if not prefix:
+        if col.table is S and col.name in INFIX_COVERED:
+            # Nothing to seek: test every value, on the (value, study_uid) index's entries rather than on
+            # the studies' rows (much smaller on SQLite; on PostgreSQL a trigram index answers the LIKE).
+            covered = S.alias(f"infix_{col.name}")
+            return S.c.study_uid.in_(select(covered.c.study_uid).where(covered.c[col.name].like(
+                _like_pattern(value), escape="!")))
+        return like
+    conds = [col >= prefix, like]
+    if (upper := _after_prefix(prefix)) is not None:
+        conds.insert(1, col < upper)
+    return and_(*conds)
+
+
 def _range(value: str, norm_lo, norm_hi) -> tuple[str, str]:
     lo, _, hi = value.partition("-")
     return (norm_lo(lo) if lo.strip() else ""), (norm_hi(hi) if hi.strip() else "")
@@ -229,6 +270,15 @@ def _text_condition(col, value: str, *, ci: bool) -> ColumnElement:
 
 def _fuzzy_name(col, value: str) -> ColumnElement:
     """Case-insensitive prefix match of any name component (family, given, middle...)."""
+    if col is S.c.patient_name:
+        stem = value.rstrip("*").lower()
+        ci = S.c.patient_name_ci
+        pattern = _like_pattern(stem)
+        return or_(
+            _wildcard_match(ci, stem + "*"),
+            ci.like(f"% {pattern}%", escape="!"),
+            ci.like(f"%^{pattern}%", escape="!"),
+        )
     stem = _like_pattern(value.rstrip("*"))
     return or_(
         col.ilike(f"{stem}%", escape="!"),
@@ -237,13 +287,32 @@ def _fuzzy_name(col, value: str) -> ColumnElement:
     )
 
 
+# Text columns compared byte-wise (prefix wildcards become index ranges), and person names with a
+# lower-cased copy for case-insensitive matching.
+BYTEWISE_COLUMNS = {0x00100020: S.c.patient_id, 0x00080050: S.c.accession_number}
+INFIX_COVERED = {"patient_id", "patient_name_ci"}  # indexed as (column, study_uid)
+CASE_FOLDED = {0x00100010: S.c.patient_name_ci}
+
+
 def _column_condition(tag: int, col, value: str, fuzzy: bool) -> ColumnElement | None:
-    if value == "":
-        return None  # universal matching: return the attribute, match everything
+    if value.strip("*") == "":
+        return None  # universal matching ("" or "*"): return the attribute, match everything
     vr = vr_of(tag)
     if tag in LEVEL_OF or vr == "UI":
         uids = [u.strip() for u in re.split(r"[,\\]", value) if u.strip()]
         return col.in_(uids)
+    if tag == MODALITIES_IN_STUDY:
+        # Any series of the study has one of the modalities, checked per study through the series index
+        # (study_uid, ...) as the study list is walked in its order: a page costs about limit / (share of
+        # studies with that modality) checks, where the backslash-joined column needed four LIKEs per row.
+        # (An IN over the (modality, study_uid) index would fetch and sort every study of a common modality.)
+        values = [x.strip() for x in re.split(r"[,\\]", value) if x.strip()]
+        if any(not v.strip("*") for v in values):
+            return None  # "*" matches every study, with or without a modality
+        series = SE.alias("modality_series")
+        matches = [_wildcard_match(series.c.modality, v) if "*" in v or "?" in v else series.c.modality == v
+                   for v in values]
+        return exists().where(series.c.study_uid == col.table.c.study_uid, or_(*matches))
     if tag in MULTI_VALUED_COLUMNS:
         # Backslash-joined values: match any one of them; a list in the query means any of those.
         conds = []
@@ -273,7 +342,16 @@ def _column_condition(tag: int, col, value: str, fuzzy: bool) -> ColumnElement |
     if vr in ("IS", "US", "SS", "UL", "SL"):
         return col.in_([int(v) for v in re.split(r"[,\\]", value)])
     if vr == "PN":
-        return _fuzzy_name(col, value) if fuzzy else _text_condition(col, value, ci=True)
+        if fuzzy:
+            return _fuzzy_name(col, value)
+        if tag in CASE_FOLDED:
+            folded = CASE_FOLDED[tag]
+            if "*" in value or "?" in value:
+                return _wildcard_match(folded, value.lower())
+            return folded == value.lower()
+        return _text_condition(col, value, ci=True)
+    if tag in BYTEWISE_COLUMNS and ("*" in value or "?" in value):
+        return _wildcard_match(col, value)
     return _text_condition(col, value, ci=False)
 
 
@@ -308,6 +386,7 @@ def _python_match(tag: int, attrs: dict[str, Any], value: str, fuzzy: bool) -> b
 # ---- running a query ---------------------------------------------------------------------------------
 
 LEVEL_TABLE = {"study": S, "series": SE, "instance": I}
+LEVEL_KEY = {"study": S.c.study_uid, "series": SE.c.series_uid, "instance": I.c.sop_uid}
 
 
 # Computed attributes of the parent levels, selected along with each result: PS3.18 10.6.3.3.2 and
@@ -319,19 +398,26 @@ STUDY_COMPUTED = (S.c.modalities.label("study_modalities"), S.c.sop_classes.labe
 SERIES_COMPUTED = (SE.c.num_instances.label("series_num_instances"),)
 
 
+def _from_clause(q: Query):
+    if q.level == "study":
+        return S
+    if q.level == "series":
+        return SE.join(S, SE.c.study_uid == S.c.study_uid)
+    return I.join(SE, I.c.series_uid == SE.c.series_uid).join(S, I.c.study_uid == S.c.study_uid)
+
+
 def _base_select(q: Query):
     cols: list[ColumnElement[Any]]
     if q.level == "study":
         cols = [S.c.study_uid, S.c.attrs, S.c.modalities, S.c.sop_classes, S.c.num_series, S.c.num_instances]
-        return select(*cols).select_from(S), [S]
+        return select(*cols).select_from(_from_clause(q)), [S]
     if q.level == "series":
         cols = [SE.c.study_uid, SE.c.series_uid, SE.c.attrs, SE.c.num_instances, S.c.attrs.label("study_attrs"),
                 *STUDY_COMPUTED]
-        return select(*cols).select_from(SE.join(S, SE.c.study_uid == S.c.study_uid)), [SE, S]
+        return select(*cols).select_from(_from_clause(q)), [SE, S]
     cols = [I.c.study_uid, I.c.series_uid, I.c.sop_uid, I.c.attrs, I.c.number_of_frames,
             SE.c.attrs.label("series_attrs"), S.c.attrs.label("study_attrs"), *STUDY_COMPUTED, *SERIES_COMPUTED]
-    joined = I.join(SE, I.c.series_uid == SE.c.series_uid).join(S, I.c.study_uid == S.c.study_uid)
-    return select(*cols).select_from(joined), [I, SE, S]
+    return select(*cols).select_from(_from_clause(q)), [I, SE, S]
 
 
 def _order(q: Query):
@@ -345,35 +431,65 @@ def _order(q: Query):
 LEVEL_RANK = {"study": 0, "series": 1, "instance": 2}
 
 
+class MoreResults(int):
+    """How many results match beyond a page: exact up to ``MORE_RESULTS_CAP``; beyond that the count
+    stops (counting every match on every request would scan them) and the number reads "more than N"
+    wherever it is formatted, so the Warning header built from it stays true."""
+
+    capped: bool = False
+
+    @classmethod
+    def at_least(cls, n: int) -> MoreResults:
+        more = cls(n)
+        more.capped = True
+        return more
+
+    def __format__(self, spec: str) -> str:
+        text = format(int(self), spec)
+        return f"more than {text}" if self.capped else text
+
+    __str__ = __repr__ = lambda self: format(self, "")  # type: ignore[assignment]
+
+
 async def run_query(index: Index, q: Query, *, visible_studies: Any = None) -> tuple[list[dict[str, Any]], int]:
-    """Matching results as DICOM JSON dicts, and how many more matched beyond this page. `visible_studies`,
-    when given, is a subquery of the study UIDs the caller may see (storage/access_labels.py)."""
+    """Matching results as DICOM JSON dicts, and how many more matched beyond this page (a ``MoreResults``:
+    exact up to ``MORE_RESULTS_CAP``). `visible_studies`, when given, is a subquery of the study UIDs the
+    caller may see (storage/access_labels.py)."""
     stmt, _tables = _base_select(q)
+    conds: list[ColumnElement[bool]] = []
     if visible_studies is not None:
-        stmt = stmt.where(LEVEL_TABLE[q.level].c.study_uid.in_(visible_studies))
+        conds.append(LEVEL_TABLE[q.level].c.study_uid.in_(visible_studies))
     if q.study_uid:
-        stmt = stmt.where(LEVEL_TABLE[q.level].c.study_uid == q.study_uid)
+        conds.append(LEVEL_TABLE[q.level].c.study_uid == q.study_uid)
     if q.series_uid:
-        stmt = stmt.where(LEVEL_TABLE[q.level].c.series_uid == q.series_uid)
+        conds.append(LEVEL_TABLE[q.level].c.series_uid == q.series_uid)
     leftovers: list[Filter] = []
     for f in q.filters:
         mapped = COLUMNS.get(f.tag)
         if mapped and LEVEL_RANK[mapped[0]] <= LEVEL_RANK[q.level]:
             cond = _column_condition(f.tag, mapped[1], f.value, q.fuzzy)
             if cond is not None:
-                stmt = stmt.where(cond)
+                conds.append(cond)
         elif f.value != "":
             leftovers.append(f)
-    stmt = stmt.order_by(*_order(q))
+    stmt = stmt.where(*conds).order_by(*_order(q))
     limit = q.limit if q.limit is not None else MAX_RESULTS
     async with index.engine.connect() as conn:
         if not leftovers:
-            rows = (await conn.execute(stmt.offset(q.offset).limit(limit + 1))).all()
-            remaining = 0
+            if q.offset:
+                # Deep pages: the rows skipped are found by their keys alone (along the order's index),
+                # and only the page's rows are read; otherwise PostgreSQL may sort the whole table.
+                key = LEVEL_KEY[q.level]
+                keys = (select(key).select_from(_from_clause(q)).where(*conds).order_by(*_order(q))
+                        .offset(q.offset).limit(limit + 1))
+                stmt = _base_select(q)[0].where(key.in_(keys)).order_by(*_order(q))
+            else:
+                stmt = stmt.limit(limit + 1)
+            rows = (await conn.execute(stmt)).all()
+            remaining = MoreResults(0)
             if len(rows) > limit:
-                total = (await conn.execute(select(func.count()).select_from(stmt.subquery()))).scalar_one()
-                remaining = total - q.offset - limit
                 rows = rows[:limit]
+                remaining = await _count_more(conn, q, conds, q.offset + limit)
             return [_result(q, r) for r in rows], remaining
         rows = (await conn.execute(stmt)).all()
     matched = []
@@ -382,7 +498,18 @@ async def run_query(index: Index, q: Query, *, visible_studies: Any = None) -> t
         if all(_python_match(f.tag, attrs, f.value, q.fuzzy) for f in leftovers):
             matched.append(r)
     page = matched[q.offset: q.offset + limit]
-    return [_result(q, r) for r in page], max(0, len(matched) - q.offset - limit)
+    return [_result(q, r) for r in page], MoreResults(max(0, len(matched) - q.offset - limit))
+
+
+async def _count_more(conn: Any, q: Query, conds: list[ColumnElement[bool]], skip: int) -> MoreResults:
+    """Matches past the first ``skip``, counted up to ``MORE_RESULTS_CAP`` (then "more than" that).
+
+    Only the level's key is selected and nothing is ordered (how many rows lie past a position does not
+    depend on the order), so the database may count along whichever index is cheapest."""
+    keys = select(LEVEL_KEY[q.level]).select_from(_from_clause(q)).where(*conds)
+    window = keys.offset(skip).limit(MORE_RESULTS_CAP + 1).subquery()
+    n = (await conn.execute(select(func.count()).select_from(window))).scalar_one()
+    return MoreResults.at_least(MORE_RESULTS_CAP) if n > MORE_RESULTS_CAP else MoreResults(n)
 
 
 def _merged_attrs(q: Query, r: Any) -> dict[str, Any]:

@@ -3,6 +3,14 @@
 Columns hold what QIDO-RS matches on and sorts by; each level also keeps its attributes as DICOM JSON
 (``attrs``) for return values and matching on attributes without a column. Each instance keeps its full
 metadata JSON and where its frames lie in its blob, so WADO-RS never re-parses a file.
+
+This is the schema at the newest migration (``storage/migrations/versions``): an archive is created and
+carried forward by those migrations, and ``tests/test_migrations.py`` checks that they end here. A change
+here needs a new migration.
+
+Indexes follow the queries (issue 14): every common QIDO query walks an index in its result order or
+seeks a few rows. Text columns matched with prefix wildcards use the "C" collation on PostgreSQL, so a
+B-tree answers ``LIKE 'abc%'`` and the byte-wise range the query adds (SQLite compares bytes already).
 """
 
 from sqlalchemy import (
@@ -21,17 +29,23 @@ from sqlalchemy import (
 
 metadata = MetaData()
 
+# Byte-wise comparison on PostgreSQL (prefix LIKE and ranges through a B-tree whatever the database's
+# locale); SQLite's default BINARY collation is the same thing.
+CText = Text().with_variant(Text(collation="C"), "postgresql")
+
 studies = Table(
     "studies",
     metadata,
     Column("study_uid", String(64), primary_key=True),
     Column("patient_name", Text, nullable=False, default=""),
-    Column("patient_id", Text, nullable=False, default=""),
+    # PatientName lower-cased (Python's str.lower), for case-insensitive matching through an index.
+    Column("patient_name_ci", CText, nullable=False, default="", server_default=""),
+    Column("patient_id", CText, nullable=False, default=""),
     Column("patient_birth_date", String(16), nullable=False, default=""),
     Column("patient_sex", String(16), nullable=False, default=""),
     Column("study_date", String(16), nullable=False, default=""),
     Column("study_time", String(32), nullable=False, default=""),
-    Column("accession_number", Text, nullable=False, default=""),
+    Column("accession_number", CText, nullable=False, default=""),
     Column("study_id", Text, nullable=False, default=""),
     Column("study_description", Text, nullable=False, default=""),
     Column("referring_physician_name", Text, nullable=False, default=""),
@@ -43,9 +57,12 @@ studies = Table(
     Column("attrs", LargeBinary, nullable=False),
     Column("updated_at", Float, nullable=False),
 )
-Index("ix_studies_patient_id", studies.c.patient_id)
-Index("ix_studies_patient_name", studies.c.patient_name)
-Index("ix_studies_study_date", studies.c.study_date)
+# With the UID, so that an infix wildcard (no prefix to seek) scans these small index entries instead of
+# the studies' rows (SQLite; PostgreSQL has trigram indexes for it, migration 0003).
+Index("ix_studies_patient_id", studies.c.patient_id, studies.c.study_uid)
+Index("ix_studies_patient_name_ci", studies.c.patient_name_ci, studies.c.study_uid)
+# The study list's order (newest first, the UID breaking ties), and StudyDate ranges.
+Index("ix_studies_date_order", studies.c.study_date.desc(), studies.c.study_time.desc(), studies.c.study_uid)
 Index("ix_studies_accession", studies.c.accession_number)
 
 series = Table(
@@ -63,8 +80,9 @@ series = Table(
     Column("num_instances", Integer, nullable=False, default=0),
     Column("attrs", LargeBinary, nullable=False),
 )
-Index("ix_series_study", series.c.study_uid)
-Index("ix_series_modality", series.c.modality)
+# Series of a study in result order; ModalitiesInStudy is matched on the series' Modality.
+Index("ix_series_study_order", series.c.study_uid, series.c.series_number, series.c.series_uid)
+Index("ix_series_modality_study", series.c.modality, series.c.study_uid)
 
 instances = Table(
     "instances",
@@ -92,8 +110,10 @@ instances = Table(
     Column("fidelity", LargeBinary, nullable=True),
     Column("pixel_sha256", String(64), nullable=True),
 )
-Index("ix_instances_series", instances.c.series_uid, instances.c.instance_number)
-Index("ix_instances_study", instances.c.study_uid)
+# Instances of a series (/metadata, frames) and of a study, in result order.
+Index("ix_instances_series_order", instances.c.series_uid, instances.c.instance_number, instances.c.sop_uid)
+Index("ix_instances_study_order", instances.c.study_uid, instances.c.series_uid, instances.c.instance_number,
+      instances.c.sop_uid)
 
 # Durable queue of received instances waiting to become masters: a row is written in the same
 # transaction as the instance, so a restart resumes exactly where the work stopped.
@@ -111,4 +131,4 @@ master_jobs = Table(
     Column("lease_owner", String(64), nullable=False, default=""),
     Column("lease_until", Float, nullable=False, default=0.0),
 )
-Index("ix_master_jobs_state", master_jobs.c.state)
+Index("ix_master_jobs_state", master_jobs.c.state, master_jobs.c.updated_at)
