@@ -25,6 +25,7 @@ from dicomweb.wado import DECODABLE, OCTET, frame_native_bytes, instance_records
 from storage.archive import Archive
 from storage.codec import CutError, cut, info, without_padding
 from storage.index import InstanceRecord
+from storage.preview import PREVIEW, preview_for_instance
 
 J2K = "image/jp2"
 HTJ2K = "image/jphc"
@@ -47,10 +48,11 @@ class Subset:
 
     layers: int | None = None
     fsiz: tuple[int, int] | None = None
+    preview: bool = False  # `layers=preview`: the count comes from the instance's ladder (storage/preview.py)
 
     @property
     def wanted(self) -> bool:
-        return self.layers is not None or self.fsiz is not None
+        return self.layers is not None or self.fsiz is not None or self.preview
 
 
 @dataclass(frozen=True)
@@ -90,16 +92,24 @@ def _whole(digits: str) -> int:
 
 def _subset(request: Request) -> Subset:
     layers = fsiz = None
-    if (text := request.query_params.get("layers")) is not None:
+    preview = request.query_params.get("layers") == PREVIEW
+    if (text := request.query_params.get("layers")) is not None and not preview:
         if not _FRAME_NUMBER.fullmatch(text) or _whole(text) < 1:
-            raise HTTPError(400, f"layers must be a positive integer, got {text[:40]!r}")
+            raise HTTPError(400, f"layers must be a positive integer or {PREVIEW!r}, got {text[:40]!r}")
         layers = _whole(text)
     if (text := request.query_params.get("fsiz")) is not None:
         m = re.fullmatch(r"\s*([0-9]+)\s*,\s*([0-9]+)\s*", text)
         if not m or _whole(m.group(1)) < 1 or _whole(m.group(2)) < 1:
             raise HTTPError(400, f"fsiz must be W,H with positive integers, got {text[:40]!r}")
         fsiz = (_whole(m.group(1)), _whole(m.group(2)))
-    return Subset(layers, fsiz)
+    return Subset(layers, fsiz, preview)
+
+
+async def _resolve_preview(archive: Archive, rec: InstanceRecord, subset: Subset) -> Subset:
+    """`layers=preview` made a count for this instance; an instance without a master (a lossy original, a
+    master still being made) has no preview to give, and is answered with the frame as it is."""
+    layers = await preview_for_instance(archive.index.engine, rec.sop_uid, rec.blob_key) if rec.is_master else None
+    return Subset(layers, subset.fsiz)
 
 
 def _drop_levels(width: int, height: int, levels: int, fsiz: tuple[int, int] | None) -> int:
@@ -178,6 +188,8 @@ async def frames(request: Request) -> Response:
         raise HTTPError(404, "instance has no pixel data frames")
     in_range(numbers, rec)
     archive: Archive = request.app.state.archive
+    if subset.preview:
+        subset = await _resolve_preview(archive, rec, subset)
     for choice in choices(accept_ranges(request), OCTET, SINGLE_PART):
         plan = _plan(choice, rec, subset)
         if plan is None or (not choice.multipart and len(numbers) > 1):
