@@ -299,6 +299,39 @@ def viewer_demo_routes(settings: Settings, web: Located, codec: Located) -> list
 
 # ---- OHIF --------------------------------------------------------------------------------------------
 
+# Volume viewports (MPR), read from OHIF 3.13.2's bundle:
+# - The cornerstone extension's onModeEnter registers Cornerstone3D's interleaved volume stages under 'volume'
+#   with no retrieveOptions, and reads nothing from the data source for them.
+# - Worse, OHIF's MPR hanging protocols name an imageLoadStrategy (interleaveCenter), and OHIF runs those
+#   strategies with the retrieve configuration cleared (createMetadataWrappedStrategy clears it around the
+#   call), so volumes load one request per slice, whatever is registered. Without a registered strategy,
+#   CornerstoneViewportService calls volume.load(), which runs the registered stages.
+# - OHIF takes extension objects in window.config.extensions as they are (loadModule returns a non-string as
+#   is) and calls every extension's onModeEnter in registration order, the configured ones after its own.
+# So this extension, defined in app-config.js (no rebuild), drops the image load strategies and registers the
+# interleaved stages again with retrieve options: the stages whose retrieveType is 'default' (the first
+# images: middle, first, last) and 'multipleFast' (half the slices) ask for the cut, marked LOSSY;
+# 'multipleFinal' (every slice) for the master. A slice whose cut came first is queued again for its final
+# stage, as in a stack; the slices in between show their neighbours' replicas until theirs arrive.
+OHIF_VOLUME_RETRIEVE_OPTIONS = {
+    "default": OHIF_STAGES["retrieveOptions"]["lossyPreview"],
+    "multipleFast": OHIF_STAGES["retrieveOptions"]["lossyPreview"],
+    "multipleFinal": OHIF_STAGES["retrieveOptions"]["finalLossless"],
+}
+VOLUME_STAGES_EXTENSION = b"""window.config.extensions.push({
+  id: "dicomweb-progressive.volume-stages",
+  onModeEnter: function (ctx) {
+    var cs = window.cornerstone;  /* set by OHIF's cornerstone extension, whose onModeEnter ran before */
+    var protocols = ctx.servicesManager.services.hangingProtocolService;
+    if (!cs || !cs.ProgressiveRetrieveImages || !protocols) return;
+    protocols.registeredImageLoadStrategies = {};  /* volumes then load with volume.load(): the stages */
+    cs.utilities.imageRetrieveMetadataProvider.add("volume", {
+      stages: cs.ProgressiveRetrieveImages.interleavedRetrieveStages.stages,
+      retrieveOptions: %s,
+    });
+  },
+});
+"""
 FRIENDLY_NAMES = {"stages": "", "single": " (one stage)", "htj2k": " (HTJ2K, progressive)"}
 
 
@@ -358,6 +391,8 @@ def ohif_app_config(settings: Settings, mount: str, kind: str) -> _Body:
         f"  c.qidoRoot = c.wadoRoot = c.wadoUriRoot = root;\n"
         f"}})();\n"
     ).encode()
+    if kind == "stages":
+        script += VOLUME_STAGES_EXTENSION % json.dumps(OHIF_VOLUME_RETRIEVE_OPTIONS).encode()
     return _Body.of(script)
 
 

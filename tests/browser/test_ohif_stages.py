@@ -174,3 +174,79 @@ def test_ohif_lossy_stage_first_then_lossless(open_page: Any, browser_server: Se
     assert masters and all("transfer-syntax=1.2.840.10008.1.2.4.90" in c for c in masters), masters
     # Thumbnails are the server's rendered ones, never a frame.
     assert any(url.split("?")[0].endswith("/thumbnail") for url, _, _ in log.responses), log.responses
+
+
+# The MPR volume's per-slice quality and its image ids (Cornerstone3D's streaming image volume).
+VOLUME_STATE = """() => {
+  const cs = window.cornerstone;
+  if (!cs) return null;
+  for (const engine of cs.getRenderingEngines()) {
+    for (const vp of engine.getViewports()) {
+      if (!vp.getAllVolumeIds) continue;
+      for (const id of vp.getAllVolumeIds()) {
+        const volume = cs.cache.getVolume(id);
+        if (volume && volume.imageIds && volume.cachedFrames)
+          return {volumeId: id, imageIds: volume.imageIds, cachedFrames: Array.from(volume.cachedFrames)};
+      }
+    }
+  }
+  return null;
+}"""
+VOLUME_SLICE = """([volumeId, k]) => {
+  const volume = window.cornerstone.cache.getVolume(volumeId);
+  const data = volume.voxelManager.getCompleteScalarDataArray();
+  const [columns, rows] = volume.dimensions;
+  return Array.from(data.slice(k * rows * columns, (k + 1) * rows * columns));
+}"""
+
+
+def test_ohif_mpr_volume_stages(open_page: Any, browser_server: Server, studies: Studies, shots: Path) -> None:
+    """The volume viewports (MPR) load through the interleaved stages with this server's retrieve options:
+    cuts first for some slices (LOSSY while the lossless requests are held), then every slice lossless."""
+    page, log = open_page(1280, 800)
+    page.context.add_init_script(NO_TOUR)
+    order: list[tuple[str, str]] = []
+    held: list[Any] = []
+    release = {"now": False}
+
+    def on_request(request: Any) -> None:
+        if (kind := frame_kind(request.url)) is not None:
+            order.append((kind, sop_of(request.url)))
+
+    def hold_lossless(route: Any) -> None:
+        if frame_kind(route.request.url) == "lossless" and not release["now"]:
+            held.append(route)
+        else:
+            route.continue_()
+
+    page.on("request", on_request)
+    page.route("**/frames/**", hold_lossless)
+    page.goto(f"{browser_server.base}/ohif/viewer?StudyInstanceUIDs={studies.ct_study}&hangingprotocolId=mpr")
+    state = wait_for(page, "a volume with a lossy slice", lambda: (
+        (s := page.evaluate(VOLUME_STATE)) and LOSSY in s["cachedFrames"] and s), timeout=90)
+    wait_for(page, "a lossless request (held)", lambda: held)
+    state = page.evaluate(VOLUME_STATE)
+    assert FULL not in state["cachedFrames"], state  # every lossless request is held
+    screenshot(page, shots, "ohif-mpr-lossy.png")
+    release["now"] = True
+    for route in held:
+        route.continue_()
+    held.clear()
+    state = wait_for(page, "every slice of the volume lossless", lambda: (
+        (s := page.evaluate(VOLUME_STATE)) and all(q == FULL for q in s["cachedFrames"]) and s), timeout=90)
+    wait_until_quiet(page, log)
+    screenshot(page, shots, "ohif-mpr-lossless.png")
+    for k, image_id in enumerate(state["imageIds"]):
+        sop = sop_of(image_id)
+        voxels = np.asarray(page.evaluate(VOLUME_SLICE, [state["volumeId"], k]), dtype=np.float64)
+        meta = httpx.get(f"{browser_server.root}/studies/{studies.ct_study}/series/{studies.ct_series}"
+                         f"/instances/{sop}/metadata", timeout=30).json()[0]
+        rescale = {"scaled": True, "slope": meta["00281053"]["Value"][0], "intercept": meta["00281052"]["Value"][0]}
+        # The volume holds modality values: Rescale Slope and Intercept applied while decoding.
+        assert np.array_equal(voxels, expected_pixels(browser_server, studies, sop, rescale)), f"slice {k}"
+    lossy = [sop for kind, sop in order if kind == "lossy"]
+    assert lossy, order
+    for sop in lossy:
+        kinds = [kind for kind, s in order if s == sop]
+        assert kinds.index("lossy") < kinds.index("lossless"), (sop, kinds)
+    assert not log.bad_responses() and not log.failed, log.summary()
