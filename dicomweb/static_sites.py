@@ -83,12 +83,10 @@ OHIF_SITES = {"/ohif": "stages", "/ohif-single": "single", "/ohif-progressive": 
 # - Only `layers` in the URL: a resolution cut (fsiz) has fewer rows than the metadata says. `preview` lets
 #   the server pick the count per instance from its fidelity ladder (storage/preview.py); an instance
 #   without a master answers it with its frame as stored.
+LOSSY_STAGE = {"urlArguments": "layers=preview", "imageQualityStatus": 7, "decodeLevel": 0, "streaming": False}
+FINAL_STAGE = {"streaming": False}
 OHIF_STAGES = {
-    "retrieveOptions": {
-        "lossyPreview": {"urlArguments": "layers=preview", "imageQualityStatus": 7, "decodeLevel": 0,
-                         "streaming": False},
-        "finalLossless": {"streaming": False},
-    },
+    "retrieveOptions": {"lossyPreview": LOSSY_STAGE, "finalLossless": FINAL_STAGE},
     "stages": [
         {"id": "lossyPreview", "retrieveType": "lossyPreview"},
         {"id": "finalLossless", "retrieveType": "finalLossless"},
@@ -314,9 +312,9 @@ def viewer_demo_routes(settings: Settings, web: Located, codec: Located) -> list
 # 'multipleFinal' (every slice) for the master. A slice whose cut came first is queued again for its final
 # stage, as in a stack; the slices in between show their neighbours' replicas until theirs arrive.
 OHIF_VOLUME_RETRIEVE_OPTIONS = {
-    "default": OHIF_STAGES["retrieveOptions"]["lossyPreview"],
-    "multipleFast": OHIF_STAGES["retrieveOptions"]["lossyPreview"],
-    "multipleFinal": OHIF_STAGES["retrieveOptions"]["finalLossless"],
+    "default": LOSSY_STAGE,
+    "multipleFast": LOSSY_STAGE,
+    "multipleFinal": FINAL_STAGE,
 }
 VOLUME_STAGES_EXTENSION = b"""window.config.extensions.push({
   id: "dicomweb-progressive.volume-stages",
