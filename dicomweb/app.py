@@ -19,6 +19,7 @@ from dicomweb.responses import HTTPError, error_response
 from dicomweb.static_sites import static_routes
 from storage.archive import Archive
 from storage.config import Settings, settings_from_env
+from storage.readahead import readahead
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,7 @@ async def status(request: Request) -> Response:
         "kept_as_received": jobs.get("kept", 0),
         "kept_as_received_reasons": await index.kept_reasons(),
         "masters_in_progress": request.app.state.archive.masters.busy,
+        "frames_decoded_ahead": readahead(request.app.state.archive).decoded,
     })
 
 

@@ -33,6 +33,7 @@ from dicomweb.responses import HTTPError, check_json_accept, dicom_json
 from storage.archive import Archive
 from storage.dicom_json import bulk_value
 from storage.index import InstanceRecord
+from storage.readahead import readahead
 from storage.transcode import CannotTranscode, pixel_data_native, to_native
 
 DICOM = "application/dicom"
@@ -173,6 +174,8 @@ async def metadata(request: Request) -> Response:
     rows = await _archive(request).index.metadata(study, series, sop)
     if not rows:
         raise HTTPError(404, f"no such {'instance' if sop else 'series' if series else 'study'}")
+    if series is not None and sop is None:  # a series is being opened: decode its frames ahead
+        readahead(_archive(request)).open_series(study, series)
     return dicom_json(request, b"[" + b",".join(rows) + b"]")
 
 
@@ -182,6 +185,10 @@ async def frame_native_bytes(archive: Archive, rec: InstanceRecord, number: int)
     """Frame `number` uncompressed, little endian: read as stored when it already is, else decoded."""
     if rec.transfer_syntax in ("1.2.840.10008.1.2", EXPLICIT_LE) and rec.frames:
         return await archive.read_frame(rec, number)
+    ahead = readahead(archive)  # decode the rest of the series ahead of this client; reuse a decode under way
+    ahead.open_series(rec.study_uid, rec.series_uid, rec, number)
+    if (data := await ahead.waiting(rec, number)) is not None:
+        return data
     try:
         return await archive.native_frame(rec, number)
     except CannotTranscode as exc:
