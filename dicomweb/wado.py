@@ -11,6 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from dicomweb.conditional import body_response, etag_for, not_modified
+from dicomweb.metadata_ready import ready_series_metadata
 from dicomweb.multipart import (
     closing,
     encode_multipart,
@@ -29,7 +30,7 @@ from dicomweb.negotiation import (
     frame_media_type,
 )
 from dicomweb.params import uids
-from dicomweb.responses import HTTPError, check_json_accept, dicom_json
+from dicomweb.responses import HTTPError, accepts_gzip, check_json_accept, dicom_json
 from storage.archive import Archive
 from storage.dicom_json import bulk_value
 from storage.index import InstanceRecord
@@ -171,6 +172,11 @@ async def _instances_response(
 async def metadata(request: Request) -> Response:
     check_json_accept(request)
     study, series, sop = uids(request)
+    # A series, to a client that takes gzip (every viewer): its ready compressed body.
+    ready = await ready_series_metadata(request, study, series) if series and not sop and accepts_gzip(request) else None
+    if ready is not None and series is not None:
+        readahead(_archive(request)).open_series(study, series)  # decode its frames ahead
+        return ready
     rows = await _archive(request).index.metadata(study, series, sop)
     if not rows:
         raise HTTPError(404, f"no such {'instance' if sop else 'series' if series else 'study'}")
