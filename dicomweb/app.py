@@ -80,6 +80,7 @@ async def status(request: Request) -> Response:
         "kept_as_received_reasons": await index.kept_reasons(),
         "masters_in_progress": request.app.state.archive.masters.busy,
         "frames_decoded_ahead": readahead(request.app.state.archive).decoded,
+        "masters_with_uncompressed_frames_kept": readahead(request.app.state.archive).spilled,
     })
 
 

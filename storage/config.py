@@ -74,6 +74,8 @@ class Settings:
     workers: int = 0  # codec worker threads; 0 = one per core
     # Memory for recently decoded (uncompressed) frames.
     decoded_cache_bytes: int = 256 * 1024**2
+    # Disk for the uncompressed frames of recently made masters (storage/readahead.py); 0 turns it off.
+    decoded_disk_cache_bytes: int = 2048 * 1024**2
     # One line per request (method, path without its query string, status, bytes, time, client).
     access_log: bool = True
 
@@ -110,5 +112,6 @@ def settings_from_env() -> Settings:
         cors_origins=origins,
         workers=env_int("DICOMWEB_WORKERS", 0),
         decoded_cache_bytes=env_int("DICOMWEB_DECODED_CACHE_MB", 256) * 1024**2,
+        decoded_disk_cache_bytes=env_int("DICOMWEB_DECODED_DISK_CACHE_MB", 2048) * 1024**2,
         access_log=env_bool("DICOMWEB_ACCESS_LOG", True),
     )

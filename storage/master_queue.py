@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 from storage.codec import MasterNotPossible
 from storage.dicom_file import file_sha256
 from storage.masters import make_master
+from storage.readahead import readahead
 
 if TYPE_CHECKING:
     from storage.archive import Archive
@@ -174,6 +175,7 @@ class MasterQueue:
         finally:
             master.path.unlink(missing_ok=True)
         if await index.apply_master(key, master.parsed, new_key, size, master.fidelity, master.pixel_sha256):
+            await readahead(self.archive).remember_received(blobs.local_path(key), new_key)  # uncompressed frames
             self._delete_later(key)
         else:
             await blobs.delete(new_key)
