@@ -212,7 +212,9 @@ def run_suite(servers: Sequence[ServerHandle], corpus: Corpus, batches: Sequence
         urls = {n: series_metadata_url(s.dicomweb_url, corpus) for n, s in by_name.items()}
         md_check = metadata_check(corpus.ct_sop_uids)
         checks = dict.fromkeys(by_name, md_check)
-        for n, m in latency(clients, urls, json_accept, checks, cfg.metadata_runs, pids=pids).items():
+        # With gzip, as browsers (OHIF) ask for it: what crosses a real network is the compressed body.
+        gzip_accept = {**json_accept, "Accept-Encoding": "gzip"}
+        for n, m in latency(clients, urls, gzip_accept, checks, cfg.metadata_runs, pids=pids).items():
             res[n].metadata_ms = m
 
         log(f"frames ({len(corpus.ct_sop_uids)} per pass, {cfg.frame_passes + 1} passes per server) ...")
@@ -260,7 +262,7 @@ def report_rows(corpus: Corpus, cfg: Settings) -> list[Row]:
         Row("Ingest until idle, incl. background work (instances/s)", "ingest_ips", "inst/s", True, None),
         Row("QIDO study list `PatientName=*` limit 101 (median ms)", "qido_all_ms", "ms", False, 1.0),
         Row(f"QIDO study list `PatientName={cfg.name_prefix}*` (median ms)", "qido_prefix_ms", "ms", False, 1.0),
-        Row(f"Series metadata, {n} instances (median ms)", "metadata_ms", "ms", False, 5.0),
+        Row(f"Series metadata, {n} instances, gzip as browsers ask (median ms)", "metadata_ms", "ms", False, 50.0),
         Row(f"Frames, {n} x 1 request, {BROWSER_CONNECTIONS} concurrent (frames/s)", "frames_fps", "fps", True, 1.0,
             "{:.0f}"),
         Row("Frames, first pass after load (frames/s)", "frames_first_fps", "fps", True, None, "{:.0f}"),
