@@ -230,8 +230,10 @@ def run_suite(servers: Sequence[ServerHandle], corpus: Corpus, batches: Sequence
         log(f"waiting until disk usage is stable for {cfg.disk_settle_s:.0f} s ...")
         settled = wait_disk_stable(servers, cfg.disk_settle_s)
         for n, server in by_name.items():
+            caches = dir_bytes([d / "cache" for d in server.data_dirs])  # ours: decoded frames, HTJ2K
             res[n].disk_bytes = Measure(settled[n], None, f"{disk_after_load[n] / 1e6:.1f} MB right after load, "
-                                        f"{settled[n] / 1e6:.1f} MB once stable")
+                                        f"{settled[n] / 1e6:.1f} MB once stable, of which caches "
+                                        f"{caches / 1e6:.1f} MB")
             if res[n].problems():
                 res[n].notes.append("server log tail:\n" + server.log_tail())
     finally:
