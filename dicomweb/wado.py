@@ -193,7 +193,7 @@ async def frame_native_bytes(archive: Archive, rec: InstanceRecord, number: int)
         return await archive.read_frame(rec, number)
     ahead = readahead(archive)  # decode the rest of the series ahead of this client; reuse a decode under way
     ahead.open_series(rec.study_uid, rec.series_uid, rec, number)
-    if (data := await ahead.waiting(rec, number)) is not None or (data := await ahead.stored_frame(rec, number)):
+    if (data := await ahead.ready_frame(rec, number)) is not None or (data := await ahead.waiting(rec, number)):
         return data
     try:
         return await archive.native_frame(rec, number)

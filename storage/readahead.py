@@ -90,6 +90,9 @@ class DecodedSpill:
         tag = hashlib.sha1(blob_key.encode(), usedforsecurity=False).hexdigest()
         return self.root / tag[:2] / tag
 
+    def has(self, blob_key: str, number: int) -> bool:
+        return self.capacity > 0 and (self._dir(blob_key) / f"{number}.raw").is_file()
+
     def read(self, blob_key: str, number: int) -> bytes | None:
         if self.capacity <= 0:
             return None
@@ -175,9 +178,11 @@ class Readahead:
         except Exception:  # a cache: the frames are decoded when asked for instead
             log.warning("cannot keep the uncompressed frames of %s", received, exc_info=True)
 
-    async def stored_frame(self, rec: InstanceRecord, number: int) -> bytes | None:
-        """The frame from the disk cache, if it is there."""
-        if self.spill.capacity <= 0:
+    async def ready_frame(self, rec: InstanceRecord, number: int) -> bytes | None:
+        """The frame, if it needs no decode: decoded already (memory), or kept on disk."""
+        if (hit := self._cache.get((rec.blob_key, number))) is not None:
+            return hit
+        if not self.spill.has(rec.blob_key, number):
             return None
         return await asyncio.to_thread(self.spill.read, rec.blob_key, number)
 
@@ -191,7 +196,8 @@ class Readahead:
         if self._series == (study, series) and self._task is not None:
             if not self._task.done():
                 return
-            if start is None or not decodable(start) or self._cache.get((start.blob_key, number)) is not None:
+            if (start is None or not decodable(start) or self._cache.get((start.blob_key, number)) is not None
+                    or self.spill.has(start.blob_key, number)):
                 return
         if self._task is not None and not self._task.done():
             self._task.cancel()
@@ -221,7 +227,7 @@ class Readahead:
                     key = (rec.blob_key, number)
                     if self._cache.get(key) is not None or key in self._inflight:
                         continue
-                    if (await self.stored_frame(rec, number)) is not None:
+                    if self.spill.has(rec.blob_key, number):
                         continue  # read from disk when asked for, no decode needed
                     codestream = await self.archive.read_frame(rec, number)
                     future = loop.run_in_executor(self._pool, _decode_frame, codestream, rec.bits_allocated,
