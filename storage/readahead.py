@@ -218,11 +218,13 @@ class Readahead:
 
     async def _run(self, study: str, series: str, start_sop: str | None) -> None:
         try:
+            await asyncio.sleep(0.05)  # the client's first request (sent right after the metadata) comes first
             recs = [r for r in await self.archive.index.instances(study, series) if decodable(r)]
             start = next((i for i, r in enumerate(recs) if r.sop_uid == start_sop), 0)
             budget = self._cache.capacity * 3 // 4
             loop = asyncio.get_running_loop()
             for rec in recs[start:] + recs[:start]:
+                await asyncio.sleep(0)  # never hold the event loop for a whole series
                 for number in range(1, rec.number_of_frames + 1):
                     key = (rec.blob_key, number)
                     if self._cache.get(key) is not None or key in self._inflight:
