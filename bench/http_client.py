@@ -3,6 +3,7 @@ bodies, built for STOW-RS and split apart for WADO-RS frames."""
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import http.client
 import json
@@ -27,6 +28,8 @@ class Response:
         return self.content.decode("utf-8", "replace")
 
     def json(self) -> object:
+        if "gzip" in self.headers.get("content-encoding", ""):  # asked for by the metadata requests, as browsers do
+            return json.loads(gzip.decompress(self.content))
         return json.loads(self.content)
 
 

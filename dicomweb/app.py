@@ -54,6 +54,7 @@ def dicomweb_routes() -> list[Route]:
         Route(SE, wado.delete, methods=["DELETE"]),
         Route(SE + "/metadata", wado.metadata, methods=["GET"]),
         Route(SE + "/instances", qido.instances, methods=["GET"]),
+        Route(SE + "/layers", progressive.series_layers, methods=["GET"]),
         Route(IN, wado.retrieve, methods=["GET"]),
         Route(IN, wado.delete, methods=["DELETE"]),
         Route(IN + "/metadata", wado.metadata, methods=["GET"]),

@@ -171,6 +171,7 @@ def banner(settings: Settings, host: str, port: int, codecs: str, log_level: str
         ("DICOMweb root", f"{base}{root}"),
         ("viewer demo", f"{base}/viewer-demo/{demo_note}"),
         ("OHIF", f"{base}/ohif/{ohif_note}"),
+        ("OHIF one stage", f"{base}/ohif-single/{ohif_note}"),
         ("OHIF progressive", f"{base}/ohif-progressive/{ohif_note}"),
         ("health", f"{base}/healthz"),
         ("readiness", f"{base}/readyz"),

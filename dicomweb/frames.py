@@ -21,7 +21,7 @@ from dicomweb.multipart import encode_multipart, make_boundary, multipart_conten
 from dicomweb.negotiation import accept_ranges, choices
 from dicomweb.responses import HTTPError, archive_of
 from dicomweb.wado import instance_records
-from storage import OCTET_STREAM, InstanceRecord, NotReady, Subset, plan_frame
+from storage import OCTET_STREAM, PREVIEW, InstanceRecord, NotReady, Subset, plan_frame
 
 SINGLE_PART = {OCTET_STREAM, "image/jp2", "image/jphc", "image/jpeg", "image/jls", "image/dicom-rle", "image/jpx"}
 # Part of every frame ETag: bumped when the bytes sent for the same request change (2: no pad byte).
@@ -60,18 +60,21 @@ def _whole(digits: str) -> int:
     return int(digits) if len(digits.lstrip("0")) <= _MAX_DIGITS else 10**_MAX_DIGITS
 
 
-def _subset(request: Request) -> Subset:
+def _subset(request: Request) -> tuple[Subset, bool]:
+    """The subset asked for, and whether its layer count is `preview` (chosen per instance by the server
+    from the fidelity ladder: storage.preview)."""
     layers = fsiz = None
-    if (text := request.query_params.get("layers")) is not None:
+    preview = request.query_params.get("layers") == PREVIEW
+    if (text := request.query_params.get("layers")) is not None and not preview:
         if not _FRAME_NUMBER.fullmatch(text) or _whole(text) < 1:
-            raise HTTPError(400, f"layers must be a positive integer, got {text[:40]!r}")
+            raise HTTPError(400, f"layers must be a positive integer or {PREVIEW!r}, got {text[:40]!r}")
         layers = _whole(text)
     if (text := request.query_params.get("fsiz")) is not None:
         m = re.fullmatch(r"\s*([0-9]+)\s*,\s*([0-9]+)\s*", text)
         if not m or _whole(m.group(1)) < 1 or _whole(m.group(2)) < 1:
             raise HTTPError(400, f"fsiz must be W,H with positive integers, got {text[:40]!r}")
         fsiz = (_whole(m.group(1)), _whole(m.group(2)))
-    return Subset(layers, fsiz)
+    return Subset(layers, fsiz), preview
 
 
 def in_range(numbers: list[int], rec: InstanceRecord) -> list[int]:
@@ -84,7 +87,7 @@ def in_range(numbers: list[int], rec: InstanceRecord) -> list[int]:
 
 async def frames(request: Request) -> Response:
     numbers = frame_numbers(request.path_params["frames"])
-    subset = _subset(request)
+    subset, preview = _subset(request)
     rec = (await instance_records(request))[0]
     if rec.number_of_frames == 0:
         raise HTTPError(404, "instance has no pixel data frames")
@@ -92,9 +95,12 @@ async def frames(request: Request) -> Response:
     archive = archive_of(request)
     wanted = choices(accept_ranges(request), OCTET_STREAM, SINGLE_PART)
     answerable = any(plan_frame(c.media_type, c.transfer_syntax, rec, subset) for c in wanted)
-    if not rec.is_master and (subset.wanted or not answerable):
+    if not rec.is_master and (subset.wanted or preview or not answerable):
         # Only a master answers this (a cut, HTJ2K): hurry it if it is still being made.
         rec = await archive.hurry_master(rec)
+    if preview:
+        # The instance's own preview count; without a master (still being made, or none) the frame as it is.
+        subset = Subset(await archive.preview_layers(rec), subset.fsiz)
     for choice in wanted:
         plan = plan_frame(choice.media_type, choice.transfer_syntax, rec, subset)
         if plan is None or (not choice.multipart and len(numbers) > 1):

@@ -3,10 +3,12 @@
 - ``/``: a landing page that links to the DICOMweb root and the viewers, and says what is not installed.
 - ``/viewer-demo/``: the progressive stack viewer in ``viewer-demo/web`` (plain ES modules), with the
   OpenJPEG WebAssembly decoder (npm ``@cornerstonejs/codec-openjpeg``) under ``/viewer-demo/codec/``.
-- ``/ohif/`` and ``/ohif-progressive/``: the prebuilt OHIF v3 viewer (``@ohif/app``'s ``dist/``, unpacked by
-  ``scripts/setup-browser.sh``), each with an ``app-config.js`` generated here whose data source is this
-  server. The progressive one asks for frames as HTJ2K (``image/jphc``, 1.2.840.10008.1.2.4.202), which OHIF
-  decodes at lower resolutions while the bytes stream in.
+- ``/ohif/``, ``/ohif-single/`` and ``/ohif-progressive/``: the prebuilt OHIF v3 viewer (``@ohif/app``'s
+  ``dist/``, unpacked by ``scripts/setup-browser.sh``), each with an ``app-config.js`` generated here whose data
+  source is this server. ``/ohif/`` loads every slice in two retrieve stages, a quality-layer cut of the master
+  (``layers=preview``) first and the lossless master second (see OHIF_STAGES); ``/ohif-single/`` loads each
+  frame once, as stored; ``/ohif-progressive/`` asks for frames as HTJ2K (``image/jphc``,
+  1.2.840.10008.1.2.4.202), which OHIF decodes at lower resolutions while the bytes stream in.
 
 OHIF's build assumes it lives at ``/``: its ``index.html`` names ``/app.bundle...js``, ``PUBLIC_URL`` is ``"/"``
 and webpack's chunk path is the literal ``"/"``. Those few strings are rewritten at serve time (the dist stays
@@ -62,7 +64,33 @@ HTJ2K_ACCEPT = [
     "multipart/related; type=image/jphc; transfer-syntax=1.2.840.10008.1.2.4.202",
     "multipart/related; type=application/octet-stream; transfer-syntax=*; q=0.5",
 ]
-OHIF_SITES = {"/ohif": False, "/ohif-progressive": True}  # mount -> progressive
+# Mount -> how it loads frames: "stages" (quality-layer cut, then lossless), "single" (once, as stored),
+# "htj2k" (HTJ2K, streamed).
+OHIF_SITES = {"/ohif": "stages", "/ohif-single": "single", "/ohif-progressive": "htj2k"}
+# /ohif/'s stack retrieve stages (Cornerstone3D's progressive loading, read from OHIF 3.13's bundle):
+# - The cornerstone extension's onModeEnter clears the retrieve configurations and registers, for stacks,
+#   the data source's `stackRetrieveOptions` merged over its default ({single: {streaming, decodeLevel: 1}});
+#   a plain object is merged shallowly, so these `retrieveOptions` and `stages` replace the default's.
+# - Each slice runs the stages in order; a response is marked with its stage's imageQualityStatus, and the
+#   next stage is queued only while that is not FULL_RESOLUTION (8): the cut is LOSSY (7), the master final.
+# - OHIF's stack prefetcher loads the other slices with retrieveOptions.default, else the first entry: so no
+#   stage is named "default" and the lossy one comes first, and a whole series is prefetched as cheap cuts;
+#   each slice becomes lossless when it is shown.
+# - decodeLevel 0: without it a response that is not FULL_RESOLUTION is decoded at a lower resolution
+#   (decodeLevelFromComplete gives 3, 1/8 size, when no percentage is known); streaming false: Part-1 JPEG
+#   2000 is decoded only when complete anyway.
+# - Only `layers` in the URL: a resolution cut (fsiz) has fewer rows than the metadata says. `preview` lets
+#   the server pick the count per instance from its fidelity ladder (storage/preview.py); an instance
+#   without a master answers it with its frame as stored.
+LOSSY_STAGE = {"urlArguments": "layers=preview", "imageQualityStatus": 7, "decodeLevel": 0, "streaming": False}
+FINAL_STAGE = {"streaming": False}
+OHIF_STAGES = {
+    "retrieveOptions": {"lossyPreview": LOSSY_STAGE, "finalLossless": FINAL_STAGE},
+    "stages": [
+        {"id": "lossyPreview", "retrieveType": "lossyPreview"},
+        {"id": "finalLossless", "retrieveType": "finalLossless"},
+    ],
+}
 NO_CACHE = {"Cache-Control": "no-cache"}
 # For the few HTML pages made here (the landing page, "not installed").
 PAGE_STYLE = ("<style>body{font:16px/1.5 system-ui,sans-serif;max-width:48rem;margin:2rem auto;padding:0 1rem}"
@@ -263,14 +291,53 @@ def viewer_demo_routes(settings: Settings, web: Located, codec: Located) -> list
 
 # ---- OHIF --------------------------------------------------------------------------------------------
 
-def ohif_app_config(settings: Settings, mount: str, progressive: bool) -> _Body:
+# Volume viewports (MPR), read from OHIF 3.13.2's bundle:
+# - The cornerstone extension's onModeEnter registers Cornerstone3D's interleaved volume stages under 'volume'
+#   with no retrieveOptions, and reads nothing from the data source for them.
+# - Worse, OHIF's MPR hanging protocols name an imageLoadStrategy (interleaveCenter), and OHIF runs those
+#   strategies with the retrieve configuration cleared (createMetadataWrappedStrategy clears it around the
+#   call), so volumes load one request per slice, whatever is registered. Without a registered strategy,
+#   CornerstoneViewportService calls volume.load(), which runs the registered stages.
+# - OHIF takes extension objects in window.config.extensions as they are (loadModule returns a non-string as
+#   is) and calls every extension's onModeEnter in registration order, the configured ones after its own.
+# So this extension, defined in app-config.js (no rebuild), drops the image load strategies and registers the
+# interleaved stages again with retrieve options: the stages whose retrieveType is 'default' (the first
+# images: middle, first, last) and 'multipleFast' (half the slices) ask for the cut, marked LOSSY;
+# 'multipleFinal' (every slice) for the master. A slice whose cut came first is queued again for its final
+# stage, as in a stack; the slices in between show their neighbours' replicas until theirs arrive.
+OHIF_VOLUME_RETRIEVE_OPTIONS = {
+    "default": LOSSY_STAGE,
+    "multipleFast": LOSSY_STAGE,
+    "multipleFinal": FINAL_STAGE,
+}
+VOLUME_STAGES_EXTENSION = b"""window.config.extensions.push({
+  id: "dicomweb-progressive.volume-stages",
+  onModeEnter: function (ctx) {
+    var cs = window.cornerstone;  /* set by OHIF's cornerstone extension, whose onModeEnter ran before */
+    var protocols = ctx.servicesManager.services.hangingProtocolService;
+    if (!cs || !cs.ProgressiveRetrieveImages || !protocols) return;
+    protocols.registeredImageLoadStrategies = {};  /* volumes then load with volume.load(): the stages */
+    cs.utilities.imageRetrieveMetadataProvider.add("volume", {
+      stages: cs.ProgressiveRetrieveImages.interleavedRetrieveStages.stages,
+      retrieveOptions: %s,
+    });
+  },
+});
+"""
+FRIENDLY_NAMES = {"stages": "", "single": " (one stage)", "htj2k": " (HTJ2K, progressive)"}
+
+
+def ohif_app_config(settings: Settings, mount: str, kind: str) -> _Body:
     """OHIF's window.config: one DICOMweb data source, this server (same origin unless public_url is set)."""
-    source = {
-        "friendlyName": "dicomweb-progressive" + (" (HTJ2K, progressive)" if progressive else ""),
+    source: dict[str, object] = {
+        "friendlyName": "dicomweb-progressive" + FRIENDLY_NAMES[kind],
         "name": "dicomweb",
         "qidoSupportsIncludeField": True,
         "imageRendering": "wadors",
-        "thumbnailRendering": "wadors",
+        # The server's rendered /thumbnail (a small JPEG, fetched with the Authorization header); 'wadors'
+        # would fetch and decode a whole lossless frame per series first.
+        "thumbnailRendering": "thumbnail",
+        "thumbnailRequestStrategy": "fetch",
         "enableStudyLazyLoad": True,
         "supportsFuzzyMatching": True,
         "supportsWildcard": True,
@@ -280,8 +347,10 @@ def ohif_app_config(settings: Settings, mount: str, progressive: bool) -> _Body:
         "bulkDataURI": {"enabled": True, "relativeResolution": "studies"},
         "omitQuotationForMultipartRequest": True,
     }
-    if progressive:
+    if kind == "htj2k":
         source["acceptHeader"] = HTJ2K_ACCEPT
+    elif kind == "stages":
+        source["stackRetrieveOptions"] = OHIF_STAGES
     config = {
         "name": "dicomweb-progressive" + mount,
         "routerBasename": mount,
@@ -322,6 +391,8 @@ def ohif_app_config(settings: Settings, mount: str, progressive: bool) -> _Body:
         f"  c.qidoRoot = c.wadoRoot = c.wadoUriRoot = root;\n"
         f"}})();\n"
     ).encode()
+    if kind == "stages":
+        script += VOLUME_STAGES_EXTENSION % json.dumps(OHIF_VOLUME_RETRIEVE_OPTIONS).encode()
     return _Body.of(script)
 
 
@@ -355,9 +426,9 @@ def _fix_asset(body: bytes) -> bytes | None:
     return None if fixed == body else fixed
 
 
-def _ohif_site(settings: Settings, ohif: Located, rewrites: _Rewrites, mount: str, progressive: bool) -> list[BaseRoute]:
+def _ohif_site(settings: Settings, ohif: Located, rewrites: _Rewrites, mount: str, kind: str) -> list[BaseRoute]:
     prefix = mount + "/"
-    app_config = ohif_app_config(settings, mount, progressive)
+    app_config = ohif_app_config(settings, mount, kind)
     fix_index = _fix_index(prefix)
 
     async def site(request: Request) -> Response:
@@ -389,8 +460,8 @@ def _ohif_site(settings: Settings, ohif: Located, rewrites: _Rewrites, mount: st
 
 def ohif_routes(settings: Settings, ohif: Located) -> list[BaseRoute]:
     rewrites = _Rewrites()
-    return [route for mount, progressive in OHIF_SITES.items()
-            for route in _ohif_site(settings, ohif, rewrites, mount, progressive)]
+    return [route for mount, kind in OHIF_SITES.items()
+            for route in _ohif_site(settings, ohif, rewrites, mount, kind)]
 
 
 # ---- the landing page --------------------------------------------------------------------------------
@@ -408,7 +479,8 @@ def landing_route(settings: Settings, codec: Located, ohif: Located) -> Route:
         root = html.escape(settings.root)
         status = "" if codec.get() else " (the page's JPEG 2000 decoder is not installed: the server decodes)"
         if ohif.get():
-            ohif_item = ('<li><a href="ohif/">OHIF v3</a>: frames as stored (layered lossless JPEG 2000); '
+            ohif_item = ('<li><a href="ohif/">OHIF v3</a>: each slice as a quality-layer preview, then lossless; '
+                         '<a href="ohif-single/">OHIF, one stage</a>: frames as stored (layered lossless JPEG 2000); '
                          '<a href="ohif-progressive/">OHIF, progressive</a>: HTJ2K, decoded while it streams in</li>')
         else:
             ohif_item = f"<li>OHIF v3 (<code>/ohif/</code>) is not installed.{_missing_page(ohif)}</li>"

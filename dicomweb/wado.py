@@ -19,7 +19,15 @@ from dicomweb.multipart import (
 )
 from dicomweb.negotiation import Choice, accept_ranges, choices
 from dicomweb.params import uids
-from dicomweb.responses import HTTPError, archive_of, check_json_accept, dicom_json
+from dicomweb.responses import (
+    DICOM_JSON,
+    HTTPError,
+    accepts_gzip,
+    archive_of,
+    base_url,
+    check_json_accept,
+    dicom_json,
+)
 from storage import EXPLICIT_LE, IMPLICIT_LE, OCTET_STREAM, Archive, CannotProduce, InstanceRecord, syntax
 
 DICOM = "application/dicom"
@@ -128,7 +136,13 @@ async def _instances_response(
 
 async def metadata(request: Request) -> Response:
     check_json_accept(request)
-    rows = await archive_of(request).metadata(*uids(request))
+    study, series, sop = uids(request)
+    archive = archive_of(request)
+    if series is not None and sop is None and accepts_gzip(request):
+        # A series, to a client that takes gzip (every viewer): its compressed body, kept ready.
+        body = await archive.compressed_series_metadata(study, series, base_url(request))
+        return Response(body, media_type=DICOM_JSON, headers={"Vary": "Accept-Encoding", "Content-Encoding": "gzip"})
+    rows = await archive.metadata(study, series, sop)
     return dicom_json(request, b"[" + b",".join(rows) + b"]")
 
 

@@ -35,6 +35,7 @@ from storage.dicom_file import BASE_PLACEHOLDER
 from storage.errors import BadRequest, CannotProduce, NotFound, NotReady, StorageError
 from storage.frame_forms import WHOLE, FramePlan, Subset, plan_frame
 from storage.index import InstanceRecord, MasterState
+from storage.preview import PREVIEW, PREVIEW_RULE, instance_preview_layers
 from storage.query import Level
 from storage.render import (
     DEFAULT_QUALITY,
@@ -65,6 +66,8 @@ __all__ = [
     "MEDIA_TYPES",
     "OCTET_STREAM",
     "PNG",
+    "PREVIEW",
+    "PREVIEW_RULE",
     "SCOPES",
     "THUMBNAIL_SIZE",
     "WHOLE",
@@ -96,6 +99,7 @@ __all__ = [
     "Window",
     "check_blob_url",
     "check_codec_stack",
+    "instance_preview_layers",
     "is_valid_uid",
     "ohif_dist_override",
     "open_api_keys",

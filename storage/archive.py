@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import gzip
 import hashlib
 import logging
 import multiprocessing
@@ -34,15 +35,18 @@ from storage.blobs import BlobStoreUnavailable, new_blob_key, open_blob_store
 from storage.codec import CutError, cut, decode, info, levels_to_drop, to_htj2k, without_padding
 from storage.codec_check import check_codec_stack
 from storage.config import Settings
-from storage.dicom_file import InvalidInstance, ParsedInstance
+from storage.dicom_file import BASE_PLACEHOLDER, InvalidInstance, ParsedInstance
 from storage.dicom_json import bulk_value
 from storage.errors import CannotProduce, NotFound, NotReady, no_such
 from storage.frame_forms import WHOLE, FramePlan, Source, Subset
 from storage.index import Index, InstanceRecord, MasterState
 from storage.mastering.make import MasterNotPossible, container_dtype, provisional_codestream
 from storage.mastering.queue import MasterQueue
+from storage.metadata_cache import bodies as metadata_bodies
 from storage.parse_warnings import parse_files_noting_warnings
+from storage.preview import preview_for_instance, series_preview
 from storage.query import Level, Query, parse_query, run_query, scope_query
+from storage.readahead import Readahead
 from storage.render import RenderOptions, render_frame
 from storage.transcode import frame_native, pixel_data_native, to_native
 from storage.transfer_syntaxes import EXPLICIT_LE, HTJ2K, HTJ2K_LOSSLESS_RPCL, J2K, J2K_LOSSLESS, syntax
@@ -90,10 +94,11 @@ class Archive:
         self.index = Index(settings.sql_url)
         self.api_keys = ApiKeys(self.index.engine)
         self._sop_locks: dict[str, asyncio.Lock] = {}
-        self.masters = MasterQueue(self.index, self.blobs, settings)
+        self.masters = MasterQueue(self.index, self.blobs, settings, on_master=self._keep_uncompressed)
         self._parsers: ProcessPoolExecutor | None = None
         self._parser_count = 1
         self._decoded = ByteLRU(settings.decoded_cache_bytes)
+        self.readahead = Readahead(self)  # decode-ahead of the series a client opens
         self.codecs = ""  # codec versions, once check_codec_stack() passed
 
     async def open(self, *, start_masters: bool = True, parser_processes: int | None = None) -> None:
@@ -116,6 +121,7 @@ class Archive:
 
     async def close(self) -> None:
         await self.masters.stop()
+        self.readahead.close()
         if self._parsers is not None:
             self._parsers.shutdown(wait=True, cancel_futures=True)
             self._parsers = None
@@ -279,6 +285,8 @@ class Archive:
             "kept_as_received": jobs.get("kept", 0),
             "kept_as_received_reasons": await self.index.kept_reasons(),
             "masters_in_progress": progress.in_progress,
+            "frames_decoded_ahead": self.readahead.decoded,
+            "masters_with_uncompressed_frames_kept": self.readahead.spilled,
         }
 
     async def count_instances(self) -> int:
@@ -310,10 +318,45 @@ class Archive:
         return recs
 
     async def metadata(self, study: str, series: str | None = None, sop: str | None = None) -> list[bytes]:
-        """Each instance's DICOM JSON (with the base-URL placeholder); NotFound if there are none."""
+        """Each instance's DICOM JSON (with the base-URL placeholder); NotFound if there are none. A series
+        asked for is being opened: its frames are decoded ahead for clients that read them uncompressed."""
         rows = await self.index.metadata(study, series, sop)
         if not rows:
             raise no_such(study, series, sop)
+        if series is not None and sop is None:
+            self.readahead.open_series(study, series)
+        return rows
+
+    async def compressed_series_metadata(self, study: str, series: str, base_url: str) -> bytes:
+        """A series' metadata as gzip, with `base_url` in its URIs, kept ready per series version (valid
+        across replicas, see storage.metadata_cache); NotFound if the series has no instance."""
+
+        async def build() -> bytes | None:
+            rows = await self.index.metadata(study, series)
+            if not rows:
+                return None
+            body = (b"[" + b",".join(rows) + b"]").replace(BASE_PLACEHOLDER.encode(), base_url.encode())
+            # Level 6 (not the per-request level 1): it is compressed once per version of the series.
+            return gzip.compress(body, compresslevel=6, mtime=0)
+
+        body = await metadata_bodies.get(self.index.engine, study, series, f"{self.index.url}|{base_url}", build)
+        if body is None:
+            raise no_such(study, series, None)
+        self.readahead.open_series(study, series)
+        return body
+
+    async def preview_layers(self, rec: InstanceRecord) -> int | None:
+        """The layer count `layers=preview` gives for this instance (storage.preview's rule); None when it
+        has no master (a lossy original, a master still being made) or no lossy layer to offer."""
+        if not rec.is_master:
+            return None
+        return await preview_for_instance(self.index.engine, rec.sop_uid, rec.blob_key)
+
+    async def series_preview(self, study: str, series: str) -> list[tuple[str, int | None, bool]]:
+        """Per instance of the series: (SOP Instance UID, its preview layer count, has a master)."""
+        rows = await series_preview(self.index.engine, study, series)
+        if rows is None:
+            raise no_such(study, series, None)
         return rows
 
     async def search(self, level: Level, params: list[tuple[str, str]], study: str | None = None,
@@ -451,6 +494,15 @@ class Archive:
         except CutError as exc:
             raise CannotProduce(f"cannot cut this frame: {exc}") from None
 
+    async def _keep_uncompressed(self, received_key: str, master_key: str) -> None:
+        """A master replaced a received file: keep the file's frames if they are uncompressed, as the
+        master's decoded frames (storage.readahead's disk cache)."""
+        try:
+            async with self.blobs.local_file(received_key) as path:
+                await self.readahead.remember_received(path, master_key)
+        except FileNotFoundError:
+            pass  # deleted meanwhile
+
     async def _provisional_frame(self, rec: InstanceRecord, number: int, fsiz: tuple[int, int] | None) -> bytes:
         try:
             async with self.blobs.local_file(rec.blob_key) as path:
@@ -518,6 +570,12 @@ class Archive:
         cache_key = (rec.blob_key, number)
         if (hit := self._decoded.get(cache_key)) is not None:
             return hit
+        # Decode the rest of the series ahead of this client; use a decode under way or kept on disk.
+        self.readahead.open_series(rec.study_uid, rec.series_uid, rec, number)
+        if (data := await self.readahead.ready_frame(rec, number)) is not None:
+            return data
+        if (data := await self.readahead.waiting(rec, number)) is not None:
+            return data
         if rec.is_master and rec.bits_allocated in (8, 16):
             codestream = await self.read_frame(rec, number)
             dtype = container_dtype(rec.bits_allocated, rec.pixel_representation == 1)

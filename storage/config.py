@@ -85,6 +85,8 @@ class Settings:
     workers: int = 0  # codec worker threads; 0 = one per core
     # Memory for recently decoded (uncompressed) frames.
     decoded_cache_bytes: int = 256 * 1024**2
+    # Disk for the uncompressed frames of recently made masters (storage/readahead.py); 0 turns it off.
+    decoded_disk_cache_bytes: int = 2048 * 1024**2
     # How long a request that needs a master still being made (a cut, HTJ2K) waits for it, after moving
     # it to the front of the queue; then cuts are encoded on the fly from the received frame.
     master_wait_seconds: float = 0.3
@@ -185,6 +187,7 @@ def settings_from_env() -> Settings:
         cors_origins=origins,
         workers=env_int("DICOMWEB_WORKERS", d.workers),
         decoded_cache_bytes=env_int("DICOMWEB_DECODED_CACHE_MB", d.decoded_cache_bytes >> 20) << 20,
+        decoded_disk_cache_bytes=env_int("DICOMWEB_DECODED_DISK_CACHE_MB", d.decoded_disk_cache_bytes >> 20) << 20,
         master_wait_seconds=env_int("DICOMWEB_MASTER_WAIT_MS", int(d.master_wait_seconds * 1000),
                                     maximum=60_000) / 1000,
         access_log=env_bool("DICOMWEB_ACCESS_LOG", d.access_log),

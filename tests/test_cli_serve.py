@@ -61,6 +61,7 @@ def test_banner_and_access_log_without_query_strings(tmp_path: Path) -> None:
         ("DICOMweb root", f"http://127.0.0.1:{port}/dicom-web"),
         ("viewer demo", f"http://127.0.0.1:{port}/viewer-demo/"),
         ("OHIF", f"http://127.0.0.1:{port}/ohif/"),
+        ("OHIF one stage", f"http://127.0.0.1:{port}/ohif-single/"),
         ("OHIF progressive", f"http://127.0.0.1:{port}/ohif-progressive/"),
         ("health", f"http://127.0.0.1:{port}/healthz"),
         ("status", f"http://127.0.0.1:{port}/dicom-web/status"),

@@ -28,7 +28,7 @@ import socket
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -88,8 +88,11 @@ class Progress:
 
 
 class MasterQueue:
-    def __init__(self, index: Index, blobs: BlobStore, settings: Settings) -> None:
+    def __init__(self, index: Index, blobs: BlobStore, settings: Settings,
+                 on_master: Callable[[str, str], Awaitable[None]] | None = None) -> None:
         self.index = index
+        # Told (received blob key, master blob key) when a master has replaced a received file.
+        self.on_master = on_master
         self.blobs = blobs
         self.settings = settings
         self.workers = settings.workers or os.cpu_count() or 1
@@ -374,6 +377,8 @@ class MasterQueue:
         finally:
             master.path.unlink(missing_ok=True)
         if await index.apply_master(key, master.parsed, new_key, size, master.fidelity, master.pixel_sha256):
+            if self.on_master is not None:
+                await self.on_master(key, new_key)
             self._delete_later(key)
         else:
             await blobs.delete(new_key)

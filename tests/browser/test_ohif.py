@@ -100,14 +100,19 @@ def test_ohif_study_list_shows_every_study(open_page: Any, browser_server: Serve
     assert not log.bad_responses() and not log.failed, log.summary()
 
 
-def test_ohif_draws_ct(open_page: Any, browser_server: Server, studies: Studies, shots: Path) -> None:
-    page, log = open_in_ohif(open_page, browser_server, studies.ct_study, "/ohif")
-    screenshot(page, shots, "ohif-ct.png")
+@pytest.mark.parametrize("mount", ["/ohif", "/ohif-single"])
+def test_ohif_draws_ct(open_page: Any, browser_server: Server, studies: Studies, shots: Path, mount: str) -> None:
+    page, log = open_in_ohif(open_page, browser_server, studies.ct_study, mount)
+    if mount == "/ohif-single":
+        screenshot(page, shots, "ohif-ct.png")
     assert not log.bad_responses() and not log.failed, log.summary()
     frames = frame_responses(log)
     assert frames, log.summary()
-    # The default configuration takes frames as stored: the layered lossless J2K masters.
+    # OHIF's own Accept takes frames as stored: the layered lossless J2K masters, and on /ohif/ cuts of them
+    # first (test_ohif_stages.py); /ohif-single/ asks for each frame once, as it is.
     assert all("image/jp2" in ctype for _, _, ctype in frames), frames
+    cuts = [url for url, _, _ in frames if "layers=" in url]
+    assert bool(cuts) == (mount == "/ohif"), frames
 
 
 def test_ohif_progressive_gets_htj2k(open_page: Any, browser_server: Server, studies: Studies, shots: Path) -> None:
@@ -119,10 +124,10 @@ def test_ohif_progressive_gets_htj2k(open_page: Any, browser_server: Server, stu
     assert all("image/jphc" in ctype for _, _, ctype in frames), frames
 
 
-@pytest.mark.parametrize("mount", ["/ohif", "/ohif-progressive"])
+@pytest.mark.parametrize("mount", ["/ohif", "/ohif-single", "/ohif-progressive"])
 def test_ohif_draws_lossy_original(open_page: Any, browser_server: Server, studies: Studies, mount: str) -> None:
-    """A JPEG baseline original has no master, so no HTJ2K: the progressive site's Accept list falls back to
-    the frame as stored."""
+    """A JPEG baseline original has no master, so no HTJ2K and no cut: the progressive site's Accept list falls
+    back to the frame as stored, and /ohif/'s `layers=preview` stage gets the frame as stored too (200)."""
     _, log = open_in_ohif(open_page, browser_server, studies.lossy_study, mount)
     assert not log.bad_responses() and not log.failed, log.summary()
     frames = frame_responses(log)

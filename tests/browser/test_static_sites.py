@@ -40,7 +40,7 @@ def test_viewer_demo_files(site: httpx.Client) -> None:
     assert site.get("/viewer-demo/", headers={"If-None-Match": etag}).status_code == 304
 
 
-@pytest.mark.parametrize("mount", ["/ohif", "/ohif-progressive"])
+@pytest.mark.parametrize("mount", ["/ohif", "/ohif-single", "/ohif-progressive"])
 def test_ohif_mount(site: httpx.Client, mount: str) -> None:
     assert site.get(mount, follow_redirects=False).headers["location"] == mount + "/"
     index = site.get(mount + "/")
@@ -62,12 +62,16 @@ def test_ohif_mount(site: httpx.Client, mount: str) -> None:
     assert progressive == (mount == "/ohif-progressive")
     if progressive:  # instances without a master (lossy originals) come as stored instead
         assert "type=application/octet-stream; transfer-syntax=*; q=0.5" in config
+    # /ohif/ alone loads each slice in two stages: a quality-layer cut first (LOSSY), then the master.
+    assert ('"urlArguments": "layers=preview"' in config) == (mount == "/ohif"), config
+    assert '"thumbnailRendering": "thumbnail"' in config and '"thumbnailRequestStrategy": "fetch"' in config
 
 
 def test_landing_page(site: httpx.Client) -> None:
     page = site.get("/")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
-    for link in ('href="viewer-demo/"', 'href="ohif/"', 'href="ohif-progressive/"', 'href="dicom-web/studies"'):
+    for link in ('href="viewer-demo/"', 'href="ohif/"', 'href="ohif-single/"', 'href="ohif-progressive/"',
+                 'href="dicom-web/studies"'):
         assert link in page.text, link
     assert "not installed" not in page.text
 
