@@ -115,13 +115,22 @@ def metadata_check(sops: Sequence[str]) -> Callable[[Response], str | None]:
 
 NATIVE_TS = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"}
 LOSSLESS_TS = {
-    "1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70", "1.2.840.10008.1.2.4.80",
-    "1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.202",
+    "1.2.840.10008.1.2.4.57",
+    "1.2.840.10008.1.2.4.70",
+    "1.2.840.10008.1.2.4.80",
+    "1.2.840.10008.1.2.4.90",
+    "1.2.840.10008.1.2.4.201",
+    "1.2.840.10008.1.2.4.202",
     "1.2.840.10008.1.2.5",
 }
 JP2_SIGNATURE = b"\x00\x00\x00\x0cjP  \r\n\x87\n"
-J2K_TS = {"1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.201",
-          "1.2.840.10008.1.2.4.202", "1.2.840.10008.1.2.4.203"}
+J2K_TS = {
+    "1.2.840.10008.1.2.4.90",
+    "1.2.840.10008.1.2.4.91",
+    "1.2.840.10008.1.2.4.201",
+    "1.2.840.10008.1.2.4.202",
+    "1.2.840.10008.1.2.4.203",
+}
 
 
 def _sign_extend(a: np.ndarray, bits: int) -> np.ndarray:
@@ -136,10 +145,14 @@ def decode_frame(ts: str, payload: bytes) -> np.ndarray | None:
     except ImportError:
         return None
     decoders = {
-        "1.2.840.10008.1.2.4.57": "ljpeg_decode", "1.2.840.10008.1.2.4.70": "ljpeg_decode",
-        "1.2.840.10008.1.2.4.80": "jpegls_decode", "1.2.840.10008.1.2.4.81": "jpegls_decode",
-        "1.2.840.10008.1.2.4.90": "jpeg2k_decode", "1.2.840.10008.1.2.4.91": "jpeg2k_decode",
-        "1.2.840.10008.1.2.4.201": "jpeg2k_decode", "1.2.840.10008.1.2.4.202": "jpeg2k_decode",
+        "1.2.840.10008.1.2.4.57": "ljpeg_decode",
+        "1.2.840.10008.1.2.4.70": "ljpeg_decode",
+        "1.2.840.10008.1.2.4.80": "jpegls_decode",
+        "1.2.840.10008.1.2.4.81": "jpegls_decode",
+        "1.2.840.10008.1.2.4.90": "jpeg2k_decode",
+        "1.2.840.10008.1.2.4.91": "jpeg2k_decode",
+        "1.2.840.10008.1.2.4.201": "jpeg2k_decode",
+        "1.2.840.10008.1.2.4.202": "jpeg2k_decode",
         "1.2.840.10008.1.2.4.203": "jpeg2k_decode",
     }
     fn = getattr(imagecodecs, decoders.get(ts, ""), None)
@@ -179,8 +192,10 @@ def check_frame(corpus: Corpus, index: int, r: Response, bits_stored: int = 14) 
     ts = params.get("transfer-syntax", "")
     warnings = []
     if mime != "application/octet-stream":
-        warnings.append(f"part Content-Type {mime or 'missing'!r} although the Accept asked for "
-                        'type="application/octet-stream"')
+        warnings.append(
+            f"part Content-Type {mime or 'missing'!r} although the Accept asked for "
+            'type="application/octet-stream"'
+        )
     if ts in J2K_TS and payload.startswith(JP2_SIGNATURE):
         warnings.append(f"JP2 file (boxes) sent as {ts}; DICOM encapsulates a bare J2K codestream")
     expected_hash = corpus.ct_frame_sha256[index]
@@ -193,7 +208,10 @@ def check_frame(corpus: Corpus, index: int, r: Response, bits_stored: int = 14) 
         return FrameVerdict(None, f"{ts or mime or 'unknown'} (not verified)", warnings)
     if arr.size != corpus.ct_rows * corpus.ct_columns:
         return FrameVerdict(
-            f"frame ({ts}) decodes to {arr.shape}, expected {corpus.ct_rows}x{corpus.ct_columns}", ts, warnings)
+            f"frame ({ts}) decodes to {arr.shape}, expected {corpus.ct_rows}x{corpus.ct_columns}",
+            ts,
+            warnings,
+        )
     # Decoders differ in how they hand back signed 14-bit data (int16, or
     # uint16 in two's complement of BitsStored): accept either.
     candidates = [_sign_extend(arr, bits_stored)]

@@ -35,11 +35,15 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 BUCKET = "dicomweb"
 PREFIX = "archive"
 # moto accepts any credentials; these are what the replicas and the tests sign with.
-S3_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "cluster-test", "AWS_SECRET_ACCESS_KEY": "cluster-test-secret",
-                  "AWS_REGION": "us-east-1"}
+S3_CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": "cluster-test",
+    "AWS_SECRET_ACCESS_KEY": "cluster-test-secret",
+    "AWS_REGION": "us-east-1",
+}
 
 
 # ---- PostgreSQL ------------------------------------------------------------------------------------
+
 
 def pg_bin() -> Path:
     found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
@@ -62,33 +66,64 @@ def start_postgres(base: Path, port: int) -> str:
     if os.geteuid() == 0:
         shutil.chown(base, "postgres")
         shutil.chown(sock, "postgres")
-    init = subprocess.run(_as_postgres([str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust"]),
-                          check=False, capture_output=True, text=True)
+    init = subprocess.run(
+        _as_postgres([str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust"]),
+        check=False,
+        capture_output=True,
+        text=True,
+    )
     if init.returncode:
         raise RuntimeError(f"initdb failed: {init.stderr.strip()}")
-    subprocess.run(_as_postgres([
-        str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(base / "log"), "-w", "start", "-o",
-        f"-p {port} -k {sock} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200",
-    ]), check=True, capture_output=True)
-    subprocess.run([str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "dicomweb"],
-                   check=True, capture_output=True)
+    subprocess.run(
+        _as_postgres(
+            [
+                str(bin_dir / "pg_ctl"),
+                "-D",
+                str(data),
+                "-l",
+                str(base / "log"),
+                "-w",
+                "start",
+                "-o",
+                f"-p {port} -k {sock} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200",
+            ]
+        ),
+        check=True,
+        capture_output=True,
+    )
+    subprocess.run(
+        [str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "dicomweb"],
+        check=True,
+        capture_output=True,
+    )
     return f"postgresql+asyncpg://postgres@127.0.0.1:{port}/dicomweb"
 
 
 def stop_postgres(base: Path) -> None:
     if (base / "data").is_dir():
-        subprocess.run(_as_postgres([str(pg_bin() / "pg_ctl"), "-D", str(base / "data"), "-m", "fast", "stop"]),
-                       check=False, capture_output=True)
+        subprocess.run(
+            _as_postgres([str(pg_bin() / "pg_ctl"), "-D", str(base / "data"), "-m", "fast", "stop"]),
+            check=False,
+            capture_output=True,
+        )
 
 
 # ---- processes -------------------------------------------------------------------------------------
+
 
 def _spawn(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
     with log.open("ab") as fh:
         # Its own session: stopping it ends its children (parser processes) too, and it outlives
         # `bench.cluster up`.
-        return subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env=env, cwd=REPO_ROOT, start_new_session=True)
+        return subprocess.Popen(
+            cmd,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            cwd=REPO_ROOT,
+            start_new_session=True,
+        )
 
 
 def kill_group(pid: int, sig: int = signal.SIGTERM, wait: float = 10.0) -> None:
@@ -111,12 +146,16 @@ def kill_group(pid: int, sig: int = signal.SIGTERM, wait: float = 10.0) -> None:
         os.waitpid(pid, 0)
 
 
-def _wait_http(url: str, timeout: float, proc: subprocess.Popen | None = None, log: Path | None = None) -> None:
+def _wait_http(
+    url: str, timeout: float, proc: subprocess.Popen | None = None, log: Path | None = None
+) -> None:
     deadline = time.monotonic() + timeout
     last = "no answer"
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"{url}: process exited ({proc.returncode})\n{log_tail(log, 20) if log else ''}")
+            raise RuntimeError(
+                f"{url}: process exited ({proc.returncode})\n{log_tail(log, 20) if log else ''}"
+            )
         try:
             r = httpx.get(url, timeout=2.0)
             if r.status_code == 200:
@@ -131,9 +170,13 @@ def _wait_http(url: str, timeout: float, proc: subprocess.Popen | None = None, l
 def create_bucket(endpoint: str, bucket: str) -> None:
     import boto3  # comes with moto[server], the test extra
 
-    s3 = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=S3_CREDENTIALS["AWS_ACCESS_KEY_ID"],
-                      aws_secret_access_key=S3_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
-                      region_name=S3_CREDENTIALS["AWS_REGION"])
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        aws_access_key_id=S3_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=S3_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+        region_name=S3_CREDENTIALS["AWS_REGION"],
+    )
     s3.create_bucket(Bucket=bucket)
 
 
@@ -162,7 +205,7 @@ def haproxy_config(bind: str, servers: list[str], stats_bind: str, *, compose: b
     resolvers = "\nresolvers docker\n    nameserver dns 127.0.0.11:53\n    hold valid 5s\n" if compose else ""
     extra = " resolvers docker init-addr last,libc,none" if compose else ""
     lines = "\n".join(f"    server r{i + 1} {addr} check{extra}" for i, addr in enumerate(servers))
-    return f"""# Generated by bench/cluster.py (haproxy_config): the same for the tests and for deploy/compose.yaml.
+    return f"""# Generated by bench/cluster.py (haproxy_config), for the tests and deploy/compose.yaml.
 global
     maxconn 4096
 {resolvers}
@@ -197,7 +240,11 @@ backend replicas
 """
 
 
-COMPOSE_HAPROXY = {"bind": "*:8080", "servers": ["replica1:8000", "replica2:8000"], "stats_bind": "127.0.0.1:8404"}
+COMPOSE_HAPROXY = {
+    "bind": "*:8080",
+    "servers": ["replica1:8000", "replica2:8000"],
+    "stats_bind": "127.0.0.1:8404",
+}
 
 
 @dataclass
@@ -215,7 +262,8 @@ class Replica:
 
 @dataclass
 class Cluster:
-    """PostgreSQL + moto S3 + `replicas` servers + HAProxy, under `base` (a fresh temporary folder by default)."""
+    """PostgreSQL + moto S3 + `replicas` servers + HAProxy, under `base` (a fresh temporary folder by
+    default)."""
 
     base: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="dicomweb-cluster-")))
     replicas: int = 2
@@ -241,16 +289,23 @@ class Cluster:
 
     def cluster_env(self) -> dict[str, str]:
         """The variables that make a server a replica of this cluster (deploy/compose.yaml sets the same)."""
-        return {**S3_CREDENTIALS, "AWS_ENDPOINT_URL": self.s3_endpoint,
-                "DICOMWEB_DATABASE_URL": self.database_url, "DICOMWEB_BLOB_URL": self.blob_url,
-                # Behind the balancer every client has its address: a per-client cap would be one for all.
-                "DICOMWEB_MAX_UPLOADS_PER_CLIENT": "256"}
+        return {
+            **S3_CREDENTIALS,
+            "AWS_ENDPOINT_URL": self.s3_endpoint,
+            "DICOMWEB_DATABASE_URL": self.database_url,
+            "DICOMWEB_BLOB_URL": self.blob_url,
+            # Behind the balancer every client has its address: a per-client cap would be one for all.
+            "DICOMWEB_MAX_UPLOADS_PER_CLIENT": "256",
+        }
 
     def replica_env(self) -> dict[str, str]:
         """What a replica (or a `dicomweb verify`/`import` on the same archive) needs in its environment."""
-        return {**os.environ, **self.cluster_env(),
-                "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
-                **self.env}
+        return {
+            **os.environ,
+            **self.cluster_env(),
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
+            **self.env,
+        }
 
     def start(self) -> Cluster:
         try:
@@ -268,7 +323,9 @@ class Cluster:
         self.s3_endpoint, moto = start_s3_server(self.base)
         self._procs["s3"], self.pids["s3"] = moto, moto.pid
         for i in range(self.replicas):
-            self.nodes.append(Replica(free_port(), self.base / f"replica{i + 1}", self.base / f"replica{i + 1}.log"))
+            self.nodes.append(
+                Replica(free_port(), self.base / f"replica{i + 1}", self.base / f"replica{i + 1}.log")
+            )
         # One at a time: the first creates the schema (before migrations under a lock exist, two replicas
         # creating the same tables at once would collide).
         for i in range(self.replicas):
@@ -276,8 +333,13 @@ class Cluster:
         self.port = free_port()
         cfg = self.base / "haproxy.cfg"
         self.stats_port = free_port()
-        cfg.write_text(haproxy_config(f"127.0.0.1:{self.port}", [f"127.0.0.1:{n.port}" for n in self.nodes],
-                                      f"127.0.0.1:{self.stats_port}"))
+        cfg.write_text(
+            haproxy_config(
+                f"127.0.0.1:{self.port}",
+                [f"127.0.0.1:{n.port}" for n in self.nodes],
+                f"127.0.0.1:{self.stats_port}",
+            )
+        )
         haproxy = shutil.which("haproxy") or "/usr/sbin/haproxy"
         if not Path(haproxy).exists():
             raise RuntimeError("HAProxy is missing: apt-get install haproxy")
@@ -290,8 +352,24 @@ class Cluster:
     def start_replica(self, i: int, timeout: float = 90) -> None:
         node = self.nodes[i]
         node.data.mkdir(parents=True, exist_ok=True)
-        node.proc = _spawn([sys.executable, "-m", "dicomweb", "serve", "--host", "127.0.0.1", "--port", str(node.port),
-                            "--data", str(node.data), "--log-level", "warning"], node.log, self.replica_env())
+        node.proc = _spawn(
+            [
+                sys.executable,
+                "-m",
+                "dicomweb",
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(node.port),
+                "--data",
+                str(node.data),
+                "--log-level",
+                "warning",
+            ],
+            node.log,
+            self.replica_env(),
+        )
         node.pid = node.proc.pid
         _wait_http(f"{node.base}/readyz", timeout, node.proc, node.log)
 
@@ -336,21 +414,33 @@ class Cluster:
         stop_postgres(self.base / "pg")
 
     def describe(self) -> str:
-        lines = [f"load balancer  {self.url}  (DICOMweb root {self.root}; HAProxy stats http://127.0.0.1:{self.stats_port}/stats)",
-                 *(f"replica {i + 1}      {n.base}  (log {n.log})" for i, n in enumerate(self.nodes)),
-                 f"PostgreSQL     {self.database_url}",
-                 f"S3 (moto)      {self.s3_endpoint}  bucket {self.blob_url}",
-                 "to run `dicomweb verify` (or import) on this archive, export:"]
-        env = {"AWS_ENDPOINT_URL": self.s3_endpoint, **S3_CREDENTIALS,
-               "DICOMWEB_DATABASE_URL": self.database_url, "DICOMWEB_BLOB_URL": self.blob_url}
+        lines = [
+            f"load balancer  {self.url}  (DICOMweb root {self.root}; HAProxy stats http://127.0.0.1:{self.stats_port}/stats)",
+            *(f"replica {i + 1}      {n.base}  (log {n.log})" for i, n in enumerate(self.nodes)),
+            f"PostgreSQL     {self.database_url}",
+            f"S3 (moto)      {self.s3_endpoint}  bucket {self.blob_url}",
+            "to run `dicomweb verify` (or import) on this archive, export:",
+        ]
+        env = {
+            "AWS_ENDPOINT_URL": self.s3_endpoint,
+            **S3_CREDENTIALS,
+            "DICOMWEB_DATABASE_URL": self.database_url,
+            "DICOMWEB_BLOB_URL": self.blob_url,
+        }
         lines += [f"  export {name}={value}" for name, value in env.items()]
         return "\n".join(lines)
 
     # ---- a cluster left running by `up`, found again by `down` ---------------------------------------
 
     def save(self) -> None:
-        state = {"base": str(self.base), "pids": self.pids, "replicas": [n.pid for n in self.nodes],
-                 "url": self.url, "database_url": self.database_url, "s3_endpoint": self.s3_endpoint}
+        state = {
+            "base": str(self.base),
+            "pids": self.pids,
+            "replicas": [n.pid for n in self.nodes],
+            "url": self.url,
+            "database_url": self.database_url,
+            "s3_endpoint": self.s3_endpoint,
+        }
         (self.base / "cluster.json").write_text(json.dumps(state, indent=2))
 
 
@@ -367,10 +457,17 @@ def down(base: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.cluster", description=__doc__.split("\n\n")[0])
-    parser.add_argument("command", choices=["up", "down", "haproxy-config"],
-                        help="haproxy-config prints deploy/haproxy.cfg (the compose topology's)")
-    parser.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()) / "dicomweb-cluster",
-                        help="where the cluster keeps its data, logs and state (default: %(default)s)")
+    parser.add_argument(
+        "command",
+        choices=["up", "down", "haproxy-config"],
+        help="haproxy-config prints deploy/haproxy.cfg (the compose topology's)",
+    )
+    parser.add_argument(
+        "--dir",
+        type=Path,
+        default=Path(tempfile.gettempdir()) / "dicomweb-cluster",
+        help="where the cluster keeps its data, logs and state (default: %(default)s)",
+    )
     parser.add_argument("--replicas", type=int, default=2)
     args = parser.parse_args(argv)
     if args.command == "haproxy-config":

@@ -47,8 +47,9 @@ def wait_masters(client: Client, url: str, timeout: float = 1800) -> float:
     return time.perf_counter() - t0
 
 
-def throughput(client: Client, urls: list[str], headers: dict[str, str], check: Callable[[object], bool]
-               ) -> tuple[float, str]:
+def throughput(
+    client: Client, urls: list[str], headers: dict[str, str], check: Callable[[object], bool]
+) -> tuple[float, str]:
     seconds, answers = fetch_all(client, urls, headers, CONCURRENCY)
     bad = sum(1 for a in answers if isinstance(a, Exception) or not check(a))
     return len(urls) / seconds, f"{bad} failed" if bad else ""
@@ -74,7 +75,9 @@ def measure(name: str, url: str, corpus: Corpus, rounds: int, log: Callable[[str
     batches = prepare_stow(corpus.paths())
     with Client() as client:
         r = stow(client, url, batches, CONCURRENCY)
-        out["STOW (instances/s)"] = f"{r.per_second:.1f}" + (f" ({'; '.join(r.problems)})" if r.problems else "")
+        out["STOW (instances/s)"] = f"{r.per_second:.1f}" + (
+            f" ({'; '.join(r.problems)})" if r.problems else ""
+        )
         masters = wait_masters(client, url)
         out["STOW + masters made (instances/s)"] = f"{r.instances / (r.seconds + masters):.1f}"
         log(f"[{name}] STOW {r.instances} instances in {r.seconds:.1f} s, masters {masters:.1f} s more")
@@ -89,7 +92,9 @@ def measure(name: str, url: str, corpus: Corpus, rounds: int, log: Callable[[str
         queries = [study_list_url(url, f"{letter}*") for letter in names] * (rounds * 4)
         rate, note = throughput(client, queries, {"Accept": DICOM_JSON}, ok)
         out["QIDO study list (queries/s)"] = f"{rate:.0f}{' ' + note if note else ''}"
-        med, p95 = latencies(client, frame_urls(url, corpus), {"Accept": "application/octet-stream; transfer-syntax=*"})
+        med, p95 = latencies(
+            client, frame_urls(url, corpus), {"Accept": "application/octet-stream; transfer-syntax=*"}
+        )
         out["frame read, one at a time (median / p95 ms)"] = f"{med:.1f} / {p95:.1f}"
         log(f"[{name}] {out}")
     return out
@@ -105,12 +110,17 @@ def store_read_latency(endpoint: str, reads: int) -> dict[str, str]:
     os.environ.update({**S3_CREDENTIALS, "AWS_ENDPOINT_URL": endpoint})
     work = Path(tempfile.mkdtemp(prefix="bench-blobs-"))
     try:
-        s3 = S3BlobStore.from_settings(Settings(data_dir=work, blob_url=f"s3://{BUCKET}/bench", s3_endpoint=endpoint))
+        s3 = S3BlobStore.from_settings(
+            Settings(data_dir=work, blob_url=f"s3://{BUCKET}/bench", s3_endpoint=endpoint)
+        )
         local = LocalBlobStore(work / "blobs")
         data = os.urandom(16 << 20)
         rng = random.Random(7)
-        ranges = [(o, n) for n in (rng.choice((64, 128, 256, 512)) << 10 for _ in range(reads))
-                  for o in [rng.randrange(0, len(data) - n)]]
+        ranges = [
+            (o, n)
+            for n in (rng.choice((64, 128, 256, 512)) << 10 for _ in range(reads))
+            for o in [rng.randrange(0, len(data) - n)]
+        ]
 
         async def run() -> dict[str, str]:
             out = {}
@@ -123,7 +133,7 @@ def store_read_latency(endpoint: str, reads: int) -> dict[str, str]:
                     t0 = time.perf_counter()
                     got = await store.read("ab/1.2/1.2.3.dcm", offset, length)
                     times.append((time.perf_counter() - t0) * 1000)
-                    assert got == data[offset:offset + length]
+                    assert got == data[offset : offset + length]
                 times.sort()
                 out[name] = f"{statistics.median(times):.2f} / {times[round(0.95 * (len(times) - 1))]:.2f}"
             return out
@@ -134,7 +144,9 @@ def store_read_latency(endpoint: str, reads: int) -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.cluster_bench", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.cluster_bench", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--quick", action="store_true", help="small corpus, fewer rounds (a smoke run)")
     args = parser.parse_args(argv)
     log = lambda text: print(text, file=sys.stderr, flush=True)
@@ -150,18 +162,26 @@ def main(argv: list[str] | None = None) -> int:
         stack.callback(shutil.rmtree, cluster.base, True)
         stack.callback(cluster.stop)
         log(f"[cluster]\n{cluster.describe()}")
-        results["2 replicas via HAProxy, PostgreSQL + S3"] = measure("cluster", cluster.root, corpus, rounds, log)
+        results["2 replicas via HAProxy, PostgreSQL + S3"] = measure(
+            "cluster", cluster.root, corpus, rounds, log
+        )
         # The same S3-backed replica without the balancer: what the extra hop costs.
         replica = f"{cluster.nodes[0].base}/dicom-web"
         with Client() as client:
-            med, p95 = latencies(client, frame_urls(replica, corpus), {"Accept": "application/octet-stream; transfer-syntax=*"})
-        results["1 replica on S3, direct"] = {"frame read, one at a time (median / p95 ms)": f"{med:.1f} / {p95:.1f}"}
+            med, p95 = latencies(
+                client, frame_urls(replica, corpus), {"Accept": "application/octet-stream; transfer-syntax=*"}
+            )
+        results["1 replica on S3, direct"] = {
+            "frame read, one at a time (median / p95 ms)": f"{med:.1f} / {p95:.1f}"
+        }
         blob_reads = store_read_latency(cluster.s3_endpoint, 100 if args.quick else 500)
     rows = list(next(iter(results.values())))
     header = ["", *results]
     table = [[row, *(r.get(row, "") for r in results.values())] for row in rows]
-    print(f"corpus: {corpus.ct_slices} CT slices + {corpus.small_studies} small studies; "
-          f"{CONCURRENCY} requests in flight; frames x{rounds}")
+    print(
+        f"corpus: {corpus.ct_slices} CT slices + {corpus.small_studies} small studies; "
+        f"{CONCURRENCY} requests in flight; frames x{rounds}"
+    )
     print("\n".join(markdown_table(header, table, "l" + "r" * len(results))))
     print()
     print("ranged read of 64-512 KiB from a 16 MiB blob, in the blob store (no HTTP), median / p95 ms:")

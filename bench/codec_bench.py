@@ -61,7 +61,6 @@ def load(name: str, kind: str) -> Frame:
     )
 
 
-
 def image_rows(frames: list[Frame], repeat: int, threads: int) -> list[list[str]]:
     rows = []
     for f in frames:
@@ -142,7 +141,6 @@ def cut_rows(frame: Frame, repeat: int, threads: int) -> tuple[list[list[str]], 
             ]
         )
     return rows, statistics.median(every) * 1000
-
 
 
 def main() -> None:

@@ -48,16 +48,49 @@ SMALL_SOURCE = "CT_small.dcm"
 # "DOE" is deliberately common so the PatientName=DOE* query returns a
 # non-trivial, but well below `limit`, number of studies.
 SURNAMES = [
-    "DOE", "SMITH", "JOHNSON", "WILLIAMS", "BROWN", "JONES", "GARCIA", "MILLER",
-    "DAVIS", "MARTIN", "DUPONT", "MULLER", "ROSSI", "SATO", "NGUYEN", "KOWALSKI",
+    "DOE",
+    "SMITH",
+    "JOHNSON",
+    "WILLIAMS",
+    "BROWN",
+    "JONES",
+    "GARCIA",
+    "MILLER",
+    "DAVIS",
+    "MARTIN",
+    "DUPONT",
+    "MULLER",
+    "ROSSI",
+    "SATO",
+    "NGUYEN",
+    "KOWALSKI",
 ]
 GIVEN_NAMES = [
-    "JOHN", "JANE", "ALEX", "MARIA", "PAUL", "ANNA", "LUCAS", "EMMA", "NOAH",
-    "MIA", "LEO", "ZOE", "OMAR", "IRIS", "IVAN", "SARA",
+    "JOHN",
+    "JANE",
+    "ALEX",
+    "MARIA",
+    "PAUL",
+    "ANNA",
+    "LUCAS",
+    "EMMA",
+    "NOAH",
+    "MIA",
+    "LEO",
+    "ZOE",
+    "OMAR",
+    "IRIS",
+    "IVAN",
+    "SARA",
 ]
 STUDY_DESCRIPTIONS = [
-    "CT HEAD W/O CONTRAST", "CT CHEST W CONTRAST", "CT ABDOMEN PELVIS",
-    "CT SINUS", "CT ANGIO NECK", "CT LUMBAR SPINE", "CT CARDIAC SCORE",
+    "CT HEAD W/O CONTRAST",
+    "CT CHEST W CONTRAST",
+    "CT ABDOMEN PELVIS",
+    "CT SINUS",
+    "CT ANGIO NECK",
+    "CT LUMBAR SPINE",
+    "CT CARDIAC SCORE",
     "CT KNEE RIGHT",
 ]
 REFERRING = ["HOUSE^GREGORY", "GREY^MEREDITH", "WATSON^JOHN", "QUINN^MICHAELA", ""]
@@ -257,7 +290,9 @@ def build_small_studies(root: Path, count: int, seed: int) -> dict:
         day = dt.date.fromordinal(rng.randint(first_day, last_day)).strftime("%Y%m%d")
         ds.PatientName = name
         ds.PatientID = f"BENCH{i + 1:05d}"
-        ds.PatientBirthDate = dt.date(rng.randint(1930, 2015), rng.randint(1, 12), rng.randint(1, 28)).strftime("%Y%m%d")
+        ds.PatientBirthDate = dt.date(
+            rng.randint(1930, 2015), rng.randint(1, 12), rng.randint(1, 28)
+        ).strftime("%Y%m%d")
         ds.PatientSex = rng.choice("MF")
         ds.StudyDate = ds.SeriesDate = ds.ContentDate = day
         ds.StudyTime = ds.SeriesTime = f"{rng.randint(7, 19):02d}{rng.randint(0, 59):02d}00"

@@ -8,15 +8,19 @@ from bench.corpus import Corpus
 DICOM_JSON = "application/dicom+json"
 # OHIF's default for frames: the server picks the transfer syntax.
 FRAME_ACCEPT = 'multipart/related; type="application/octet-stream"; transfer-syntax=*'
-FRAME_NATIVE_ACCEPT = 'multipart/related; type="application/octet-stream"; transfer-syntax=1.2.840.10008.1.2.1'
+FRAME_NATIVE_ACCEPT = (
+    'multipart/related; type="application/octet-stream"; transfer-syntax=1.2.840.10008.1.2.1'
+)
 # OHIF's study list query (StudyListWithFilters), verbatim.
 STUDY_LIST_INCLUDE = "00081030,00080060,00080090,00100030"
 
 
 def study_list_url(dicomweb_url: str, patient_name: str) -> str:
     """OHIF's study list query, verbatim apart from the PatientName filter."""
-    return (f"{dicomweb_url}/studies?PatientName={patient_name}&limit=101&offset=0&fuzzymatching=false"
-            f"&includefield={STUDY_LIST_INCLUDE}")
+    return (
+        f"{dicomweb_url}/studies?PatientName={patient_name}&limit=101&offset=0&fuzzymatching=false"
+        f"&includefield={STUDY_LIST_INCLUDE}"
+    )
 
 
 def series_url(dicomweb_url: str, study: str, series: str) -> str:
@@ -33,7 +37,10 @@ def series_metadata_url(dicomweb_url: str, corpus: Corpus) -> str:
 
 def ct_instance_urls(dicomweb_url: str, corpus: Corpus) -> list[str]:
     """The CT series' instances, in slice order."""
-    return [instance_url(dicomweb_url, corpus.ct_study_uid, corpus.ct_series_uid, sop) for sop in corpus.ct_sop_uids]
+    return [
+        instance_url(dicomweb_url, corpus.ct_study_uid, corpus.ct_series_uid, sop)
+        for sop in corpus.ct_sop_uids
+    ]
 
 
 def frame_urls(dicomweb_url: str, corpus: Corpus) -> list[str]:

@@ -28,7 +28,9 @@ class Response:
         return self.content.decode("utf-8", "replace")
 
     def json(self) -> object:
-        if "gzip" in self.headers.get("content-encoding", ""):  # asked for by the metadata requests, as browsers do
+        if "gzip" in self.headers.get(
+            "content-encoding", ""
+        ):  # asked for by the metadata requests, as browsers do
             return json.loads(gzip.decompress(self.content))
         return json.loads(self.content)
 
@@ -67,8 +69,9 @@ class Client:
                 self._all.append(conn)
         return conn
 
-    def request(self, method: str, url: str, body: bytes | None = None,
-                headers: dict[str, str] | None = None) -> Response:
+    def request(
+        self, method: str, url: str, body: bytes | None = None, headers: dict[str, str] | None = None
+    ) -> Response:
         parts = urlsplit(url)
         target = parts.path + (f"?{parts.query}" if parts.query else "")
         for attempt in (0, 1):

@@ -101,29 +101,69 @@ def queries(n: int) -> list[Query]:
     page = {"limit": "101"}
     return [
         Query("study list (OHIF)", "/studies", OHIF_LIST, lambda n: min(101, n + 1), lambda n: n + 1 > 101),
-        Query("PatientName prefix, other case", "/studies", {"PatientName": "pat000012*", **page}, prefix_hits),
+        Query(
+            "PatientName prefix, other case", "/studies", {"PatientName": "pat000012*", **page}, prefix_hits
+        ),
         Query("PatientName infix", "/studies", {"PatientName": "*000012*", **page}, infix_hits),
         Query("PatientID prefix", "/studies", {"PatientID": "PID000012*", **page}, prefix_hits),
         Query("PatientID infix", "/studies", {"PatientID": "*000012*", **page}, infix_hits),
-        Query("AccessionNumber", "/studies", {"AccessionNumber": synthetic.accession(123)},
-              lambda n: 1),
-        Query("StudyDate range (10 years)", "/studies", {"StudyDate": DECADE, **page},
-              lambda n: min(101, decade), lambda n: decade > 101),
-        Query("ModalitiesInStudy + StudyDate", "/studies",
-              {"ModalitiesInStudy": "MR", "StudyDate": QUARTER_CENTURY, **page},
-              lambda n: min(101, mr), lambda n: mr > 101),
+        Query("AccessionNumber", "/studies", {"AccessionNumber": synthetic.accession(123)}, lambda n: 1),
+        Query(
+            "StudyDate range (10 years)",
+            "/studies",
+            {"StudyDate": DECADE, **page},
+            lambda n: min(101, decade),
+            lambda n: decade > 101,
+        ),
+        Query(
+            "ModalitiesInStudy + StudyDate",
+            "/studies",
+            {"ModalitiesInStudy": "MR", "StudyDate": QUARTER_CENTURY, **page},
+            lambda n: min(101, mr),
+            lambda n: mr > 101,
+        ),
         Query("StudyInstanceUID list (3)", "/studies", {"StudyInstanceUID": uid_list}, lambda n: 3),
-        Query("series of a study", f"/studies/{mid}/series", {}, lambda n: 1, level="series", scope=(mid, None)),
-        Query("instances of a study", f"/studies/{mid}/instances", {}, lambda n: 1, level="instance",
-              scope=(mid, None)),
-        Query("all series, Modality=MR", "/series", {"Modality": "MR", **page}, lambda n: 101, lambda n: True,
-              level="series"),
-        Query("offset deep into the list", "/studies", {"limit": "101", "offset": str(max(0, n - 150))},
-              lambda n: 101, lambda n: True),
-        Query("includefield=all", "/studies", {"limit": "101", "includefield": "all"},
-              lambda n: 101, lambda n: True),
-        Query("series /metadata, 1000 instances", f"/studies/{big_study}/series/{big_series}/metadata", {},
-              lambda n: BIG_SERIES, level="metadata", scope=(big_study, big_series)),
+        Query(
+            "series of a study", f"/studies/{mid}/series", {}, lambda n: 1, level="series", scope=(mid, None)
+        ),
+        Query(
+            "instances of a study",
+            f"/studies/{mid}/instances",
+            {},
+            lambda n: 1,
+            level="instance",
+            scope=(mid, None),
+        ),
+        Query(
+            "all series, Modality=MR",
+            "/series",
+            {"Modality": "MR", **page},
+            lambda n: 101,
+            lambda n: True,
+            level="series",
+        ),
+        Query(
+            "offset deep into the list",
+            "/studies",
+            {"limit": "101", "offset": str(max(0, n - 150))},
+            lambda n: 101,
+            lambda n: True,
+        ),
+        Query(
+            "includefield=all",
+            "/studies",
+            {"limit": "101", "includefield": "all"},
+            lambda n: 101,
+            lambda n: True,
+        ),
+        Query(
+            "series /metadata, 1000 instances",
+            f"/studies/{big_study}/series/{big_series}/metadata",
+            {},
+            lambda n: BIG_SERIES,
+            level="metadata",
+            scope=(big_study, big_series),
+        ),
     ]
 
 
@@ -170,9 +210,12 @@ def measure(client: Client, root: str, n: int, runs: int, peer: bool, figures: F
 
 def post_all(client: Client, root: str, bodies: Iterator[tuple[bytes, str, int]], concurrency: int) -> float:
     """POST every (body, content type, count) with ``concurrency`` in flight; seconds. Raises on a problem."""
+
     def post(item: tuple[bytes, str, int]) -> str | None:
         body, ctype, count = item
-        r = client.post(f"{root}/studies", content=body, headers={"Content-Type": ctype, "Accept": DICOM_JSON})
+        r = client.post(
+            f"{root}/studies", content=body, headers={"Content-Type": ctype, "Accept": DICOM_JSON}
+        )
         return check_stow_answer(r, count)
 
     with ThreadPoolExecutor(concurrency) as pool, quiet_gc():
@@ -191,11 +234,20 @@ def requests(start: int, stop: int, per_request: int) -> Iterator[tuple[bytes, s
         yield body, ctype, len(parts)
 
 
-def fill(client: Client, root: str, sizes: list[int], runs: int, peer: bool, name: str,
-         explain: Callable[[int], None] | None = None) -> Figures:
+def fill(
+    client: Client,
+    root: str,
+    sizes: list[int],
+    runs: int,
+    peer: bool,
+    name: str,
+    explain: Callable[[int], None] | None = None,
+) -> Figures:
     figures = Figures()
     big = synthetic.big_series(BIG_RUN, 1, BIG_SERIES)
-    post_all(client, root, iter([(*multipart_body(big[i:i + 100]), 100) for i in range(0, BIG_SERIES, 100)]), 2)
+    post_all(
+        client, root, iter([(*multipart_body(big[i : i + 100]), 100) for i in range(0, BIG_SERIES, 100)]), 2
+    )
     have = 0
     for n in sizes:
         # The gateway-style probe, then the bulk load to this size.
@@ -204,9 +256,12 @@ def fill(client: Client, root: str, sizes: list[int], runs: int, peer: bool, nam
         t0 = time.perf_counter()
         post_all(client, root, requests(have + probe, n, BULK_PER_REQUEST), 2)
         figures.load_seconds[n] = time.perf_counter() - t0
-        print(f"[{name}] {n} studies: probe {figures.stow[have]:.0f} instances/s at {have}; "
-              f"bulk load {n - have - probe} in {figures.load_seconds[n]:.1f} s "
-              f"({(n - have - probe) / max(figures.load_seconds[n], 1e-9):.0f}/s)", flush=True)
+        print(
+            f"[{name}] {n} studies: probe {figures.stow[have]:.0f} instances/s at {have}; "
+            f"bulk load {n - have - probe} in {figures.load_seconds[n]:.1f} s "
+            f"({(n - have - probe) / max(figures.load_seconds[n], 1e-9):.0f}/s)",
+            flush=True,
+        )
         have = n
         measure(client, root, n, runs, peer, figures)
         if explain:
@@ -226,9 +281,10 @@ def stow_probe(client: Client, root: str, start: int, count: int) -> float:
 
 # ---- plans -----------------------------------------------------------------------------------------------
 
+
 def explain_plans(url: str, n: int) -> None:
-    """Print each query's plan on the live index (EXPLAIN QUERY PLAN on SQLite, EXPLAIN ANALYZE on PostgreSQL),
-    for the SQL this tree's query code emits."""
+    """Print each query's plan on the live index (EXPLAIN QUERY PLAN on SQLite, EXPLAIN ANALYZE on
+    PostgreSQL), for the SQL this tree's query code emits."""
     asyncio.run(_explain(url, n))
 
 
@@ -258,7 +314,9 @@ async def _explain(url: str, n: int) -> None:
             event.remove(index.sync_engine, "before_cursor_execute", capture)
             print(f"\n# {q.name}")
             for statement, params in statements:
-                prefix = "EXPLAIN QUERY PLAN " if index.is_sqlite else "EXPLAIN (ANALYZE, COSTS OFF, BUFFERS OFF) "
+                prefix = (
+                    "EXPLAIN QUERY PLAN " if index.is_sqlite else "EXPLAIN (ANALYZE, COSTS OFF, BUFFERS OFF) "
+                )
                 async with index.engine.connect() as conn:
                     rows = (await conn.exec_driver_sql(prefix + statement, params)).all()  # type: ignore[arg-type]
                 for row in rows:
@@ -269,6 +327,7 @@ async def _explain(url: str, n: int) -> None:
 
 
 # ---- backends ----------------------------------------------------------------------------------------------
+
 
 @contextmanager
 def env(name: str, value: str | None) -> Iterator[None]:
@@ -318,8 +377,12 @@ def report(results: dict[str, Figures], sizes: list[int]) -> None:
                     cells.append("-")
             rows.append([q, *cells])
         print(table(["query", *(f"{n} studies" for n in sizes)], rows))
-        print("bulk load:", ", ".join(f"{s:.0f} s to {n}" for n, s in fig.load_seconds.items()),
-              "; STOW probe:", ", ".join(f"{v:.0f}/s at {k}" for k, v in sorted(fig.stow.items())))
+        print(
+            "bulk load:",
+            ", ".join(f"{s:.0f} s to {n}" for n, s in fig.load_seconds.items()),
+            "; STOW probe:",
+            ", ".join(f"{v:.0f}/s at {k}" for k, v in sorted(fig.stow.items())),
+        )
         for (q, n), problem in fig.problems.items():
             print(f"  ! {q} at {n}: {problem}")
     lo, hi = min(sizes), max(sizes)
@@ -332,21 +395,42 @@ def report(results: dict[str, Figures], sizes: list[int]) -> None:
         for q in names:
             if (q, lo) in fig.median and (q, hi) in fig.median:
                 ratio = fig.median[q, hi] / fig.median[q, lo]
-                rows.append([q, f"{fig.median[q, lo]:.1f}", f"{fig.median[q, hi]:.1f}", f"{ratio:.2f}",
-                             "ok" if ratio <= 2 else "MISSED"])
+                rows.append(
+                    [
+                        q,
+                        f"{fig.median[q, lo]:.1f}",
+                        f"{fig.median[q, hi]:.1f}",
+                        f"{ratio:.2f}",
+                        "ok" if ratio <= 2 else "MISSED",
+                    ]
+                )
         empty, last = fig.stow.get(0), fig.stow.get(max(fig.stow))
         if empty and last:
-            rows.append([f"STOW throughput at {max(fig.stow)} vs empty (inst/s)", f"{empty:.0f}", f"{last:.0f}",
-                         f"{last / empty:.2f}", "ok" if last / empty >= 0.9 else "MISSED"])
+            rows.append(
+                [
+                    f"STOW throughput at {max(fig.stow)} vs empty (inst/s)",
+                    f"{empty:.0f}",
+                    f"{last:.0f}",
+                    f"{last / empty:.2f}",
+                    "ok" if last / empty >= 0.9 else "MISSED",
+                ]
+            )
         print(f"\n{backend}: target ≤ 2 (STOW ≥ 0.9)")
         print(table(["query", f"{lo} ms", f"{hi} ms", "ratio", "target"], rows))
         peer = results.get("orthanc")
         if peer:
             q = names[0]
             both = [n for n in sizes if (q, n) in fig.median and (q, n) in peer.median]
-            rows = [[str(n), f"{fig.median[q, n]:.1f}", f"{peer.median[q, n]:.1f}",
-                     f"{peer.median[q, n] / fig.median[q, n]:.1f}",
-                     "ok" if peer.median[q, n] / fig.median[q, n] >= 10 else "MISSED"] for n in both]
+            rows = [
+                [
+                    str(n),
+                    f"{fig.median[q, n]:.1f}",
+                    f"{peer.median[q, n]:.1f}",
+                    f"{peer.median[q, n] / fig.median[q, n]:.1f}",
+                    "ok" if peer.median[q, n] / fig.median[q, n] >= 10 else "MISSED",
+                ]
+                for n in both
+            ]
             print(f"\n{backend}: study list vs Orthanc (target ≥ 10)")
             print(table(["studies", f"{backend} ms", "Orthanc ms", "Orthanc / ours", "target"], rows))
 
@@ -371,8 +455,9 @@ def main(argv: list[str] | None = None) -> int:
         if not backend_sizes:
             continue
         t0 = time.perf_counter()
-        fig = run_backend(backend, backend_sizes, min(runs, args.peer_runs) if backend == "orthanc" else runs,
-                          args.explain)
+        fig = run_backend(
+            backend, backend_sizes, min(runs, args.peer_runs) if backend == "orthanc" else runs, args.explain
+        )
         if fig is not None:
             results[backend] = fig
             print(f"[{backend}] done in {time.perf_counter() - t0:.0f} s", flush=True)

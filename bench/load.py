@@ -33,8 +33,15 @@ def timed_get(client: Client, url: str, headers: dict[str, str]) -> tuple[float,
         return time.perf_counter() - t0, r
 
 
-def latency(clients: dict[str, Client], urls: dict[str, str], headers: dict[str, str], checks: dict[str, Check],
-            runs: int, warmups: int = 2, pids: dict[str, int | None] | None = None) -> dict[str, Measure]:
+def latency(
+    clients: dict[str, Client],
+    urls: dict[str, str],
+    headers: dict[str, str],
+    checks: dict[str, Check],
+    runs: int,
+    warmups: int = 2,
+    pids: dict[str, int | None] | None = None,
+) -> dict[str, Measure]:
     """Median latency (ms) per server of ``runs`` sequential GETs after ``warmups``."""
     times: dict[str, list[float]] = {n: [] for n in clients}
     cpu: dict[str, float] = dict.fromkeys(clients, 0.0)
@@ -73,8 +80,9 @@ def latency(clients: dict[str, Client], urls: dict[str, str], headers: dict[str,
     return out
 
 
-def fetch_all(client: Client, urls: Sequence[str], headers: dict[str, str],
-              concurrency: int = BROWSER_CONNECTIONS) -> tuple[float, list[Response | Exception]]:
+def fetch_all(
+    client: Client, urls: Sequence[str], headers: dict[str, str], concurrency: int = BROWSER_CONNECTIONS
+) -> tuple[float, list[Response | Exception]]:
     """GET every URL with ``concurrency`` in flight; (wall seconds, answers in URL order)."""
 
     def get(url: str) -> Response | Exception:

@@ -39,7 +39,9 @@ MULTIPART = "multipart/related"
 
 
 def link_seconds(total_bytes: int, requests: int) -> float:
-    return total_bytes * 8 / LINK_BITS_PER_SECOND + math.ceil(requests / BROWSER_CONNECTIONS) * REQUEST_LATENCY
+    return (
+        total_bytes * 8 / LINK_BITS_PER_SECOND + math.ceil(requests / BROWSER_CONNECTIONS) * REQUEST_LATENCY
+    )
 
 
 def body_sizes(client: Client, urls: Sequence[str], accept: str) -> list[int]:
@@ -54,11 +56,15 @@ def body_sizes(client: Client, urls: Sequence[str], accept: str) -> list[int]:
 
 
 def metadata_bytes(client: Client, server: ServerHandle, corpus: Corpus) -> int:
-    r = client.get(series_metadata_url(server.dicomweb_url, corpus), {"Accept": DICOM_JSON, "Accept-Encoding": "gzip"})
+    r = client.get(
+        series_metadata_url(server.dicomweb_url, corpus), {"Accept": DICOM_JSON, "Accept-Encoding": "gzip"}
+    )
     return len(checked(r, DICOM_JSON, f"{server.name} metadata"))
 
 
-def rows_for(client: Client, ours: ServerHandle, peer: ServerHandle | None, corpus: Corpus) -> list[list[str]]:
+def rows_for(
+    client: Client, ours: ServerHandle, peer: ServerHandle | None, corpus: Corpus
+) -> list[list[str]]:
     urls = frame_urls(ours.dicomweb_url, corpus)
     n = len(urls)
     meta = metadata_bytes(client, ours, corpus)
@@ -69,17 +75,38 @@ def rows_for(client: Client, ours: ServerHandle, peer: ServerHandle | None, corp
     # /ohif/: metadata, slice 1's cut then its master, the other cuts (prefetch), then the other masters.
     first = link_seconds(meta, 1) + link_seconds(cuts[0], 1)
     shown = first + link_seconds(masters[0], 1) + link_seconds(sum(cuts[1:]), n - 1)
-    results.append(("this server, `/ohif/` (cut, then master)", first, shown,
-                    shown + link_seconds(sum(masters[1:]), n - 1), meta + sum(cuts) + sum(masters)))
+    results.append(
+        (
+            "this server, `/ohif/` (cut, then master)",
+            first,
+            shown,
+            shown + link_seconds(sum(masters[1:]), n - 1),
+            meta + sum(cuts) + sum(masters),
+        )
+    )
     single = link_seconds(meta, 1) + link_seconds(sum(masters), n)
-    results.append(("this server, `/ohif-single/` (masters)", link_seconds(meta, 1) + link_seconds(masters[0], 1),
-                    single, single, meta + sum(masters)))
+    results.append(
+        (
+            "this server, `/ohif-single/` (masters)",
+            link_seconds(meta, 1) + link_seconds(masters[0], 1),
+            single,
+            single,
+            meta + sum(masters),
+        )
+    )
     if peer is not None:
         p_meta = metadata_bytes(client, peer, corpus)
         stored = body_sizes(client, frame_urls(peer.dicomweb_url, corpus), FRAME_ACCEPT)
         whole = link_seconds(p_meta, 1) + link_seconds(sum(stored), n)
-        results.append(("Orthanc, frames as stored (OHIF's default)",
-                        link_seconds(p_meta, 1) + link_seconds(stored[0], 1), whole, whole, p_meta + sum(stored)))
+        results.append(
+            (
+                "Orthanc, frames as stored (OHIF's default)",
+                link_seconds(p_meta, 1) + link_seconds(stored[0], 1),
+                whole,
+                whole,
+                p_meta + sum(stored),
+            )
+        )
     peer_row = results[-1] if peer is not None else None
     rows = []
     for label, first_s, shown_s, lossless_s, total in results:
@@ -90,8 +117,10 @@ def rows_for(client: Client, ours: ServerHandle, peer: ServerHandle | None, corp
         if peer_row is not None:
             row.append(f"{peer_row[3] / lossless_s:.1f}x")
         rows.append([*row, f"{total:,}"])
-    print(f"per slice here: cut {sum(cuts) / n:,.0f} B, master {sum(masters) / n:,.0f} B; "
-          f"metadata {meta:,} B (gzip)")
+    print(
+        f"per slice here: cut {sum(cuts) / n:,.0f} B, master {sum(masters) / n:,.0f} B; "
+        f"metadata {meta:,} B (gzip)"
+    )
     return rows
 
 
@@ -115,8 +144,15 @@ def main(argv: list[str] | None = None) -> int:
     client.close()
     n = len(corpus.ct_sop_uids)
     ratio = ["Orthanc's time / this"] if peer is not None else []
-    header = [f"OHIF opening the {n}-slice CT at 2 Mbit/s", "first slice shown", "every slice shown", *ratio,
-              "every slice lossless", *ratio, "bytes"]
+    header = [
+        f"OHIF opening the {n}-slice CT at 2 Mbit/s",
+        "first slice shown",
+        "every slice shown",
+        *ratio,
+        "every slice lossless",
+        *ratio,
+        "bytes",
+    ]
     print("\n".join(markdown_table(header, rows, "l" + "r" * (len(header) - 1))))
     return 0
 

@@ -39,19 +39,35 @@ def running(settings: tuple[str, ...] = ()) -> Iterator[str]:
         shutil.chown(base, "postgres")
         shutil.chown(sock, "postgres")
     port = free_port()
-    init = subprocess.run(_as_postgres([str(pg / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust"]),
-                          check=False, capture_output=True, text=True)
+    init = subprocess.run(
+        _as_postgres([str(pg / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust"]),
+        check=False,
+        capture_output=True,
+        text=True,
+    )
     if init.returncode:
         raise RuntimeError(f"initdb failed: {init.stderr}")
-    options = " ".join([f"-p {port} -k {sock} -c listen_addresses=127.0.0.1 -c fsync=off",
-                        *(f"-c {s}" for s in settings)])
-    subprocess.run(_as_postgres([str(pg / "pg_ctl"), "-D", str(data), "-l", str(base / "log"), "-w", "start",
-                                 "-o", options]), check=True, capture_output=True)
+    options = " ".join(
+        [f"-p {port} -k {sock} -c listen_addresses=127.0.0.1 -c fsync=off", *(f"-c {s}" for s in settings)]
+    )
+    subprocess.run(
+        _as_postgres(
+            [str(pg / "pg_ctl"), "-D", str(data), "-l", str(base / "log"), "-w", "start", "-o", options]
+        ),
+        check=True,
+        capture_output=True,
+    )
     try:
-        subprocess.run([str(pg / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "dicomweb"],
-                       check=True, capture_output=True)
+        subprocess.run(
+            [str(pg / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "dicomweb"],
+            check=True,
+            capture_output=True,
+        )
         yield f"postgresql+asyncpg://postgres@127.0.0.1:{port}/dicomweb"
     finally:
-        subprocess.run(_as_postgres([str(pg / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"]),
-                       check=False, capture_output=True)
+        subprocess.run(
+            _as_postgres([str(pg / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"]),
+            check=False,
+            capture_output=True,
+        )
         shutil.rmtree(base, ignore_errors=True)

@@ -49,7 +49,9 @@ PREVIEW = "layers=1&fsiz=256,256"
 
 
 def modelled_seconds(total_bytes: int, requests: int) -> float:
-    return total_bytes * 8 / LINK_BITS_PER_SECOND + math.ceil(requests / BROWSER_CONNECTIONS) * REQUEST_LATENCY
+    return (
+        total_bytes * 8 / LINK_BITS_PER_SECOND + math.ceil(requests / BROWSER_CONNECTIONS) * REQUEST_LATENCY
+    )
 
 
 def fetch_bytes(client: Client, urls: Sequence[str], accept: str, media: str) -> int:
@@ -94,7 +96,13 @@ def ingest_table(ours: ServerHandle, peer: ServerHandle | None, batches: list[St
         ratio = f"{result.stow.value / loaded[peer.name].stow.value:.2f}" if peer is not None else "-"
         work = f"{result.background_seconds:.1f} s (masters)" if s is ours else "none (stored as received)"
         rows.append([s.name, f"{result.stow.value:.0f}", ratio, work, f"{dir_bytes(s.data_dirs):,}"])
-    header = ["STOW-RS of the CT series and the CR", "instances/s", "vs Orthanc", "background work", "bytes stored"]
+    header = [
+        "STOW-RS of the CT series and the CR",
+        "instances/s",
+        "vs Orthanc",
+        "background work",
+        "bytes stored",
+    ]
     return markdown_table(header, rows, "lrrrr")
 
 
@@ -115,10 +123,26 @@ def single_frame_table(client: Client, ours: ServerHandle, images: dict[str, str
         raw = checked(client.get(frame, {"Accept": OCTET}), OCTET, name)
         ladder = json.loads(checked(client.get(url + "/layers"), "application/json", name))
         psnr = ladder["frames"][0]["layers"][0]["psnr"]
-        rows.append([name, f"{len(preview):,} B", f"{len(layer2):,} B", f"{len(lossless):,} B", f"{len(raw):,} B",
-                     f"{len(preview) / len(raw):.1%}", f"{psnr:.1f} dB"])
-    header = ["image", "preview `layers=1&fsiz=256,256`", "`layers=2`, full size", "lossless", "uncompressed",
-              "preview / uncompressed", "layer-1 PSNR (full size)"]
+        rows.append(
+            [
+                name,
+                f"{len(preview):,} B",
+                f"{len(layer2):,} B",
+                f"{len(lossless):,} B",
+                f"{len(raw):,} B",
+                f"{len(preview) / len(raw):.1%}",
+                f"{psnr:.1f} dB",
+            ]
+        )
+    header = [
+        "image",
+        "preview `layers=1&fsiz=256,256`",
+        "`layers=2`, full size",
+        "lossless",
+        "uncompressed",
+        "preview / uncompressed",
+        "layer-1 PSNR (full size)",
+    ]
     return markdown_table(header, rows, "lrrrrrr")
 
 
@@ -136,7 +160,9 @@ def stack_table(client: Client, ours: ServerHandle, peer: ServerHandle | None, c
         results.append(("Orthanc: frames as stored (OHIF's default Accept)", stored, n))
         try:
             peer_instances = ct_instance_urls(peer.dicomweb_url, corpus)
-            rendered = fetch_bytes(client, [f"{u}/rendered" for u in peer_instances], "image/jpeg", "image/jpeg")
+            rendered = fetch_bytes(
+                client, [f"{u}/rendered" for u in peer_instances], "image/jpeg", "image/jpeg"
+            )
             results.append(("Orthanc: rendered images (JPEG)", rendered, n))
         except RuntimeError as exc:
             print(f"Orthanc rendered images unavailable: {exc}", file=sys.stderr)
@@ -182,7 +208,9 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(ingest_table(ours, peer, batches)), end="\n\n")
         mid = corpus.ct_sop_uids[len(corpus.ct_sop_uids) // 2]
         images = {
-            "CT 512x512, middle slice": instance_url(ours.dicomweb_url, corpus.ct_study_uid, corpus.ct_series_uid, mid),
+            "CT 512x512, middle slice": instance_url(
+                ours.dicomweb_url, corpus.ct_study_uid, corpus.ct_series_uid, mid
+            ),
             "CR 1955x1841": instance_url(ours.dicomweb_url, *uids_of(cr)),
         }
         print("\n".join(single_frame_table(client, ours, images)), end="\n\n")

@@ -49,7 +49,6 @@ SOURCE = "RG1_UNCR.dcm"
 THUMB = 256
 
 
-
 def full_decode_then_resize(path: Path, codestream: bytes, size: int) -> bytes:
     """The naive way: every pixel of every layer, then the same pipeline and a resize."""
     ds = read_attributes(path, 0)
@@ -61,23 +60,29 @@ def full_decode_then_resize(path: Path, codestream: bytes, size: int) -> bytes:
     return encode(image, "image/jpeg", 75)
 
 
-
 def grey(jpeg: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(jpeg))).astype(np.int64)
 
 
-def thumbnail_rows(received: Path, master: Path, codestream: bytes, errors: tuple[int, ...],
-                   repeat: int) -> tuple[list[list[str]], float, float]:
+def thumbnail_rows(
+    received: Path, master: Path, codestream: bytes, errors: tuple[int, ...], repeat: int
+) -> tuple[list[list[str]], float, float]:
     ts = str(pydicom.dcmread(master, stop_before_pixels=True).file_meta.TransferSyntaxUID)
     viewport = Viewport(THUMB, THUMB)
     cases: list[tuple[str, Callable[[], bytes]]] = [
         ("full decode + resize (baseline)", lambda: full_decode_then_resize(master, codestream, THUMB)),
-        ("thumbnail: level + layers", lambda: thumbnail(master, ts, codestream, 1, viewport=viewport,
-                                                        layer_errors=errors)),
-        ("rendered: level, all layers", lambda: render_frame(master, ts, codestream, 1,
-                                                             RenderOptions(viewport=viewport))),
-        ("received file (master pending)", lambda: render_frame(received, "1.2.840.10008.1.2.1", None, 1,
-                                                                RenderOptions(viewport=viewport))),
+        (
+            "thumbnail: level + layers",
+            lambda: thumbnail(master, ts, codestream, 1, viewport=viewport, layer_errors=errors),
+        ),
+        (
+            "rendered: level, all layers",
+            lambda: render_frame(master, ts, codestream, 1, RenderOptions(viewport=viewport)),
+        ),
+        (
+            "received file (master pending)",
+            lambda: render_frame(received, "1.2.840.10008.1.2.1", None, 1, RenderOptions(viewport=viewport)),
+        ),
     ]
     baseline_image = grey(cases[0][1]())
     rows = []
@@ -87,8 +92,16 @@ def thumbnail_rows(received: Path, master: Path, codestream: bytes, errors: tupl
         times[name] = ms
         out = fn()
         diff = np.abs(grey(out) - baseline_image)
-        rows.append([name, f"{ms:.1f}", f"{ms / times[cases[0][0]]:.3f}", f"{len(out):,}",
-                     f"{'x'.join(map(str, Image.open(io.BytesIO(out)).size))}", f"{diff.mean():.2f}"])
+        rows.append(
+            [
+                name,
+                f"{ms:.1f}",
+                f"{ms / times[cases[0][0]]:.3f}",
+                f"{len(out):,}",
+                f"{'x'.join(map(str, Image.open(io.BytesIO(out)).size))}",
+                f"{diff.mean():.2f}",
+            ]
+        )
     return rows, times[cases[0][0]], times[cases[1][0]]
 
 
@@ -110,15 +123,34 @@ def cut_rows(codestream: bytes, repeat: int) -> list[list[str]]:
     rows = []
     for name, layers, drop in requests:
         piece = cut(codestream, layers=layers, drop_levels=drop)
-        cut_ms = median_ms(lambda layers=layers, drop=drop: cut(codestream, layers=layers, drop_levels=drop),
-                           repeat * 10)
+        cut_ms = median_ms(
+            lambda layers=layers, drop=drop: cut(codestream, layers=layers, drop_levels=drop), repeat * 10
+        )
         dec_ms = median_ms(lambda piece=piece: decode(piece), repeat)
         shape = decode(piece).shape
         total = cut_ms + dec_ms
-        rows.append([name, f"D={drop}", f"{shape[1]}x{shape[0]}", f"{len(piece):,}", f"{cut_ms:.3f}",
-                     f"{dec_ms:.1f}", f"{total / full_ms:.3f}"])
-    rows.append(["(full decode, reference)", "", f"{head.width}x{head.height}", f"{len(codestream):,}", "",
-                 f"{full_ms:.1f}", "1.000"])
+        rows.append(
+            [
+                name,
+                f"D={drop}",
+                f"{shape[1]}x{shape[0]}",
+                f"{len(piece):,}",
+                f"{cut_ms:.3f}",
+                f"{dec_ms:.1f}",
+                f"{total / full_ms:.3f}",
+            ]
+        )
+    rows.append(
+        [
+            "(full decode, reference)",
+            "",
+            f"{head.width}x{head.height}",
+            f"{len(codestream):,}",
+            "",
+            f"{full_ms:.1f}",
+            "1.000",
+        ]
+    )
     return rows
 
 
@@ -148,34 +180,48 @@ def main() -> None:
         master = make_master(received, Path(tmp))
         made_s = time.perf_counter() - start
         data = master.path.read_bytes()
-        codestream = b"".join(data[off: off + length] for off, length in master.parsed.frames[0])
+        codestream = b"".join(data[off : off + length] for off, length in master.parsed.frames[0])
         errors = tuple(step["max_error"] for step in master.fidelity[0]["layers"])
         head = info(codestream)
-        print(f"OpenJPEG {openjpeg_version()}; {SOURCE}: {head.width}x{head.height}, {head.precision} bits, "
-              f"{head.levels} levels, {head.layers} layers; master {len(codestream):,} B made in {made_s:.1f} s")
+        print(
+            f"OpenJPEG {openjpeg_version()}; {SOURCE}: {head.width}x{head.height}, {head.precision} bits, "
+            f"{head.levels} levels, {head.layers} layers; master {len(codestream):,} B made in {made_s:.1f} s"
+        )
         print(f"layer ladder, max error per layer prefix: {errors}")
 
         rows, full_ms, thumb_ms = thumbnail_rows(received, master.path, codestream, errors, args.repeat)
         print()
         print(f"{THUMB}x{THUMB} JPEG thumbnail of the CR, median of {args.repeat} runs")
         print(table(["path", "ms", "ratio", "bytes", "size", "mean |diff|"], rows))
-        print(f"thumbnail costs {thumb_ms / full_ms:.1%} of full decode + resize "
-              f"({thumb_ms:.1f} ms vs {full_ms:.1f} ms, {full_ms / thumb_ms:.0f}x faster)")
+        print(
+            f"thumbnail costs {thumb_ms / full_ms:.1%} of full decode + resize "
+            f"({thumb_ms:.1f} ms vs {full_ms:.1f} ms, {full_ms / thumb_ms:.0f}x faster)"
+        )
         print("mean |diff|: grey levels against the baseline's JPEG (both JPEG q75)")
 
         ds = read_attributes(master.path, 0)
-        layers = quality_layers(errors, display_gain(ds, str(ds.PhotometricInterpretation), voi_plan(ds, None)))
-        print(f"the thumbnail decoded {layers or head.layers} of {head.layers} layers (its own window, "
-              f"tolerance {THUMBNAIL_LAYER_TOLERANCE} grey levels)")
+        layers = quality_layers(
+            errors, display_gain(ds, str(ds.PhotometricInterpretation), voi_plan(ds, None))
+        )
+        print(
+            f"the thumbnail decoded {layers or head.layers} of {head.layers} layers (its own window, "
+            f"tolerance {THUMBNAIL_LAYER_TOLERANCE} grey levels)"
+        )
 
         print()
         print("Max |error| (stored units) of the first L layers at level D, against all layers at that level")
-        print(table(["D", *(f"L={n}" for n in range(1, head.layers + 1))], level_error_rows(codestream, errors)))
+        print(
+            table(["D", *(f"L={n}" for n in range(1, head.layers + 1))], level_error_rows(codestream, errors))
+        )
 
         print()
         print("Cut per request (cut = codestream cut, dec = OpenJPEG decode of the cut)")
-        print(table(["request", "levels", "decoded", "bytes", "cut ms", "dec ms", "(cut+dec)/full"],
-                    cut_rows(codestream, args.repeat)))
+        print(
+            table(
+                ["request", "levels", "decoded", "bytes", "cut ms", "dec ms", "(cut+dec)/full"],
+                cut_rows(codestream, args.repeat),
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -89,8 +89,9 @@ class Settings:
     name_prefix: str = "DOE"
 
 
-def frames_first_and_passes(clients: dict[str, Client], servers: dict[str, ServerHandle], corpus: Corpus,
-                            passes: int) -> tuple[dict[str, Measure], dict[str, Measure]]:
+def frames_first_and_passes(
+    clients: dict[str, Client], servers: dict[str, ServerHandle], corpus: Corpus, passes: int
+) -> tuple[dict[str, Measure], dict[str, Measure]]:
     """Frame throughput: one first pass per server, then interleaved passes (median)."""
     headers = {"Accept": FRAME_ACCEPT}
     urls = {n: frame_urls(s.dicomweb_url, corpus) for n, s in servers.items()}
@@ -104,8 +105,10 @@ def frames_first_and_passes(clients: dict[str, Client], servers: dict[str, Serve
         secs, answers = fetch_all(clients[name], urls[name], headers)
         verdict = check_frames(corpus, answers)
         problems[name], seen[name] = verdict.problem, verdict.seen
-        detail = (f"{secs:.2f} s; transfer syntaxes: {seen[name]}; "
-                  f"{verdict.payload_bytes / len(answers) / 1e3:.0f} kB/frame on the wire")
+        detail = (
+            f"{secs:.2f} s; transfer syntaxes: {seen[name]}; "
+            f"{verdict.payload_bytes / len(answers) / 1e3:.0f} kB/frame on the wire"
+        )
         if verdict.warnings:
             detail += f"; ⚠ {verdict.warnings}"
         first[name] = Measure(len(answers) / secs, problems[name], detail)
@@ -132,7 +135,9 @@ def frames_first_and_passes(clients: dict[str, Client], servers: dict[str, Serve
     return first, steady
 
 
-def frames_native(clients: dict[str, Client], servers: dict[str, ServerHandle], corpus: Corpus) -> dict[str, Measure]:
+def frames_native(
+    clients: dict[str, Client], servers: dict[str, ServerHandle], corpus: Corpus
+) -> dict[str, Measure]:
     """One pass asking explicitly for uncompressed frames, as clients without
     a JPEG 2000 decoder do: costs a decode per frame on a server that keeps
     compressed masters."""
@@ -151,8 +156,9 @@ def frames_native(clients: dict[str, Client], servers: dict[str, ServerHandle], 
     return out
 
 
-def series_read_native(clients: dict[str, Client], servers: dict[str, ServerHandle],
-                       corpus: Corpus) -> dict[str, tuple[Measure, Measure]]:
+def series_read_native(
+    clients: dict[str, Client], servers: dict[str, ServerHandle], corpus: Corpus
+) -> dict[str, tuple[Measure, Measure]]:
     """What dicomweb-client and research tools do with a series they have not opened before: its metadata,
     then every frame uncompressed, one request after another on one connection. Run once per server while
     the series is cold (right after the load). (first frame ms, frames/s from the metadata request on)."""
@@ -172,14 +178,21 @@ def series_read_native(clients: dict[str, Client], servers: dict[str, ServerHand
         secs = time.perf_counter() - t0
         verdict = check_frames(corpus, answers)
         problem = verdict.problem or (None if meta.status_code == 200 else f"metadata: {meta.status_code}")
-        out[name] = (Measure(first * 1000, problem, f"first frame request after the metadata; {verdict.seen}"),
-                     Measure(len(answers) / secs, problem, f"{secs:.2f} s for metadata and {len(answers)} frames"))
+        out[name] = (
+            Measure(first * 1000, problem, f"first frame request after the metadata; {verdict.seen}"),
+            Measure(len(answers) / secs, problem, f"{secs:.2f} s for metadata and {len(answers)} frames"),
+        )
         del answers
     return out
 
 
-def run_suite(servers: Sequence[ServerHandle], corpus: Corpus, batches: Sequence[StowBatch], cfg: Settings,
-              log: Callable[[str], None] = print) -> dict[str, Results]:
+def run_suite(
+    servers: Sequence[ServerHandle],
+    corpus: Corpus,
+    batches: Sequence[StowBatch],
+    cfg: Settings,
+    log: Callable[[str], None] = print,
+) -> dict[str, Results]:
     """Load the corpus into every server, then measure them; every step
     alternates between the servers (see interleave())."""
     by_name = {s.name: s for s in servers}
@@ -231,9 +244,13 @@ def run_suite(servers: Sequence[ServerHandle], corpus: Corpus, batches: Sequence
         settled = wait_disk_stable(servers, cfg.disk_settle_s)
         for n, server in by_name.items():
             caches = dir_bytes([d / "cache" for d in server.data_dirs])  # ours: decoded frames, HTJ2K
-            res[n].disk_bytes = Measure(settled[n], None, f"{disk_after_load[n] / 1e6:.1f} MB right after load, "
-                                        f"{settled[n] / 1e6:.1f} MB once stable, of which caches "
-                                        f"{caches / 1e6:.1f} MB")
+            res[n].disk_bytes = Measure(
+                settled[n],
+                None,
+                f"{disk_after_load[n] / 1e6:.1f} MB right after load, "
+                f"{settled[n] / 1e6:.1f} MB once stable, of which caches "
+                f"{caches / 1e6:.1f} MB",
+            )
             if res[n].problems():
                 res[n].notes.append("server log tail:\n" + server.log_tail())
     finally:
@@ -263,15 +280,45 @@ def report_rows(corpus: Corpus, cfg: Settings) -> list[Row]:
         Row(f"STOW-RS load, {len(corpus.files)} instances (instances/s)", "stow_ips", "inst/s", True, 1.0),
         Row("Ingest until idle, incl. background work (instances/s)", "ingest_ips", "inst/s", True, None),
         Row("QIDO study list `PatientName=*` limit 101 (median ms)", "qido_all_ms", "ms", False, 1.0),
-        Row(f"QIDO study list `PatientName={cfg.name_prefix}*` (median ms)", "qido_prefix_ms", "ms", False, 1.0),
-        Row(f"Series metadata, {n} instances, gzip as browsers ask (median ms)", "metadata_ms", "ms", False, 50.0),
-        Row(f"Frames, {n} x 1 request, {BROWSER_CONNECTIONS} concurrent (frames/s)", "frames_fps", "fps", True, 1.0,
-            "{:.0f}"),
+        Row(
+            f"QIDO study list `PatientName={cfg.name_prefix}*` (median ms)",
+            "qido_prefix_ms",
+            "ms",
+            False,
+            1.0,
+        ),
+        Row(
+            f"Series metadata, {n} instances, gzip as browsers ask (median ms)",
+            "metadata_ms",
+            "ms",
+            False,
+            50.0,
+        ),
+        Row(
+            f"Frames, {n} x 1 request, {BROWSER_CONNECTIONS} concurrent (frames/s)",
+            "frames_fps",
+            "fps",
+            True,
+            1.0,
+            "{:.0f}",
+        ),
         Row("Frames, first pass after load (frames/s)", "frames_first_fps", "fps", True, None, "{:.0f}"),
-        Row("Frames, `transfer-syntax=1.2.840.10008.1.2.1` requested, 1 pass (frames/s)", "frames_native_fps", "fps",
-            True, None, "{:.0f}"),
-        Row(f"Series opened cold: metadata, then {n} frames uncompressed, sequential (frames/s)", "series_native_fps",
-            "fps", True, 1.0, "{:.0f}"),
+        Row(
+            "Frames, `transfer-syntax=1.2.840.10008.1.2.1` requested, 1 pass (frames/s)",
+            "frames_native_fps",
+            "fps",
+            True,
+            None,
+            "{:.0f}",
+        ),
+        Row(
+            f"Series opened cold: metadata, then {n} frames uncompressed, sequential (frames/s)",
+            "series_native_fps",
+            "fps",
+            True,
+            1.0,
+            "{:.0f}",
+        ),
         Row("  its first frame (ms)", "series_native_first_ms", "ms", False, None),
         Row("Bytes on disk after load, once stable (MB)", "disk_bytes", "MB", False, 1.0, "{:.1f}", 1e-6),
     ]
@@ -332,39 +379,57 @@ def format_details(rows: Sequence[Row], results: Sequence[Results]) -> str:
 
 
 def format_header(corpus: Corpus, cfg: Settings, quick: bool, load: tuple[float, float]) -> str:
-    return "\n".join([
-        f"### DICOMweb server benchmark ({'quick' if quick else 'full'} corpus)",
-        "",
-        (f"Corpus: {len(corpus.files)} instances / {corpus.study_count} studies "
-         f"({corpus.total_bytes() / 1e6:.0f} MB): a {len(corpus.ct_sop_uids)}-slice CT series "
-         f"({corpus.ct_rows}x{corpus.ct_columns}, 16-bit), WG04 CR/MR/US, {corpus.small_studies} small CT studies. "
-         f"Client: Python http.client, keep-alive, no gzip. STOW: {STOW_CONCURRENCY} concurrent requests of "
-         f"≤ {STOW_MAX_INSTANCES} instances / {STOW_MAX_BYTES >> 20} MiB. Queries: sequential, median of "
-         f"{cfg.query_runs} (metadata {cfg.metadata_runs}) after 2 warm-ups. Frames: {BROWSER_CONNECTIONS} concurrent, "
-         f"median of {cfg.frame_passes} passes. Load, queries and frame passes alternate between the servers. "
-         f"Host: {platform.machine()}, {os.cpu_count()} CPUs shared by client and servers, load average "
-         f"{load[0]:.1f} before / {load[1]:.1f} after; Python {platform.python_version()}."),
-        "",
-        ("Ratios are oriented so that **> 1 means our server is better** (faster, or smaller on disk). "
-         "✗ marks a wrong answer, which never counts as a win."),
-    ])
+    return "\n".join(
+        [
+            f"### DICOMweb server benchmark ({'quick' if quick else 'full'} corpus)",
+            "",
+            (
+                f"Corpus: {len(corpus.files)} instances / {corpus.study_count} studies "
+                f"({corpus.total_bytes() / 1e6:.0f} MB): a {len(corpus.ct_sop_uids)}-slice CT series "
+                f"({corpus.ct_rows}x{corpus.ct_columns}, 16-bit), WG04 CR/MR/US, "
+                f"{corpus.small_studies} small CT studies. "
+                f"Client: Python http.client, keep-alive, no gzip. STOW: {STOW_CONCURRENCY} concurrent "
+                f"requests of ≤ {STOW_MAX_INSTANCES} instances / {STOW_MAX_BYTES >> 20} MiB. "
+                f"Queries: sequential, median of {cfg.query_runs} (metadata {cfg.metadata_runs}) after "
+                f"2 warm-ups. Frames: {BROWSER_CONNECTIONS} concurrent, median of {cfg.frame_passes} passes. "
+                f"Load, queries and frame passes alternate between the servers. "
+                f"Host: {platform.machine()}, {os.cpu_count()} CPUs shared by client and servers, "
+                f"load average "
+                f"{load[0]:.1f} before / {load[1]:.1f} after; Python {platform.python_version()}."
+            ),
+            "",
+            (
+                "Ratios are oriented so that **> 1 means our server is better** "
+                "(faster, or smaller on disk). "
+                "✗ marks a wrong answer, which never counts as a win."
+            ),
+        ]
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true",
-                   help=f"smoke run: {QUICK_CT_SLICES} CT slices, {QUICK_SMALL_STUDIES} small studies")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"smoke run: {QUICK_CT_SLICES} CT slices, {QUICK_SMALL_STUDIES} small studies",
+    )
     p.add_argument("--only", choices=("ours", "orthanc"), help="benchmark a single server")
-    p.add_argument("--cache", type=Path, default=None, help="corpus cache dir (default ~/.cache/dicomweb-bench)")
+    p.add_argument(
+        "--cache", type=Path, default=None, help="corpus cache dir (default ~/.cache/dicomweb-bench)"
+    )
     p.add_argument("--json", type=Path, default=None, help="also write the raw results here")
     args = p.parse_args(argv)
 
     cfg = Settings(query_runs=10, metadata_runs=5, frame_passes=2) if args.quick else Settings()
     corpus = build_corpus(*corpus_size(args.quick), cache=args.cache)
     batches = prepare_stow(corpus.paths())
-    print(f"corpus: {corpus.root} — {len(corpus.files)} instances, {corpus.study_count} studies, "
-          f"{corpus.total_bytes() / 1e6:.1f} MB; CT series of {len(corpus.ct_sop_uids)} slices "
-          f"{corpus.ct_rows}x{corpus.ct_columns}", flush=True)
+    print(
+        f"corpus: {corpus.root} — {len(corpus.files)} instances, {corpus.study_count} studies, "
+        f"{corpus.total_bytes() / 1e6:.1f} MB; CT series of {len(corpus.ct_sop_uids)} slices "
+        f"{corpus.ct_rows}x{corpus.ct_columns}",
+        flush=True,
+    )
 
     started: list[ServerHandle | None] = []
     load_before = os.getloadavg()[0]
@@ -374,7 +439,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.only in (None, "orthanc"):
             started.append(start_peer(stack))
         servers = [s for s in started if s]
-        results = run_suite(servers, corpus, batches, cfg, log=lambda m: print(m, flush=True)) if servers else {}
+        results = (
+            run_suite(servers, corpus, batches, cfg, log=lambda m: print(m, flush=True)) if servers else {}
+        )
     ours, peer = results.get("ours"), results.get("orthanc")
     load_after = os.getloadavg()[0]
 
@@ -386,8 +453,13 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(format_details(rows, [r for r in (ours, peer) if r]))
     if args.json:
-        args.json.write_text(json.dumps({"ours": asdict(ours) if ours else None,
-                                         "orthanc": asdict(peer) if peer else None}, indent=1, default=str))
+        args.json.write_text(
+            json.dumps(
+                {"ours": asdict(ours) if ours else None, "orthanc": asdict(peer) if peer else None},
+                indent=1,
+                default=str,
+            )
+        )
     wrong = [r for r in (ours, peer) if r and r.problems()]
     return 1 if wrong else 0
 

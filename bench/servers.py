@@ -105,8 +105,9 @@ def start_orthanc() -> Iterator[ServerHandle]:
         )
 
 
-def try_start(stack: ExitStack, name: str, starter: Callable[[], AbstractContextManager[ServerHandle]]
-              ) -> ServerHandle | None:
+def try_start(
+    stack: ExitStack, name: str, starter: Callable[[], AbstractContextManager[ServerHandle]]
+) -> ServerHandle | None:
     """Enter a server's context on ``stack``; None (with a clear message) if it cannot start."""
     try:
         server = stack.enter_context(starter())
@@ -137,8 +138,9 @@ def dir_bytes(paths: Sequence[Path]) -> int:
     return total
 
 
-def wait_idle(server: ServerHandle, timeout: float = 1800.0, window: float = 1.0,
-              threshold: float = 0.05) -> tuple[float, float]:
+def wait_idle(
+    server: ServerHandle, timeout: float = 1800.0, window: float = 1.0, threshold: float = 0.05
+) -> tuple[float, float]:
     """Wait until the server burns < ``threshold`` of a core for two windows in a row.
 
     A server may answer STOW quickly and do the expensive part (indexing,
@@ -160,8 +162,9 @@ def wait_idle(server: ServerHandle, timeout: float = 1800.0, window: float = 1.0
     return busy, last - start
 
 
-def wait_disk_stable(servers: Sequence[ServerHandle], quiet: float, timeout: float = 600.0,
-                     poll: float = 5.0) -> dict[str, int]:
+def wait_disk_stable(
+    servers: Sequence[ServerHandle], quiet: float, timeout: float = 600.0, poll: float = 5.0
+) -> dict[str, int]:
     """Bytes on disk per server once no size changed for ``quiet`` seconds.
 
     Deferred clean-up (e.g. a received file deleted a grace period after its

@@ -29,8 +29,9 @@ class StowBatch:
     count: int
 
 
-def batch_paths(paths: Sequence[Path], max_count: int = STOW_MAX_INSTANCES,
-                max_bytes: int = STOW_MAX_BYTES) -> list[list[Path]]:
+def batch_paths(
+    paths: Sequence[Path], max_count: int = STOW_MAX_INSTANCES, max_bytes: int = STOW_MAX_BYTES
+) -> list[list[Path]]:
     """Group files in order into requests of <= max_count files / ~max_bytes."""
     batches: list[list[Path]] = []
     current: list[Path] = []
@@ -68,14 +69,17 @@ class StowResult:
         return self.instances / self.seconds if self.seconds else 0.0
 
 
-def stow(client: Client, dicomweb_url: str, batches: Sequence[StowBatch],
-         concurrency: int = STOW_CONCURRENCY) -> StowResult:
+def stow(
+    client: Client, dicomweb_url: str, batches: Sequence[StowBatch], concurrency: int = STOW_CONCURRENCY
+) -> StowResult:
     """POST ``batches`` with ``concurrency`` in flight; every answer is checked."""
     url = f"{dicomweb_url}/studies"
 
     def post(b: StowBatch) -> str | None:
         try:
-            r = client.post(url, content=b.body, headers={"Content-Type": b.content_type, "Accept": DICOM_JSON})
+            r = client.post(
+                url, content=b.body, headers={"Content-Type": b.content_type, "Accept": DICOM_JSON}
+            )
         except CLIENT_ERRORS as exc:
             return f"STOW {type(exc).__name__}: {exc}"
         return check_stow_answer(r, b.count)
@@ -95,8 +99,13 @@ class LoadResult:
     background_seconds: float  # that background work, waited for before the next slice
 
 
-def load_servers(servers: Sequence[ServerHandle], clients: dict[str, Client], batches: Sequence[StowBatch],
-                 chunks: int = 4, log: Callable[[str], None] = print) -> dict[str, LoadResult]:
+def load_servers(
+    servers: Sequence[ServerHandle],
+    clients: dict[str, Client],
+    batches: Sequence[StowBatch],
+    chunks: int = 4,
+    log: Callable[[str], None] = print,
+) -> dict[str, LoadResult]:
     """STOW the whole corpus into every server, waiting after each slice until it is idle again.
 
     The batches are sent in ``chunks`` contiguous slices, alternating between
@@ -105,11 +114,13 @@ def load_servers(servers: Sequence[ServerHandle], clients: dict[str, Client], ba
     """
     n = max(1, min(chunks, len(batches)))
     bounds = [round(i * len(batches) / n) for i in range(n + 1)]
-    slices = [batches[bounds[i]:bounds[i + 1]] for i in range(n)]
+    slices = [batches[bounds[i] : bounds[i + 1]] for i in range(n)]
     total = {s.name: StowResult(0.0, 0, 0) for s in servers}
     urls = {s.name: s.dicomweb_url for s in servers}
-    log(f"STOW {sum(b.count for b in batches)} instances in {len(batches)} requests into "
-        f"{', '.join(urls)} ({n} alternating slices) ...")
+    log(
+        f"STOW {sum(b.count for b in batches)} instances in {len(batches)} requests into "
+        f"{', '.join(urls)} ({n} alternating slices) ..."
+    )
 
     pids = {s.name: s.pid for s in servers}
     cpu: dict[str, float] = dict.fromkeys(urls, 0.0)
@@ -133,15 +144,25 @@ def load_servers(servers: Sequence[ServerHandle], clients: dict[str, Client], ba
     interleave([s.name for s in servers], n, step)
     out = {}
     for name, t in total.items():
-        per_instance = f"; server CPU ≈ {cpu[name] / t.instances * 1000:.1f} ms/instance" if t.instances else ""
+        per_instance = (
+            f"; server CPU ≈ {cpu[name] / t.instances * 1000:.1f} ms/instance" if t.instances else ""
+        )
         problem = "; ".join(t.problems) or None
-        stow_m = Measure(t.per_second, problem,
-                         f"{t.instances} instances, {t.requests} requests, {t.seconds:.2f} s" + per_instance)
+        stow_m = Measure(
+            t.per_second,
+            problem,
+            f"{t.instances} instances, {t.requests} requests, {t.seconds:.2f} s" + per_instance,
+        )
         busy, busy_cpu = background[name]
         until_idle = t.seconds + busy
-        ingest_m = Measure(t.instances / until_idle if until_idle else None, problem,
-                           f"{t.seconds:.2f} s STOW + {busy:.1f} s / {busy_cpu:.1f} CPU-s of background work")
+        ingest_m = Measure(
+            t.instances / until_idle if until_idle else None,
+            problem,
+            f"{t.seconds:.2f} s STOW + {busy:.1f} s / {busy_cpu:.1f} CPU-s of background work",
+        )
         out[name] = LoadResult(stow_m, ingest_m, busy)
-        log(f"[{name}]   {t.per_second:.1f} instances/s ({t.seconds:.2f} s), then {busy:.1f} s of background "
-            f"work {problem or ''}")
+        log(
+            f"[{name}]   {t.per_second:.1f} instances/s ({t.seconds:.2f} s), then {busy:.1f} s of background "
+            f"work {problem or ''}"
+        )
     return out

@@ -112,7 +112,11 @@ class SeriesMaker:
         src = pydicom.dcmread(wg04_path(CT_SOURCE))
         base = src.pixel_array
         bits = int(src.BitsStored)
-        lo, hi = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if src.PixelRepresentation == 1 else (0, (1 << bits) - 1)
+        lo, hi = (
+            (-(1 << (bits - 1)), (1 << (bits - 1)) - 1)
+            if src.PixelRepresentation == 1
+            else (0, (1 << bits) - 1)
+        )
         padding = int(src.PixelPaddingValue) if "PixelPaddingValue" in src else None
         thickness = float(src.SliceThickness)
         x0, y0, z0 = (float(v) for v in src.ImagePositionPatient)
@@ -123,7 +127,10 @@ class SeriesMaker:
             for tag in [e.tag for e in ds if e.tag.element == 0 and e.tag.group != 0x0002]:
                 del ds[tag]  # group lengths
             ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = (
-                PLACEHOLDER_STUDY, PLACEHOLDER_SERIES, PLACEHOLDER_SOP)
+                PLACEHOLDER_STUDY,
+                PLACEHOLDER_SERIES,
+                PLACEHOLDER_SOP,
+            )
             ds.PatientName = "SUSTAINED^INGEST"
             ds.PatientID = PLACEHOLDER_PATIENT
             ds.StudyDate = ds.SeriesDate = ds.ContentDate = today
@@ -156,10 +163,12 @@ class SeriesMaker:
         s = Series(new_uid(), new_uid(), [new_uid() for _ in range(slices)], tracked)
         parts = []
         for template, sop in zip(self.templates, s.sops, strict=False):
-            parts.append(template.replace(PLACEHOLDER_STUDY.encode(), s.study.encode())
-                         .replace(PLACEHOLDER_SERIES.encode(), s.series.encode())
-                         .replace(PLACEHOLDER_SOP.encode(), sop.encode())
-                         .replace(PLACEHOLDER_PATIENT.encode(), patient.encode()))
+            parts.append(
+                template.replace(PLACEHOLDER_STUDY.encode(), s.study.encode())
+                .replace(PLACEHOLDER_SERIES.encode(), s.series.encode())
+                .replace(PLACEHOLDER_SOP.encode(), sop.encode())
+                .replace(PLACEHOLDER_PATIENT.encode(), patient.encode())
+            )
         body, ctype = multipart_body(parts)
         return s, body, ctype
 
@@ -277,8 +286,9 @@ def join_all(run: Run, threads: Sequence[threading.Thread], timeout: float = 60.
 # The load
 
 
-def timed(run: Run, kind: str, url: str, headers: dict[str, str], check: Callable[[Response], str | None]
-          ) -> Response | None:
+def timed(
+    run: Run, kind: str, url: str, headers: dict[str, str], check: Callable[[Response], str | None]
+) -> Response | None:
     t0 = time.perf_counter()
     try:
         r = run.client.get(url, headers=headers)
@@ -357,8 +367,9 @@ class Pacer:
             return start
 
 
-def stow_loop(run: Run, pacer: Pacer | None, sizes: tuple[int, int], track_every: int, rng: random.Random
-              ) -> Callable[[], None]:
+def stow_loop(
+    run: Run, pacer: Pacer | None, sizes: tuple[int, int], track_every: int, rng: random.Random
+) -> Callable[[], None]:
     def body() -> None:
         slices = rng.randint(*sizes)
         if pacer is not None:
@@ -376,8 +387,7 @@ def reader_loop(run: Run, rng: random.Random) -> Callable[[], None]:
     """One OHIF session per call: study list, then one of the newest stored studies (never a tracked one):
     its series, their metadata, a preview cut of every slice, then every frame."""
     headers_json = {"Accept": DICOM_JSON}
-    study_list = (f"{run.url}/studies?limit=101&offset=0&fuzzymatching=false"
-                  f"&includefield={STUDY_LIST_INCLUDE}")
+    study_list = f"{run.url}/studies?limit=101&offset=0&fuzzymatching=false&includefield={STUDY_LIST_INCLUDE}"
     cut_check = one_part("image/jp2", CUT_SYNTAX)
     frame_check = one_part("")
 
@@ -395,13 +405,23 @@ def reader_loop(run: Run, rng: random.Random) -> Callable[[], None]:
         for sop in s.sops:
             if run.stop.is_set():
                 return
-            timed(run, "cut layers=1&fsiz=128,128", f"{base}/instances/{sop}/frames/1?{CUT}",
-                  {"Accept": CUT_ACCEPT}, cut_check)
+            timed(
+                run,
+                "cut layers=1&fsiz=128,128",
+                f"{base}/instances/{sop}/frames/1?{CUT}",
+                {"Accept": CUT_ACCEPT},
+                cut_check,
+            )
         for sop in s.sops:
             if run.stop.is_set():
                 return
-            timed(run, "frame (transfer-syntax=*)", f"{base}/instances/{sop}/frames/1",
-                  {"Accept": FRAME_ACCEPT}, frame_check)
+            timed(
+                run,
+                "frame (transfer-syntax=*)",
+                f"{base}/instances/{sop}/frames/1",
+                {"Accept": FRAME_ACCEPT},
+                frame_check,
+            )
 
     return body
 
@@ -414,7 +434,9 @@ def status_loop(run: Run) -> Callable[[], None]:
         doc = r.json()
         assert isinstance(doc, dict)
         with run.lock:
-            run.samples.append({"t": run.elapsed(), "loading": not run.stop.is_set(), "stored": run.stored, **doc})
+            run.samples.append(
+                {"t": run.elapsed(), "loading": not run.stop.is_set(), "stored": run.stored, **doc}
+            )
         run.done.wait(STATUS_EVERY)
 
     return body
@@ -457,20 +479,28 @@ def calibrate(maker: SeriesMaker, sizes: tuple[int, int], seconds: float) -> flo
     with start_ours() as server, Client() as client:
         run = Run(server, maker, client)
         rng = random.Random(1)
-        threads = start_threads((f"calibrate-{i}", guarded(run, "calibration STOW",
-                                                           stow_loop(run, None, sizes, 0, rng), run.stop))
-                                for i in range(CALIBRATION_IN_FLIGHT))
+        threads = start_threads(
+            (
+                f"calibrate-{i}",
+                guarded(run, "calibration STOW", stow_loop(run, None, sizes, 0, rng), run.stop),
+            )
+            for i in range(CALIBRATION_IN_FLIGHT)
+        )
         run.stop.wait(seconds)
         run.stop.set()
         join_all(run, threads)
         wall = run.elapsed()
         stow = run.kinds.get("STOW (series)", Kind())
         rate = run.stored / wall if wall else 0.0
-        log(f"calibration: {run.stored} instances in {stow.ok} STOWs, {wall:.1f} s "
-            f"(median STOW {statistics.median(stow.ms) if stow.ms else 0:.0f} ms): {rate:.1f} instances/s")
+        log(
+            f"calibration: {run.stored} instances in {stow.ok} STOWs, {wall:.1f} s "
+            f"(median STOW {statistics.median(stow.ms) if stow.ms else 0:.0f} ms): {rate:.1f} instances/s"
+        )
         if run.errors or stow.n != stow.ok:
-            raise RuntimeError(f"calibration failed: {dict(run.errors)} {run.error_samples[:1]} "
-                               f"{stow.n - stow.ok} STOW(s) not 2xx")
+            raise RuntimeError(
+                f"calibration failed: {dict(run.errors)} {run.error_samples[:1]} "
+                f"{stow.n - stow.ok} STOW(s) not 2xx"
+            )
         return rate
 
 
@@ -506,20 +536,38 @@ def server_log(server: ServerHandle) -> list[str]:
 
 def one_rate(maker: SeriesMaker, share: float, max_rate: float, args: argparse.Namespace) -> Outcome:
     target = share * max_rate
-    log(f"\n== {share:.0%} of the maximum: {target:.1f} instances/s for {args.minutes:g} min "
-        f"({args.stow_threads} STOW + {args.readers} reader threads); {load_line()}")
+    log(
+        f"\n== {share:.0%} of the maximum: {target:.1f} instances/s for {args.minutes:g} min "
+        f"({args.stow_threads} STOW + {args.readers} reader threads); {load_line()}"
+    )
     with start_ours() as server, Client(timeout=120) as client:
         run = Run(server, maker, client)
         pacer = Pacer(target)
         cpu0 = cpu_seconds(server.pid)
         load_threads = start_threads(
-            [(f"stow-{i}", guarded(run, "STOW", stow_loop(run, pacer, args.sizes, args.track_every,
-                                                          random.Random(100 + i)), run.stop))
-             for i in range(args.stow_threads)]
-            + [(f"reader-{i}", guarded(run, "reader", reader_loop(run, random.Random(200 + i)), run.stop))
-               for i in range(args.readers)])
-        samplers = start_threads([("status", guarded(run, "/status sampler", status_loop(run), run.done)),
-                                  ("index", guarded(run, "index poller", index_loop(run), run.done))])
+            [
+                (
+                    f"stow-{i}",
+                    guarded(
+                        run,
+                        "STOW",
+                        stow_loop(run, pacer, args.sizes, args.track_every, random.Random(100 + i)),
+                        run.stop,
+                    ),
+                )
+                for i in range(args.stow_threads)
+            ]
+            + [
+                (f"reader-{i}", guarded(run, "reader", reader_loop(run, random.Random(200 + i)), run.stop))
+                for i in range(args.readers)
+            ]
+        )
+        samplers = start_threads(
+            [
+                ("status", guarded(run, "/status sampler", status_loop(run), run.done)),
+                ("index", guarded(run, "index poller", index_loop(run), run.done)),
+            ]
+        )
         try:
             run.stop.wait(args.minutes * 60)
         finally:
@@ -528,8 +576,10 @@ def one_rate(maker: SeriesMaker, share: float, max_rate: float, args: argparse.N
         load_seconds = run.elapsed()
         server_cpu = cpu_seconds(server.pid) - cpu0
         achieved = run.stored / load_seconds
-        log(f"load stopped after {load_seconds:.0f} s: {run.stored} instances stored ({achieved:.1f}/s); "
-            f"waiting for the backlog to clear (at most {args.clear_cap:.0f} s) ...")
+        log(
+            f"load stopped after {load_seconds:.0f} s: {run.stored} instances stored ({achieved:.1f}/s); "
+            f"waiting for the backlog to clear (at most {args.clear_cap:.0f} s) ..."
+        )
 
         clear_seconds = clear_rate = None
         t_stop = time.monotonic()
@@ -554,12 +604,28 @@ def one_rate(maker: SeriesMaker, share: float, max_rate: float, args: argparse.N
         run.done.set()
         join_all(run, samplers)
 
-        to_master = [max(0.0, run.mastered_at[sop] - s.acked) for sop, s in run.tracked.items()
-                     if s.acked is not None and sop in run.mastered_at]
+        to_master = [
+            max(0.0, run.mastered_at[sop] - s.acked)
+            for sop, s in run.tracked.items()
+            if s.acked is not None and sop in run.mastered_at
+        ]
         tracked = sum(1 for s in run.tracked.values() if s.acked is not None)
-        return Outcome(share, target, achieved, run.samples, run.kinds, run.errors, run.error_samples,
-                       to_master, tracked, clear_seconds, clear_rate, load_seconds, server_cpu,
-                       server_log(server))
+        return Outcome(
+            share,
+            target,
+            achieved,
+            run.samples,
+            run.kinds,
+            run.errors,
+            run.error_samples,
+            to_master,
+            tracked,
+            clear_seconds,
+            clear_rate,
+            load_seconds,
+            server_cpu,
+            server_log(server),
+        )
 
 
 # --------------------------------------------------------------------------
@@ -578,15 +644,27 @@ def seconds(v: float) -> str:
 def backlog_rows(samples: list[dict]) -> list[list[str]]:
     """Samples thinned to about 16 rows under load and 8 while clearing (the last of each always)."""
     picked: list[dict] = []
-    for part, rows in (([s for s in samples if s["loading"]], 16), ([s for s in samples if not s["loading"]], 8)):
+    for part, rows in (
+        ([s for s in samples if s["loading"]], 16),
+        ([s for s in samples if not s["loading"]], 8),
+    ):
         stride = max(1, math.ceil(len(part) / rows))
         chosen = part[::stride]
         if part and chosen[-1] is not part[-1]:
             chosen.append(part[-1])
         picked += chosen
-    return [[f"{s['t']:.0f}", "load" if s["loading"] else "clearing", str(s["stored"]), str(s["pending_masters"]),
-             fmt(s.get("oldest_pending_seconds"), 0), fmt(s.get("masters_per_second"), 2),
-             str(s.get("masters_in_progress", "-"))] for s in picked]
+    return [
+        [
+            f"{s['t']:.0f}",
+            "load" if s["loading"] else "clearing",
+            str(s["stored"]),
+            str(s["pending_masters"]),
+            fmt(s.get("oldest_pending_seconds"), 0),
+            fmt(s.get("masters_per_second"), 2),
+            str(s.get("masters_in_progress", "-")),
+        ]
+        for s in picked
+    ]
 
 
 def growth(samples: list[dict], load_seconds: float) -> tuple[float, float]:
@@ -617,42 +695,84 @@ def cut_kind(o: Outcome) -> Kind:
 
 
 def report(o: Outcome) -> list[str]:
-    out = [(f"\n### {o.share:.0%} of the maximum ingest rate: target {o.target:.1f}, achieved {o.achieved:.1f} "
-           f"instances/s over {o.load_seconds:.0f} s; server CPU {o.server_cpu / o.load_seconds:.2f} cores"), ""]
-    out += markdown_table(["t (s)", "phase", "stored", "backlog", "oldest (s)", "masters/s", "in progress"],
-                          backlog_rows(o.samples), "rlrrrrr")
+    out = [
+        (
+            f"\n### {o.share:.0%} of the maximum ingest rate: target {o.target:.1f}, "
+            f"achieved {o.achieved:.1f} "
+            f"instances/s over {o.load_seconds:.0f} s; server CPU {o.server_cpu / o.load_seconds:.2f} cores"
+        ),
+        "",
+    ]
+    out += markdown_table(
+        ["t (s)", "phase", "stored", "backlog", "oldest (s)", "masters/s", "in progress"],
+        backlog_rows(o.samples),
+        "rlrrrrr",
+    )
     per_minute, stored_per_minute = growth(o.samples, o.load_seconds)
-    out += ["", (f"Backlog over the last half of the load: {per_minute:+.0f} instances/min "
-                f"(stored meanwhile: {stored_per_minute:.0f}/min)"), ""]
+    out += [
+        "",
+        (
+            f"Backlog over the last half of the load: {per_minute:+.0f} instances/min "
+            f"(stored meanwhile: {stored_per_minute:.0f}/min)"
+        ),
+        "",
+    ]
     rows = []
     for name, k in sorted(o.kinds.items()):
         others = ", ".join(f"{code} x{n}" for code, n in sorted(k.other.items())) or "0"
         wrong = "; ".join(f"{p} x{n}" for p, n in k.wrong.most_common(3)) or "0"
-        rows.append([name, str(k.n), str(k.ok), str(k.s503), others, str(k.failed), wrong,
-                     fmt(statistics.median(k.ms) if k.ms else None, 0), fmt(percentile(k.ms, 95) if k.ms else None, 0)])
-    out += markdown_table(["request", "n", "2xx", "503", "other non-2xx", "no answer", "wrong 2xx", "median ms",
-                           "p95 ms"], rows, "lrrrrrlrr")
+        rows.append(
+            [
+                name,
+                str(k.n),
+                str(k.ok),
+                str(k.s503),
+                others,
+                str(k.failed),
+                wrong,
+                fmt(statistics.median(k.ms) if k.ms else None, 0),
+                fmt(percentile(k.ms, 95) if k.ms else None, 0),
+            ]
+        )
+    out += markdown_table(
+        ["request", "n", "2xx", "503", "other non-2xx", "no answer", "wrong 2xx", "median ms", "p95 ms"],
+        rows,
+        "lrrrrrlrr",
+    )
     cut = cut_kind(o)
     share = cut.fast_ok / cut.n if cut.n else 0.0
-    out += ["", (f"Cuts: {cut.fast_ok} of {cut.n} answered 200 (right, labelled .91) within {CUT_DEADLINE:g} s "
-                f"({share:.1%}); 503: {cut.s503}; other non-2xx: {sum(cut.other.values())}; "
-                f"median {fmt(statistics.median(cut.ms) if cut.ms else None, 0)} ms, "
-                f"p95 {fmt(percentile(cut.ms, 95) if cut.ms else None, 0)} ms")]
+    out += [
+        "",
+        (
+            f"Cuts: {cut.fast_ok} of {cut.n} answered 200 (right, labelled .91) within {CUT_DEADLINE:g} s "
+            f"({share:.1%}); 503: {cut.s503}; other non-2xx: {sum(cut.other.values())}; "
+            f"median {fmt(statistics.median(cut.ms) if cut.ms else None, 0)} ms, "
+            f"p95 {fmt(percentile(cut.ms, 95) if cut.ms else None, 0)} ms"
+        ),
+    ]
     missing = o.tracked - len(o.to_master)
     if o.to_master:
         # Instances that never got a master count as slower than any that did.
         pool = o.to_master + [float("inf")] * missing
         p95 = percentile(pool, 95)
-        out.append(f"Acknowledgement to master (sample of {o.tracked} instances no reader touched): median "
-                   f"{seconds(percentile(pool, 50))}, p95 {seconds(p95)}, max {fmt(max(o.to_master), 1)} s "
-                   f"among those that got one; {missing} without a master at the end")
+        out.append(
+            f"Acknowledgement to master (sample of {o.tracked} instances no reader touched): median "
+            f"{seconds(percentile(pool, 50))}, p95 {seconds(p95)}, max {fmt(max(o.to_master), 1)} s "
+            f"among those that got one; {missing} without a master at the end"
+        )
     else:
         out.append(f"Acknowledgement to master: none of the {o.tracked} sampled instances got a master")
     for name, k in sorted(o.kinds.items()):
         out += [f"  {name}: {body} (x{n})" for body, n in k.bodies.most_common(3)]
-    out.append("Backlog cleared " + (f"{o.clear_seconds:.0f} s after the load stopped"
-                                     + (f" ({o.clear_rate:.1f} masters/s)" if o.clear_rate else "")
-                                     if o.clear_seconds is not None else "NOT within the cap"))
+    out.append(
+        "Backlog cleared "
+        + (
+            f"{o.clear_seconds:.0f} s after the load stopped"
+            + (f" ({o.clear_rate:.1f} masters/s)" if o.clear_rate else "")
+            if o.clear_seconds is not None
+            else "NOT within the cap"
+        )
+    )
     if o.errors:
         out.append("Exceptions in load threads: " + ", ".join(f"{k} x{n}" for k, n in o.errors.items()))
         out += [f"  {sample.splitlines()[-1]}" for sample in o.error_samples]
@@ -669,8 +789,13 @@ def targets(outcomes: list[Outcome]) -> list[str]:
         cut = cut_kind(o)
         if o.share <= 0.75:
             rows.append([f"{o.share:.0%}", "backlog stays bounded (last half of the load)", yes(bounded(o))])
-            rows.append([f"{o.share:.0%}", f"every cut request 200 within {CUT_DEADLINE:g} s",
-                         yes(cut.n > 0 and cut.fast_ok == cut.n)])
+            rows.append(
+                [
+                    f"{o.share:.0%}",
+                    f"every cut request 200 within {CUT_DEADLINE:g} s",
+                    yes(cut.n > 0 and cut.fast_ok == cut.n),
+                ]
+            )
         else:
             rows.append([f"{o.share:.0%}", "no 503 on cuts", yes(cut.n > 0 and cut.s503 == 0)])
     return markdown_table(["rate", "target", "met"], rows, "llc")
@@ -688,16 +813,38 @@ def summary(outcomes: list[Outcome]) -> list[str]:
         med = percentile(pool, 50) if pool else None
         p95 = percentile(pool, 95) if pool else None
         peak = max((s["pending_masters"] for s in o.samples), default=0)
-        rows.append([f"{o.share:.0%} ({o.achieved:.0f}/s)", str(peak),
-                     f"{cut.fast_ok / cut.n:.1%}" if cut.n else "-", str(cut.s503),
-                     str(sum(cut.other.values()) + cut.failed),
-                     (f"{fmt(statistics.median(cut.ms) if cut.ms else None, 0)} / "
-                     f"{fmt(percentile(cut.ms, 95) if cut.ms else None, 0)}"),
-                     f"{fmt(med, 1) if med != float('inf') else '∞'} / {fmt(p95, 1) if p95 != float('inf') else '∞'}",
-                     fmt(o.clear_seconds, 0) if o.clear_seconds is not None else "> cap"])
-    return markdown_table(["STOW rate (achieved)", "peak backlog", "cuts 200 within 1 s", "cut 503",
-                           "cut other errors", "cut median / p95 ms", "ack→master median / p95 s",
-                           "clear after (s)"], rows, "lrrrrrrr")
+        rows.append(
+            [
+                f"{o.share:.0%} ({o.achieved:.0f}/s)",
+                str(peak),
+                f"{cut.fast_ok / cut.n:.1%}" if cut.n else "-",
+                str(cut.s503),
+                str(sum(cut.other.values()) + cut.failed),
+                (
+                    f"{fmt(statistics.median(cut.ms) if cut.ms else None, 0)} / "
+                    f"{fmt(percentile(cut.ms, 95) if cut.ms else None, 0)}"
+                ),
+                (
+                    f"{fmt(med, 1) if med != float('inf') else '∞'} / "
+                    f"{fmt(p95, 1) if p95 != float('inf') else '∞'}"
+                ),
+                fmt(o.clear_seconds, 0) if o.clear_seconds is not None else "> cap",
+            ]
+        )
+    return markdown_table(
+        [
+            "STOW rate (achieved)",
+            "peak backlog",
+            "cuts 200 within 1 s",
+            "cut 503",
+            "cut other errors",
+            "cut median / p95 ms",
+            "ack→master median / p95 s",
+            "clear after (s)",
+        ],
+        rows,
+        "lrrrrrrr",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -717,8 +864,10 @@ def main(argv: list[str] | None = None) -> int:
     shares = [float(x) for x in args.rates.split(",") if x.strip()]
 
     started = time.monotonic()
-    log(f"sustained_bench: {' '.join(sys.argv[1:]) or '(defaults)'}; {load_line()}; "
-        f"DICOMWEB_MASTER_WAIT_MS={os.environ.get('DICOMWEB_MASTER_WAIT_MS', '1000 (default)')}")
+    log(
+        f"sustained_bench: {' '.join(sys.argv[1:]) or '(defaults)'}; {load_line()}; "
+        f"DICOMWEB_MASTER_WAIT_MS={os.environ.get('DICOMWEB_MASTER_WAIT_MS', '1000 (default)')}"
+    )
     maker = SeriesMaker(args.sizes[1])
     max_rate = args.max_rate or calibrate(maker, args.sizes, 6.0 if args.quick else 10.0)
     outcomes = []
@@ -726,9 +875,11 @@ def main(argv: list[str] | None = None) -> int:
         o = one_rate(maker, share, max_rate, args)
         outcomes.append(o)
         log("\n".join(report(o)))
-    log(f"\n## Summary (maximum ingest rate {max_rate:.1f} instances/s"
+    log(
+        f"\n## Summary (maximum ingest rate {max_rate:.1f} instances/s"
         f"{' given' if args.max_rate else ' calibrated'}; series of {args.sizes[0]}-{args.sizes[1]} slices, "
-        f"{args.minutes:g} min per rate)\n")
+        f"{args.minutes:g} min per rate)\n"
+    )
     log("\n".join(summary(outcomes)))
     log("")
     log("\n".join(targets(outcomes)))

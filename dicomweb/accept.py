@@ -95,8 +95,6 @@ def _normalise_media_type(text: str) -> str | None:
     return f"{main}/{sub}"
 
 
-
-
 def _parse_q(value: str) -> float:
     try:
         q = float(value)

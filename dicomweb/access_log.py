@@ -56,7 +56,11 @@ class AccessLogMiddleware:
             raise
         finally:
             log.info(
-                "%s %s %s %d %d B %.1f ms", _client(scope), scope["method"],
-                _printable(scope["path"]), status, sent,
+                "%s %s %s %d %d B %.1f ms",
+                _client(scope),
+                scope["method"],
+                _printable(scope["path"]),
+                status,
+                sent,
                 (time.perf_counter() - started) * 1000,
             )

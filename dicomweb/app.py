@@ -83,7 +83,9 @@ async def readyz(request: Request) -> Response:
     try:
         await archive_of(request).check_ready()
     except NotReady as exc:
-        return PlainTextResponse(f"not ready: {exc}\n", status_code=503, headers={"Cache-Control": "no-store"})
+        return PlainTextResponse(
+            f"not ready: {exc}\n", status_code=503, headers={"Cache-Control": "no-store"}
+        )
     return PlainTextResponse("ready\n", headers={"Cache-Control": "no-store"})
 
 
@@ -147,17 +149,34 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 CORSMiddleware,
                 allow_origins=list(settings.cors_origins),
                 allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
-                allow_headers=["Accept", "Authorization", "Content-Type", "Range", "If-None-Match", "X-API-Key"],
+                allow_headers=[
+                    "Accept",
+                    "Authorization",
+                    "Content-Type",
+                    "Range",
+                    "If-None-Match",
+                    "X-API-Key",
+                ],
                 expose_headers=["Content-Range", "Content-Length", "ETag", "Warning"],
             )
         )
     # Audit (outside, so refusals are audited), then authentication, then limits, nearest to the handlers.
     middleware += security_middleware(settings)
     app = Starlette(
-        routes=[Route("/healthz", healthz), Route("/readyz", readyz), Mount(settings.root, routes=dicomweb_routes()), *static_routes(settings)],
+        routes=[
+            Route("/healthz", healthz),
+            Route("/readyz", readyz),
+            Mount(settings.root, routes=dicomweb_routes()),
+            *static_routes(settings),
+        ],
         middleware=middleware,
-        exception_handlers={HTTPError: http_error, StorageError: storage_error, 404: not_found, 405: not_found,
-                            Exception: unexpected_error},
+        exception_handlers={
+            HTTPError: http_error,
+            StorageError: storage_error,
+            404: not_found,
+            405: not_found,
+            Exception: unexpected_error,
+        },
         lifespan=lifespan,
     )
     app.state.settings = settings

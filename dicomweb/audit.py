@@ -47,11 +47,24 @@ EVENTS = {
     "delete-study": ("110105", "DICOM Study Deleted", "D"),
     "delete": ("110103", "DICOM Instances Accessed", "D"),
 }
-QIDO_TAILS = (("studies",), ("series",), ("instances",), ("studies", "*", "series"), ("studies", "*", "instances"),
-              ("studies", "*", "series", "*", "instances"))
+QIDO_TAILS = (
+    ("studies",),
+    ("series",),
+    ("instances",),
+    ("studies", "*", "series"),
+    ("studies", "*", "instances"),
+    ("studies", "*", "series", "*", "instances"),
+)
 # Search keys recorded as they are (what was searched for, not for whom); any other key's value is masked.
 UNMASKED_PARAMS = {"limit", "offset", "includefield", "fuzzymatching", "orderby"}
-MASKED_TAGS = {0x00080050, 0x00080090, 0x00081048, 0x00081060, 0x00200010, 0x00321032}  # accession, physicians
+MASKED_TAGS = {
+    0x00080050,
+    0x00080090,
+    0x00081048,
+    0x00081060,
+    0x00200010,
+    0x00321032,
+}  # accession, physicians
 MAX_CAPTURE = 16 * 1024 * 1024  # of a STOW response body, to find the studies stored
 FLUSH_SECONDS = 1.0
 
@@ -82,7 +95,8 @@ def _matches(parts: list[str], pattern: tuple[str, ...]) -> bool:
 
 
 def classify(method: str, parts: list[str]) -> str | None:
-    """The audited action of a request (path parts relative to the root), or None for one without patient data."""
+    """The audited action of a request (path parts relative to the root), or None for one without patient
+    data."""
     if not parts or parts[0] not in ("studies", "series", "instances") or parts[-1] == "labels":
         return None  # /status, access labels and the like
     if method == "POST":
@@ -195,7 +209,7 @@ class AuditMiddleware:
         if scope["type"] != "http" or audit is None or not path.startswith(self.root + "/"):
             await self.app(scope, receive, send)
             return
-        parts = [p for p in path[len(self.root):].split("/") if p]
+        parts = [p for p in path[len(self.root) :].split("/") if p]
         action = classify(scope["method"], parts)
         if action is None:
             await self.app(scope, receive, send)
@@ -238,8 +252,17 @@ class AuditMiddleware:
             except (OSError, ValueError) as exc:
                 log.error("cannot write the audit log: %s", exc)
 
-    def _record(self, scope: Scope, action: str, parts: list[str], status: int, received: int, sent: int,
-               stow_body: bytes, encoding: str) -> dict[str, Any]:
+    def _record(
+        self,
+        scope: Scope,
+        action: str,
+        parts: list[str],
+        status: int,
+        received: int,
+        sent: int,
+        stow_body: bytes,
+        encoding: str,
+    ) -> dict[str, Any]:
         code, meaning, action_code = EVENTS[action]
         studies, series = _uids_from_path(parts)
         if action == "store" and status < 300:
@@ -268,4 +291,3 @@ class AuditMiddleware:
         if action == "search" and scope.get("query_string"):
             record["query"] = masked_query(scope["query_string"])
         return record
-

@@ -15,7 +15,8 @@ Scopes come from the token's ``scope`` (a string) or ``scp`` (a list), or from a
 configurable path (Keycloak: ``realm_access.roles``): read (QIDO, WADO, metadata, frames, rendered, layers),
 write (STOW), delete (DELETE), admin (status, relabelling). A missing or bad credential gets 401 with
 ``WWW-Authenticate: Bearer error="invalid_token"``, a valid one without the scope 403 with
-``error="insufficient_scope"``. Error bodies say what was wrong in fixed words: never a claim, never the token.
+``error="insufficient_scope"``. Error bodies say what was wrong in fixed words: never a claim, never the
+token.
 
 Without an issuer and without active API keys the server is open (every scope) if ``allow_anonymous``;
 ``dicomweb serve`` sets that only on a loopback address or with ``--allow-anonymous``.
@@ -83,6 +84,7 @@ def principal_of(scope: Scope) -> Principal | None:
 
 # ---- OpenID Connect ---------------------------------------------------------------------------------
 
+
 def _fetch_json(url: str) -> Any:
     request = urllib.request.Request(url, headers={"Accept": "application/json"})
     with urllib.request.urlopen(request, timeout=FETCH_TIMEOUT) as response:
@@ -93,7 +95,9 @@ def _fetch_json(url: str) -> Any:
 
 
 class OidcVerifier:
-    def __init__(self, issuer: str, audience: str, *, leeway: int = 30, refetch_seconds: float = 30.0) -> None:
+    def __init__(
+        self, issuer: str, audience: str, *, leeway: int = 30, refetch_seconds: float = 30.0
+    ) -> None:
         self.issuer = issuer.rstrip("/")
         self.audience = audience
         self.leeway = leeway
@@ -114,7 +118,9 @@ class OidcVerifier:
             self._fetched_at = now
             try:
                 if self.jwks_uri is None:
-                    doc = await asyncio.to_thread(_fetch_json, f"{self.issuer}/.well-known/openid-configuration")
+                    doc = await asyncio.to_thread(
+                        _fetch_json, f"{self.issuer}/.well-known/openid-configuration"
+                    )
                     if not isinstance(doc, dict) or doc.get("issuer", "").rstrip("/") != self.issuer:
                         raise ValueError("the discovery document names another issuer")
                     if not isinstance(doc.get("jwks_uri"), str):
@@ -168,8 +174,13 @@ class OidcVerifier:
         key = await self._key(header.get("kid"), alg)
         try:
             return jwt.decode(
-                token, key.key, algorithms=[alg], audience=self.audience, issuer=self.issuer,
-                leeway=self.leeway, options={"require": ["exp", "iss", "aud"]},
+                token,
+                key.key,
+                algorithms=[alg],
+                audience=self.audience,
+                issuer=self.issuer,
+                leeway=self.leeway,
+                options={"require": ["exp", "iss", "aud"]},
             )
         except jwt.ExpiredSignatureError:
             raise AuthError("token expired") from None
@@ -205,9 +216,17 @@ def _words(value: Any) -> list[str]:
 
 
 def token_principal(claims: dict[str, Any], settings: Settings) -> Principal:
-    names = {settings.scope_read: "read", settings.scope_write: "write",
-             settings.scope_delete: "delete", settings.scope_admin: "admin"}
-    granted = _words(claims.get("scope")) + _words(claims.get("scp")) + _words(_claim(claims, settings.oidc_roles_claim))
+    names = {
+        settings.scope_read: "read",
+        settings.scope_write: "write",
+        settings.scope_delete: "delete",
+        settings.scope_admin: "admin",
+    }
+    granted = (
+        _words(claims.get("scope"))
+        + _words(claims.get("scp"))
+        + _words(_claim(claims, settings.oidc_roles_claim))
+    )
     scopes = frozenset(names[g] for g in granted if g in names)
     labels_claim = _claim(claims, settings.oidc_labels_claim) if settings.oidc_labels_claim else None
     labels = frozenset(_words(labels_claim)) if labels_claim is not None else None
@@ -216,6 +235,7 @@ def token_principal(claims: dict[str, Any], settings: Settings) -> Principal:
 
 
 # ---- what each route needs -------------------------------------------------------------------------
+
 
 def required_scope(method: str, path: str) -> str:
     """The scope a request under the DICOMweb root needs; `path` is relative to the root."""
@@ -278,7 +298,7 @@ class AuthMiddleware:
         credential = _bearer(scope["headers"])
         if credential is None and method in ("GET", "HEAD"):
             credential = query_token
-        need = required_scope(method, path[len(self.root):])
+        need = required_scope(method, path[len(self.root) :])
         try:
             principal = await self._principal(scope, credential)
         except AuthError as exc:
@@ -297,7 +317,8 @@ class AuthMiddleware:
             scope_name = getattr(self.settings, f"scope_{need}")
             response = error_response(403, f"this request needs the scope {scope_name}")
             response.headers["WWW-Authenticate"] = challenge(
-                "insufficient_scope", f"this request needs the scope {scope_name}", scope_name)
+                "insufficient_scope", f"this request needs the scope {scope_name}", scope_name
+            )
             await response(scope, receive, send)
             return
         if principal.labels is not None:
@@ -309,7 +330,7 @@ class AuthMiddleware:
         """A principal restricted to studies with some of `labels`: a study it may not see does not exist for
         it (404, never 403), and the studies it stores get its labels before the answer is sent."""
         archive = scope["app"].state.archive
-        parts = [p for p in scope["path"][len(self.root):].split("/") if p]
+        parts = [p for p in scope["path"][len(self.root) :].split("/") if p]
         named = parts[1] if len(parts) > 1 and parts[0] == "studies" else None
         if named is not None and await archive.study_hidden(named, labels):
             await error_response(404, "no such study")(scope, receive, send)
@@ -329,8 +350,14 @@ class AuthMiddleware:
             if start is not None and start["status"] < 300:
                 from dicomweb.audit import uids_from_stow
 
-                encoding = next((v.decode("latin-1") for k, v in start.get("headers", [])
-                                 if k.lower() == b"content-encoding"), "")
+                encoding = next(
+                    (
+                        v.decode("latin-1")
+                        for k, v in start.get("headers", [])
+                        if k.lower() == b"content-encoding"
+                    ),
+                    "",
+                )
                 body = b"".join(m.get("body", b"") for m in held if m["type"] == "http.response.body")
                 studies, _ = uids_from_stow(body, encoding)
                 await archive.add_study_labels(studies, labels)

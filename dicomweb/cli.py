@@ -51,6 +51,7 @@ def fail(message: str, status: int) -> int:
 
 # ---- settings ------------------------------------------------------------------------------------
 
+
 def settings_from(args: argparse.Namespace) -> Settings:
     """Environment settings with the command line's overrides; raises SettingError."""
     root = getattr(args, "root", None)
@@ -79,7 +80,9 @@ def index_label(settings: Settings) -> str:
         url = make_url(settings.database_url)
     except ArgumentError:
         raise SettingError("--database-url (or DICOMWEB_DATABASE_URL) is not a database URL") from None
-    kind = {"sqlite": "SQLite", "postgresql": "PostgreSQL"}.get(url.get_backend_name(), url.get_backend_name())
+    kind = {"sqlite": "SQLite", "postgresql": "PostgreSQL"}.get(
+        url.get_backend_name(), url.get_backend_name()
+    )
     return f"{kind} {url.render_as_string(hide_password=True)}"
 
 
@@ -105,7 +108,9 @@ def codec_stack() -> str:
             raise CommandError(str(exc)) from None
 
 
-async def open_archive(settings: Settings, *, start_masters: bool, parser_processes: int | None = None) -> Archive:
+async def open_archive(
+    settings: Settings, *, start_masters: bool, parser_processes: int | None = None
+) -> Archive:
     """The opened archive, or CommandError saying which folder or database could not be opened."""
     from sqlalchemy.exc import SQLAlchemyError
 
@@ -125,7 +130,9 @@ async def open_archive(settings: Settings, *, start_masters: bool, parser_proces
     except (SQLAlchemyError, OSError) as exc:
         await archive.close()
         reason = (str(exc).splitlines() or [""])[0]  # SQLAlchemy adds lines (statement, help link)
-        raise CommandError(f"cannot open the index ({index_label(settings)}): {type(exc).__name__}: {reason}") from None
+        raise CommandError(
+            f"cannot open the index ({index_label(settings)}): {type(exc).__name__}: {reason}"
+        ) from None
     return archive
 
 
@@ -146,6 +153,7 @@ def port_number(text: str) -> int:
 
 # ---- serve ---------------------------------------------------------------------------------------
 
+
 def browse_host(host: str) -> str:
     """The host part of a URL an operator can open for a listen address."""
     if host in ("0.0.0.0", ""):
@@ -155,8 +163,16 @@ def browse_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-def banner(settings: Settings, host: str, port: int, codecs: str, log_level: str, *, tls: bool = False,
-           auth: str = "") -> str:
+def banner(
+    settings: Settings,
+    host: str,
+    port: int,
+    codecs: str,
+    log_level: str,
+    *,
+    tls: bool = False,
+    auth: str = "",
+) -> str:
     """What an operator wants to know at start-up: where to point a browser or viewer, where the data is."""
     base = f"{'https' if tls else 'http'}://{browse_host(host)}:{port}"
     root = settings.root.rstrip("/")
@@ -215,12 +231,19 @@ def serve(args: argparse.Namespace) -> int:
     configure_logging(level)
     print(banner(settings, host, port, codecs, level, tls=bool(tls), auth=auth_note), flush=True)
     # uvicorn's access log prints query strings (patient names in QIDO): ours, in create_app, does not.
-    uvicorn.run(create_app(settings), host=host, port=port, log_level=level, access_log=False,
-                **uvicorn_security(settings, tls))
+    uvicorn.run(
+        create_app(settings),
+        host=host,
+        port=port,
+        log_level=level,
+        access_log=False,
+        **uvicorn_security(settings, tls),
+    )
     return 0
 
 
 # ---- verify --------------------------------------------------------------------------------------
+
 
 async def _verify(args: argparse.Namespace) -> int:
     from tqdm import tqdm
@@ -235,9 +258,11 @@ async def _verify(args: argparse.Namespace) -> int:
         jobs = await archive.job_counts()
     finally:
         await archive.close()
-    print(f"checked {report.instances} instance(s): {report.masters} master(s) decoded bit-exact, "
-          f"{jobs.get('pending', 0)} waiting for a master, {jobs.get('kept', 0)} kept as received; "
-          f"{len(report.problems)} problem(s)")
+    print(
+        f"checked {report.instances} instance(s): {report.masters} master(s) decoded bit-exact, "
+        f"{jobs.get('pending', 0)} waiting for a master, {jobs.get('kept', 0)} kept as received; "
+        f"{len(report.problems)} problem(s)"
+    )
     if report.kept:
         print("kept as received, by reason:")
         for reason, n in report.kept_reasons.items():  # most frequent first, then by reason
@@ -259,65 +284,111 @@ def import_files(args: argparse.Namespace) -> int:
 
 # ---- the parser ----------------------------------------------------------------------------------
 
+
 def _storage_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", metavar="DIR",
-                   help="data folder: SQLite index, blobs and uploads in progress "
-                        "(env DICOMWEB_DATA; default ./dicomweb-data)")
-    p.add_argument("--database-url", metavar="URL",
-                   help="SQLAlchemy URL of the index, e.g. postgresql+asyncpg://user:pw@host/db "
-                        "(env DICOMWEB_DATABASE_URL; default: SQLite in the data folder)")
-    p.add_argument("--blob-url", metavar="URL",
-                   help="where blobs are kept: s3://BUCKET/PREFIX for an S3-compatible service (endpoint, "
-                        "region and credentials from AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID, "
-                        "AWS_SECRET_ACCESS_KEY...; install with pip install '.[s3]'), or a folder "
-                        "(env DICOMWEB_BLOB_URL; default: blobs/ in the data folder)")
+    p.add_argument(
+        "--data",
+        metavar="DIR",
+        help="data folder: SQLite index, blobs and uploads in progress "
+        "(env DICOMWEB_DATA; default ./dicomweb-data)",
+    )
+    p.add_argument(
+        "--database-url",
+        metavar="URL",
+        help="SQLAlchemy URL of the index, e.g. postgresql+asyncpg://user:pw@host/db "
+        "(env DICOMWEB_DATABASE_URL; default: SQLite in the data folder)",
+    )
+    p.add_argument(
+        "--blob-url",
+        metavar="URL",
+        help="where blobs are kept: s3://BUCKET/PREFIX for an S3-compatible service (endpoint, "
+        "region and credentials from AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID, "
+        "AWS_SECRET_ACCESS_KEY...; install with pip install '.[s3]'), or a folder "
+        "(env DICOMWEB_BLOB_URL; default: blobs/ in the data folder)",
+    )
 
 
 def _serve_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("serve", help="run the HTTP server",
-                       description="Run the DICOMweb server (QIDO-RS, WADO-RS, STOW-RS) and the viewer pages.")
-    p.add_argument("--host", help="listen address; 0.0.0.0 for every interface (env DICOMWEB_HOST; default 127.0.0.1)")
+    p = sub.add_parser(
+        "serve",
+        help="run the HTTP server",
+        description="Run the DICOMweb server (QIDO-RS, WADO-RS, STOW-RS) and the viewer pages.",
+    )
+    p.add_argument(
+        "--host", help="listen address; 0.0.0.0 for every interface (env DICOMWEB_HOST; default 127.0.0.1)"
+    )
     p.add_argument("--port", type=port_number, help="listen port (env DICOMWEB_PORT; default 8000)")
     _storage_options(p)
-    p.add_argument("--root", metavar="PATH",
-                   help=f"URL path of the DICOMweb API (env DICOMWEB_ROOT; default {DEFAULTS.root})")
-    p.add_argument("--log-level", choices=LOG_LEVELS, type=str.lower,
-                   help="least important messages shown; the access log is at info "
-                        "(env DICOMWEB_LOG_LEVEL; default info)")
-    p.add_argument("--access-log", action=argparse.BooleanOptionalAction, default=None,
-                   help="one line per request: method, path without its query string (no patient data), "
-                        "status, bytes, time, client (env DICOMWEB_ACCESS_LOG=0 turns it off; default on)")
-    p.add_argument("--allow-anonymous", action="store_true", default=None,
-                   help="serve without authentication on a non-loopback address when no OIDC issuer and no API "
-                        "key is configured (env DICOMWEB_ALLOW_ANONYMOUS=1; default: refuse to start)")
-    p.add_argument("--tls-cert", metavar="FILE", help="serve HTTPS with this certificate chain (PEM) "
-                   "(env DICOMWEB_TLS_CERT; needs --tls-key)")
+    p.add_argument(
+        "--root",
+        metavar="PATH",
+        help=f"URL path of the DICOMweb API (env DICOMWEB_ROOT; default {DEFAULTS.root})",
+    )
+    p.add_argument(
+        "--log-level",
+        choices=LOG_LEVELS,
+        type=str.lower,
+        help="least important messages shown; the access log is at info "
+        "(env DICOMWEB_LOG_LEVEL; default info)",
+    )
+    p.add_argument(
+        "--access-log",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="one line per request: method, path without its query string (no patient data), "
+        "status, bytes, time, client (env DICOMWEB_ACCESS_LOG=0 turns it off; default on)",
+    )
+    p.add_argument(
+        "--allow-anonymous",
+        action="store_true",
+        default=None,
+        help="serve without authentication on a non-loopback address when no OIDC issuer and no API "
+        "key is configured (env DICOMWEB_ALLOW_ANONYMOUS=1; default: refuse to start)",
+    )
+    p.add_argument(
+        "--tls-cert",
+        metavar="FILE",
+        help="serve HTTPS with this certificate chain (PEM) (env DICOMWEB_TLS_CERT; needs --tls-key)",
+    )
     p.add_argument("--tls-key", metavar="FILE", help="private key of --tls-cert (PEM) (env DICOMWEB_TLS_KEY)")
     p.set_defaults(func=serve)
 
 
 def _import_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("import", help="store DICOM files and folders through the ingest path",
-                       description="Store DICOM files and folders (recursively) through the same ingest "
-                                   "path as STOW-RS, then make their masters. Exit status: 0 when every "
-                                   "file was stored, 1 when some were refused (or the import could not "
-                                   "start), 2 for a malformed setting.")
+    p = sub.add_parser(
+        "import",
+        help="store DICOM files and folders through the ingest path",
+        description="Store DICOM files and folders (recursively) through the same ingest "
+        "path as STOW-RS, then make their masters. Exit status: 0 when every "
+        "file was stored, 1 when some were refused (or the import could not "
+        "start), 2 for a malformed setting.",
+    )
     p.add_argument("paths", nargs="+", metavar="PATH", help="DICOM file or folder")
     _storage_options(p)
-    p.add_argument("--report", metavar="FILE", type=Path,
-                   help="write every file's outcome to FILE as CSV: path, outcome, SOP Instance UID, "
-                        "reason, master, master reason, parser warnings")
+    p.add_argument(
+        "--report",
+        metavar="FILE",
+        type=Path,
+        help="write every file's outcome to FILE as CSV: path, outcome, SOP Instance UID, "
+        "reason, master, master reason, parser warnings",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument("--no-masters", action="store_true",
-                   help="store only; leave making masters to the server's background queue")
+    p.add_argument(
+        "--no-masters",
+        action="store_true",
+        help="store only; leave making masters to the server's background queue",
+    )
     p.set_defaults(func=import_files)
 
 
 def _verify_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("verify", help="re-check every blob's checksum and that every master decodes bit-exact",
-                       description="Re-check every blob against its checksum and every master against the "
-                                   "pixels it was made from; list why instances were kept as received. "
-                                   "Exit status 0 when no problem was found, 1 otherwise.")
+    p = sub.add_parser(
+        "verify",
+        help="re-check every blob's checksum and that every master decodes bit-exact",
+        description="Re-check every blob against its checksum and every master against the "
+        "pixels it was made from; list why instances were kept as received. "
+        "Exit status 0 when no problem was found, 1 otherwise.",
+    )
     _storage_options(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=verify)
@@ -339,7 +410,9 @@ def _apikey_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dicomweb", description="DICOMweb server with progressive JPEG 2000")
+    parser = argparse.ArgumentParser(
+        prog="dicomweb", description="DICOMweb server with progressive JPEG 2000"
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (_serve_parser, _import_parser, _verify_parser, _apikey_parser):

@@ -41,12 +41,16 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
             key = asyncio.run(_with_keys(settings, create))
             print(key)
-            print(f"(API key {args.name!r}, scopes {' '.join(sorted(scopes))}"
-                  + (f", labels {' '.join(sorted(labels))}" if labels else "")
-                  + "; shown once: only its hash is stored. Send it as 'Authorization: Bearer KEY' "
-                  "or 'X-API-Key: KEY'.)", flush=True)
+            print(
+                f"(API key {args.name!r}, scopes {' '.join(sorted(scopes))}"
+                + (f", labels {' '.join(sorted(labels))}" if labels else "")
+                + "; shown once: only its hash is stored. Send it as 'Authorization: Bearer KEY' "
+                "or 'X-API-Key: KEY'.)",
+                flush=True,
+            )
             return 0
         if args.apikey_command == "list":
+
             async def listing(keys: ApiKeys) -> list:
                 return await keys.list()
 
@@ -55,11 +59,18 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             print(f"{'name':<24} {'scopes':<24} {'labels':<20} {'created (UTC)':<20} state")
             for key in found:
                 created = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(key.created_at))
-                state = "active" if key.active else "revoked " + time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(key.revoked_at))
-                print(f"{key.name:<24} {' '.join(sorted(key.scopes)):<24} {' '.join(sorted(key.labels)) or '(all)':<20} "
-                      f"{created:<20} {state}")
+                state = (
+                    "active"
+                    if key.active
+                    else "revoked " + time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(key.revoked_at))
+                )
+                print(
+                    f"{key.name:<24} {' '.join(sorted(key.scopes)):<24} "
+                    f"{' '.join(sorted(key.labels)) or '(all)':<20} {created:<20} {state}"
+                )
             return 0
         if args.apikey_command == "revoke":
+
             async def revoke(keys: ApiKeys) -> bool:
                 return await keys.revoke(args.name)
 
@@ -72,23 +83,39 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     raise ApiKeyCommandError(f"unknown apikey command {args.apikey_command!r}")
 
 
-def add_parser(sub: argparse._SubParsersAction, storage_options: Callable[[argparse.ArgumentParser], None],
-               func: Callable[[argparse.Namespace], int]) -> None:
-    p = sub.add_parser("apikey", help="create, list and revoke API keys",
-                       description="API keys for gateways and scripts that cannot use OpenID Connect. "
-                                   "Stored in the index database as hashes; a key is shown once, at creation.")
+def add_parser(
+    sub: argparse._SubParsersAction,
+    storage_options: Callable[[argparse.ArgumentParser], None],
+    func: Callable[[argparse.Namespace], int],
+) -> None:
+    p = sub.add_parser(
+        "apikey",
+        help="create, list and revoke API keys",
+        description="API keys for gateways and scripts that cannot use OpenID Connect. "
+        "Stored in the index database as hashes; a key is shown once, at creation.",
+    )
     keys = p.add_subparsers(dest="apikey_command", required=True, metavar="ACTION")
     create = keys.add_parser("create", help="make a key and print it (once)")
-    create.add_argument("name", help="who the key is for (letters, digits, . _ @ -); recorded in the audit log")
-    create.add_argument("--scopes", required=True,
-                        help=f"comma-separated, of {', '.join(SCOPES)} (write: STOW; read: QIDO and WADO)")
-    create.add_argument("--labels", default="",
-                        help="comma-separated access labels: the key sees only studies with one of them, and "
-                             "studies it stores get them (default: none, every study)")
+    create.add_argument(
+        "name", help="who the key is for (letters, digits, . _ @ -); recorded in the audit log"
+    )
+    create.add_argument(
+        "--scopes",
+        required=True,
+        help=f"comma-separated, of {', '.join(SCOPES)} (write: STOW; read: QIDO and WADO)",
+    )
+    create.add_argument(
+        "--labels",
+        default="",
+        help="comma-separated access labels: the key sees only studies with one of them, and "
+        "studies it stores get them (default: none, every study)",
+    )
     storage_options(create)
     listing = keys.add_parser("list", help="list keys (never the keys themselves)")
     storage_options(listing)
-    revoke = keys.add_parser("revoke", help="revoke a key (a running server stops accepting it within seconds)")
+    revoke = keys.add_parser(
+        "revoke", help="revoke a key (a running server stops accepting it within seconds)"
+    )
     revoke.add_argument("name")
     storage_options(revoke)
     p.set_defaults(func=func)

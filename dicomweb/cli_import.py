@@ -63,7 +63,10 @@ class Tally:
         else:
             sop = outcome.sop_uid or ""
             if sop in self.kept_file:
-                kind, reason = REPEATED, f"same SOP Instance as {self.kept_file[sop].path}; this later copy is kept"
+                kind, reason = (
+                    REPEATED,
+                    f"same SOP Instance as {self.kept_file[sop].path}; this later copy is kept",
+                )
             elif outcome.replaced:
                 kind, reason = REPLACED, "the archive held this SOP Instance; this copy replaced it"
             else:
@@ -79,6 +82,7 @@ class Tally:
 
 
 # ---- reading the files ---------------------------------------------------------------------------
+
 
 def walk(paths: list[str]) -> tuple[list[Path], list[Path]]:
     """(files under the given files and folders, in order; given paths that do not exist)."""
@@ -115,8 +119,10 @@ async def _ingest(archive: Archive, chunk: list[Path]) -> list[Outcome]:
         copies = await asyncio.to_thread(_copy, chunk, folder)
         readable = [c for c in copies if isinstance(c, Path)]
         stored = iter(await archive.ingest(readable))
-        outcomes = [next(stored) if isinstance(c, Path) else Outcome(False, reason=f"cannot read: {c.strerror}")
-                    for c in copies]
+        outcomes = [
+            next(stored) if isinstance(c, Path) else Outcome(False, reason=f"cannot read: {c.strerror}")
+            for c in copies
+        ]
     finally:
         await asyncio.to_thread(shutil.rmtree, folder, True)
     # pydicom's warnings name the temporary copy: name the user's file instead.
@@ -128,7 +134,7 @@ async def _ingest(archive: Archive, chunk: list[Path]) -> list[Outcome]:
 async def store_files(archive: Archive, files: list[Path], tally: Tally, quiet: bool) -> None:
     with tqdm(total=len(files), unit="file", desc="storing", disable=quiet) as bar:
         for i in range(0, len(files), BATCH):
-            chunk = files[i: i + BATCH]
+            chunk = files[i : i + BATCH]
             for path, outcome in zip(chunk, await _ingest(archive, chunk), strict=True):
                 tally.add(path, outcome)
                 # A refused file's reason says enough; what pydicom said while trying (text files read
@@ -139,6 +145,7 @@ async def store_files(archive: Archive, files: list[Path], tally: Tally, quiet: 
 
 
 # ---- masters -------------------------------------------------------------------------------------
+
 
 async def make_masters(archive: Archive, quiet: bool) -> None:
     """Wait for the master queue to finish, with a progress bar fed by the job counts."""
@@ -175,6 +182,7 @@ async def note_masters(archive: Archive, tally: Tally) -> None:
 
 # ---- the summary and the report ------------------------------------------------------------------
 
+
 def _examples(results: list[FileResult]) -> list[str]:
     lines = [f"{' ' * 20}{r.path}" for r in results[:EXAMPLES]]
     if len(results) > EXAMPLES:
@@ -207,8 +215,12 @@ def summary(tally: Tally, no_masters: bool) -> list[str]:
     lines = [f"{len(files)} file(s):", _line(len(new), "new instance(s) stored")]
     lines.append(_line(len(replaced), "replaced an instance the archive held (same SOP Instance UID)"))
     lines += _examples(replaced)
-    lines.append(_line(len(repeated), "repeated an instance of this import (same SOP Instance UID; "
-                                      "the last copy is kept)"))
+    lines.append(
+        _line(
+            len(repeated),
+            "repeated an instance of this import (same SOP Instance UID; the last copy is kept)",
+        )
+    )
     lines += _examples(repeated)
     lines.append(_line(len(refused), "refused, not stored:" if refused else "refused"))
     lines += _reasons(refused, "reason")
@@ -219,8 +231,12 @@ def summary(tally: Tally, no_masters: bool) -> list[str]:
     lines.append(_line(len(made), "master(s) made (layered lossless JPEG 2000, checked bit-exact)"))
     lines.append(_line(len(kept), "kept as received:" if kept else "kept as received"))
     lines += _reasons(kept, "master_reason")
-    lines.append(_line(len(waiting), "waiting for a master" + (
-        " (the server's background queue makes them)" if no_masters else "")))
+    lines.append(
+        _line(
+            len(waiting),
+            "waiting for a master" + (" (the server's background queue makes them)" if no_masters else ""),
+        )
+    )
     if warned := [r for r in files if r.warnings and r.outcome != REFUSED]:
         lines.append(f"{len(warned)} stored file(s) with parser warnings (shown above, and in --report)")
     return lines
@@ -234,11 +250,13 @@ def write_report(path: Path, tally: Tally) -> None:
         out = csv.writer(fh)
         out.writerow(REPORT_COLUMNS)
         for r in tally.results:
-            out.writerow([r.path, r.outcome, r.sop_uid, r.reason, r.master, r.master_reason,
-                          " | ".join(r.warnings)])
+            out.writerow(
+                [r.path, r.outcome, r.sop_uid, r.reason, r.master, r.master_reason, " | ".join(r.warnings)]
+            )
 
 
 # ---- the command ---------------------------------------------------------------------------------
+
 
 def _quiet_logging() -> None:
     """Log lines go through tqdm (see run_import), and only what the summary does not already say."""
@@ -267,8 +285,11 @@ async def run_import(args: argparse.Namespace, settings: Settings) -> int:
         # Storing needs no codec; the server that makes the masters will say the same at start-up.
         codecs = "none: this installation cannot make masters"
         print(f"dicomweb: warning: {exc}", file=sys.stderr)
-    print(f"importing {len(files)} file(s) into {settings.data_dir.resolve()} "
-          f"(index: {index_label(settings)}); codecs: {codecs}", flush=True)
+    print(
+        f"importing {len(files)} file(s) into {settings.data_dir.resolve()} "
+        f"(index: {index_label(settings)}); codecs: {codecs}",
+        flush=True,
+    )
     _quiet_logging()
     tally = Tally()
     for path in missing:

@@ -45,7 +45,12 @@ def body_response(
     request: Request, body: bytes, media_type: str, etag: str, headers: dict[str, str] | None = None
 ) -> Response:
     """A single-part body with ETag, 304 for a matching If-None-Match, and 206/416 for Range."""
-    headers = {**(headers or {}), "ETag": etag, "Accept-Ranges": "bytes", "Cache-Control": "private, no-cache"}
+    headers = {
+        **(headers or {}),
+        "ETag": etag,
+        "Accept-Ranges": "bytes",
+        "Cache-Control": "private, no-cache",
+    }
     if not_modified(request, etag):
         return Response(status_code=304, headers=headers)
     range_header = request.headers.get("range")
@@ -56,5 +61,5 @@ def body_response(
         if isinstance(picked, tuple):
             first, last = picked
             headers["Content-Range"] = f"bytes {first}-{last}/{len(body)}"
-            return Response(body[first: last + 1], status_code=206, media_type=media_type, headers=headers)
+            return Response(body[first : last + 1], status_code=206, media_type=media_type, headers=headers)
     return Response(body, media_type=media_type, headers=headers)

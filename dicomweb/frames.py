@@ -23,7 +23,15 @@ from dicomweb.responses import HTTPError, archive_of
 from dicomweb.wado import instance_records
 from storage import OCTET_STREAM, PREVIEW, InstanceRecord, NotReady, Subset, plan_frame
 
-SINGLE_PART = {OCTET_STREAM, "image/jp2", "image/jphc", "image/jpeg", "image/jls", "image/dicom-rle", "image/jpx"}
+SINGLE_PART = {
+    OCTET_STREAM,
+    "image/jp2",
+    "image/jphc",
+    "image/jpeg",
+    "image/jls",
+    "image/dicom-rle",
+    "image/jpx",
+}
 # Part of every frame ETag: bumped when the bytes sent for the same request change (2: no pad byte).
 FRAME_BYTES_VERSION = 2
 # One item of a frame list: ASCII digits only (str.isdigit and \\d also take other scripts' digits).
@@ -44,8 +52,11 @@ def frame_numbers(text: str) -> list[int]:
         if not _FRAME_NUMBER.fullmatch(item):
             if item.startswith("-") and _FRAME_NUMBER.fullmatch(item[1:]):
                 raise HTTPError(400, f"frame numbers start at 1, got {item!r} in {text!r}")
-            raise HTTPError(400, f"malformed frame list {text!r}: {item!r} is not a frame number "
-                                 "(positive whole numbers separated by commas, like 1,3,5)")
+            raise HTTPError(
+                400,
+                f"malformed frame list {text!r}: {item!r} is not a frame number "
+                "(positive whole numbers separated by commas, like 1,3,5)",
+            )
         if len(item.lstrip("0")) > _MAX_DIGITS:
             raise HTTPError(404, f"frame {item[:20]}... out of range")
         number = _whole(item)
@@ -81,7 +92,9 @@ def in_range(numbers: list[int], rec: InstanceRecord) -> list[int]:
     """The numbers, if the instance has all those frames (404 naming the first it lacks)."""
     missing = [n for n in numbers if n > rec.number_of_frames]
     if missing:
-        raise HTTPError(404, f"frame {missing[0]} out of range: the instance has {rec.number_of_frames} frame(s)")
+        raise HTTPError(
+            404, f"frame {missing[0]} out of range: the instance has {rec.number_of_frames} frame(s)"
+        )
     return numbers
 
 
@@ -113,9 +126,13 @@ async def frames(request: Request) -> Response:
             body, ts = parts[0]
             return body_response(request, body, f"{plan.media_type}; transfer-syntax={ts}", etag)
         boundary = make_boundary(f"{request.url.path}?{request.url.query}|{choice}")
-        body = encode_multipart(boundary, [(f"{plan.media_type}; transfer-syntax={ts}", b) for b, ts in parts])
+        body = encode_multipart(
+            boundary, [(f"{plan.media_type}; transfer-syntax={ts}", b) for b, ts in parts]
+        )
         syntaxes = {ts for _, ts in parts}
-        ctype = multipart_content_type(boundary, plan.media_type, syntaxes.pop() if len(syntaxes) == 1 else None)
+        ctype = multipart_content_type(
+            boundary, plan.media_type, syntaxes.pop() if len(syntaxes) == 1 else None
+        )
         return Response(body, media_type=ctype, headers={"ETag": etag, "Cache-Control": "private, no-cache"})
     if subset.wanted and not rec.is_master:
         state = await archive.master_state(rec.study_uid, rec.series_uid, rec.sop_uid)
@@ -125,5 +142,9 @@ async def frames(request: Request) -> Response:
         raise HTTPError(406, "layers/fsiz need a layered JPEG 2000 master, and this instance has none")
     reason = "application/octet-stream and transfer-syntax=* are always available"
     if subset.wanted:
-        reason = "a cut (layers/fsiz) is available as image/jp2, image/jphc or transfer-syntax=*, not uncompressed"
-    raise HTTPError(406, f"cannot provide frames in an acceptable form (stored as {rec.transfer_syntax}); {reason}")
+        reason = (
+            "a cut (layers/fsiz) is available as image/jp2, image/jphc or transfer-syntax=*, not uncompressed"
+        )
+    raise HTTPError(
+        406, f"cannot provide frames in an acceptable form (stored as {rec.transfer_syntax}); {reason}"
+    )

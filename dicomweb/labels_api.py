@@ -34,4 +34,3 @@ async def study_labels(request: Request) -> Response:
         except ApiKeyError as exc:
             raise HTTPError(400, str(exc)) from None
     return JSONResponse({"study": study, "labels": await archive_of(request).study_labels(study, labels)})
-

@@ -161,7 +161,12 @@ class _Source:
 
 class _Parser:
     def __init__(
-        self, source: _Source, boundary: bytes, tmpdir: str, max_part_size: int | None, max_parts: int,
+        self,
+        source: _Source,
+        boundary: bytes,
+        tmpdir: str,
+        max_part_size: int | None,
+        max_parts: int,
         on_part: Callable[[Part], None] | None = None,
     ) -> None:
         self.src = source
@@ -352,8 +357,6 @@ def _parse_header_block(block: bytes) -> dict[str, str]:
         headers[name] = f"{headers[name]}, {value}" if name in headers else value
         last = name
     return headers
-
-
 
 
 def _decode_header(raw: bytes) -> str:

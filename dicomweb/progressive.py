@@ -36,6 +36,8 @@ async def series_layers(request: Request) -> Response:
     body = {
         "preview_layers": max(counts) if counts else None,
         "rule": PREVIEW_RULE,
-        "instances": [{"sop_instance_uid": sop, "preview_layers": n, "master": master} for sop, n, master in rows],
+        "instances": [
+            {"sop_instance_uid": sop, "preview_layers": n, "master": master} for sop, n, master in rows
+        ],
     }
     return Response(orjson.dumps(body), media_type="application/json", headers={"Cache-Control": "no-cache"})

@@ -18,7 +18,9 @@ async def _search(request: Request, level: Level) -> Response:
     if "study" in request.path_params:
         study, series, _ = uids(request)
     params = [(k, v) for k, v in request.query_params.multi_items() if k.lower() != "accept"]
-    found = await archive_of(request).search(level, params, study, series, labels=visible_labels(request.scope))
+    found = await archive_of(request).search(
+        level, params, study, series, labels=visible_labels(request.scope)
+    )
     headers = {}
     if found.remaining > 0:
         # PS3.18 8.3.4.4: say that results were cut, and how to get the rest.

@@ -83,6 +83,7 @@ class Wanted:
 
 # ---- handlers ---------------------------------------------------------------------------------
 
+
 async def rendered(request: Request) -> Response:
     """``/rendered`` of a study, series, instance or frame list."""
     options = rendering_options(request, thumbnail=False)
@@ -126,6 +127,7 @@ async def thumbnail(request: Request) -> Response:
 
 
 # ---- query parameters (PS3.18 8.3.5.1) --------------------------------------------------------
+
 
 def rendering_options(request: Request, *, thumbnail: bool) -> RenderOptions:
     """viewport, window and quality from the query; annotation, charset and iccprofile are accepted
@@ -202,6 +204,7 @@ def parse_quality(text: str) -> int:
 
 # ---- negotiation ------------------------------------------------------------------------------
 
+
 def acceptable(request: Request) -> list[Wanted]:
     """What the Accept header (or ``accept=`` query) allows, in order of preference.
 
@@ -225,7 +228,9 @@ def acceptable(request: Request) -> list[Wanted]:
             if inner in MEDIA_TYPES:
                 out.append(Wanted(inner, True))
     if not out:
-        raise HTTPError(406, f"rendered resources are available as {JPEG} or {PNG} (or multipart/related of them)")
+        raise HTTPError(
+            406, f"rendered resources are available as {JPEG} or {PNG} (or multipart/related of them)"
+        )
     return out
 
 
@@ -241,6 +246,7 @@ def choose(wanted: list[Wanted], parts: int, *, collection: bool = False) -> tup
 
 
 # ---- selecting what to render -----------------------------------------------------------------
+
 
 def _pixel_instance(rec: InstanceRecord) -> InstanceRecord:
     if rec.number_of_frames == 0:
@@ -263,14 +269,23 @@ async def _representative(request: Request, recs: list[InstanceRecord]) -> Insta
 
 # ---- responding -------------------------------------------------------------------------------
 
+
 async def _respond(
-    request: Request, kind: str, jobs: list[Job], options: RenderOptions, wanted: list[Wanted],
-    *, collection: bool = False,
+    request: Request,
+    kind: str,
+    jobs: list[Job],
+    options: RenderOptions,
+    wanted: list[Wanted],
+    *,
+    collection: bool = False,
 ) -> Response:
     chosen = choose(wanted, len(jobs), collection=collection)
     if chosen is None:
-        raise HTTPError(406, f"{len(jobs)} images need multipart/related; type=\"{JPEG}\" (or {PNG}), "
-                             "or ask for a single frame or the thumbnail")
+        raise HTTPError(
+            406,
+            f'{len(jobs)} images need multipart/related; type="{JPEG}" (or {PNG}), '
+            "or ask for a single frame or the thumbnail",
+        )
     media, multipart = chosen
     options = replace(options, media_type=media)
     # Multipart bodies name each part's URL (Content-Location), so they depend on the host too.
@@ -351,16 +366,19 @@ async def _multipart(
 
     def part(job: Job, body: bytes) -> bytes:
         rec = job.rec
-        where = (f"{root}/studies/{rec.study_uid}/series/{rec.series_uid}/instances/{rec.sop_uid}"
-                 f"/frames/{job.number}/rendered")
+        where = (
+            f"{root}/studies/{rec.study_uid}/series/{rec.series_uid}/instances/{rec.sop_uid}"
+            f"/frames/{job.number}/rendered"
+        )
         return part_header(boundary, media, {"Content-Location": where}) + body + b"\r\n"
 
     if len(head) == len(jobs):
         # Everything is rendered already: one body, with a Content-Length.
         await parts.aclose()
         body = b"".join(part(job, data) for job, data, _ in head if data is not None) + closing(boundary)
-        return Response(body, status_code=status, headers=headers,
-                        media_type=multipart_content_type(boundary, media))
+        return Response(
+            body, status_code=status, headers=headers, media_type=multipart_content_type(boundary, media)
+        )
 
     async def stream() -> AsyncIterator[bytes]:
         try:
@@ -369,13 +387,15 @@ async def _multipart(
                     yield part(job, data)
             async for job, data, reason in parts:
                 if data is None:
-                    log.warning("left %s frame %d out of a rendered response: %s", job.rec.sop_uid, job.number,
-                                reason)
+                    log.warning(
+                        "left %s frame %d out of a rendered response: %s", job.rec.sop_uid, job.number, reason
+                    )
                 else:
                     yield part(job, data)
             yield closing(boundary)
         finally:
             await parts.aclose()
 
-    return StreamingResponse(stream(), status_code=status, headers=headers,
-                             media_type=multipart_content_type(boundary, media))
+    return StreamingResponse(
+        stream(), status_code=status, headers=headers, media_type=multipart_content_type(boundary, media)
+    )

@@ -71,7 +71,9 @@ def accepts_gzip(request: Request) -> bool:
     return False
 
 
-def dicom_json(request: Request, body: bytes, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+def dicom_json(
+    request: Request, body: bytes, status: int = 200, headers: dict[str, str] | None = None
+) -> Response:
     body = with_base(request, body)
     headers = dict(headers or {})
     headers["Vary"] = "Accept-Encoding"

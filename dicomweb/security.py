@@ -22,13 +22,19 @@ from storage import Archive, Settings
 
 log = logging.getLogger(__name__)
 
+
 def security_middleware(settings: Settings) -> list[Middleware]:
     return [
         Middleware(AuditMiddleware, root=settings.root),
         Middleware(AuthMiddleware, settings=settings),
-        Middleware(LimitsMiddleware, root=settings.root, body_timeout=settings.body_timeout,
-                   max_uploads_per_client=settings.max_uploads_per_client),
+        Middleware(
+            LimitsMiddleware,
+            root=settings.root,
+            body_timeout=settings.body_timeout,
+            max_uploads_per_client=settings.max_uploads_per_client,
+        ),
     ]
+
 
 @contextlib.asynccontextmanager
 async def security_state(app: Starlette, settings: Settings, archive: Archive) -> AsyncIterator[None]:
@@ -37,8 +43,12 @@ async def security_state(app: Starlette, settings: Settings, archive: Archive) -
     app.state.api_keys = archive.api_keys
     app.state.oidc = None
     if settings.oidc_issuer:
-        oidc = OidcVerifier(settings.oidc_issuer, settings.oidc_audience, leeway=settings.oidc_leeway,
-                            refetch_seconds=settings.oidc_jwks_refetch_seconds)
+        oidc = OidcVerifier(
+            settings.oidc_issuer,
+            settings.oidc_audience,
+            leeway=settings.oidc_leeway,
+            refetch_seconds=settings.oidc_jwks_refetch_seconds,
+        )
         with contextlib.suppress(IssuerUnavailable):
             await oidc.refresh()
         app.state.oidc = oidc

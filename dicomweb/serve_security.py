@@ -36,22 +36,28 @@ def check_exposure(settings: Settings, host: str, allow_flag: bool) -> tuple[Set
     """Settings with allow_anonymous decided, and what the banner says about access control; raises
     SettingError (exit 2) for an open server on a network address."""
     if settings.oidc_issuer and not settings.oidc_audience:
-        raise SettingError("DICOMWEB_OIDC_AUDIENCE must be set with DICOMWEB_OIDC_ISSUER "
-                           "(tokens are only accepted for this audience)")
+        raise SettingError(
+            "DICOMWEB_OIDC_AUDIENCE must be set with DICOMWEB_OIDC_ISSUER "
+            "(tokens are only accepted for this audience)"
+        )
     anonymous = settings.allow_anonymous or allow_flag or is_loopback(host)
     keys = asyncio.run(_active_keys(settings))
     if not (settings.oidc_issuer or keys or anonymous):
         raise SettingError(
             f"refusing to serve patient data on {host} to anyone without authentication: set "
             "DICOMWEB_OIDC_ISSUER and DICOMWEB_OIDC_AUDIENCE, or create an API key (dicomweb apikey create "
-            "NAME --scopes read,write), or pass --allow-anonymous (DICOMWEB_ALLOW_ANONYMOUS=1) if this is meant")
+            "NAME --scopes read,write), or pass --allow-anonymous (DICOMWEB_ALLOW_ANONYMOUS=1) "
+            "if this is meant"
+        )
     parts = []
     if settings.oidc_issuer:
         parts.append(f"OIDC tokens from {settings.oidc_issuer} (audience {settings.oidc_audience})")
     if keys:
         parts.append("API keys")
     if not parts:
-        parts.append("none, open to anyone who reaches " + ("this loopback address" if is_loopback(host) else host))
+        parts.append(
+            "none, open to anyone who reaches " + ("this loopback address" if is_loopback(host) else host)
+        )
     return settings.with_overrides(allow_anonymous=anonymous), ", ".join(parts)
 
 

@@ -4,15 +4,16 @@
 - ``/viewer-demo/``: the progressive stack viewer in ``viewer-demo/web`` (plain ES modules), with the
   OpenJPEG WebAssembly decoder (npm ``@cornerstonejs/codec-openjpeg``) under ``/viewer-demo/codec/``.
 - ``/ohif/``, ``/ohif-single/`` and ``/ohif-progressive/``: the prebuilt OHIF v3 viewer (``@ohif/app``'s
-  ``dist/``, unpacked by ``scripts/setup-browser.sh``), each with an ``app-config.js`` generated here whose data
-  source is this server. ``/ohif/`` loads every slice in two retrieve stages, a quality-layer cut of the master
-  (``layers=preview``) first and the lossless master second (see OHIF_STAGES); ``/ohif-single/`` loads each
-  frame once, as stored; ``/ohif-progressive/`` asks for frames as HTJ2K (``image/jphc``,
+  ``dist/``, unpacked by ``scripts/setup-browser.sh``), each with an ``app-config.js`` generated here whose
+  data source is this server. ``/ohif/`` loads every slice in two retrieve stages, a quality-layer cut of the
+  master (``layers=preview``) first and the lossless master second (see OHIF_STAGES); ``/ohif-single/`` loads
+  each frame once, as stored; ``/ohif-progressive/`` asks for frames as HTJ2K (``image/jphc``,
   1.2.840.10008.1.2.4.202), which OHIF decodes at lower resolutions while the bytes stream in.
 
-OHIF's build assumes it lives at ``/``: its ``index.html`` names ``/app.bundle...js``, ``PUBLIC_URL`` is ``"/"``
-and webpack's chunk path is the literal ``"/"``. Those few strings are rewritten at serve time (the dist stays
-as npm shipped it), and client-side routes (``/ohif/viewer?StudyInstanceUIDs=...``) get ``index.html``.
+OHIF's build assumes it lives at ``/``: its ``index.html`` names ``/app.bundle...js``, ``PUBLIC_URL`` is
+``"/"`` and webpack's chunk path is the literal ``"/"``. Those few strings are rewritten at serve time (the
+dist stays as npm shipped it), and client-side routes (``/ohif/viewer?StudyInstanceUIDs=...``) get
+``index.html``.
 
 Where the files are (never the working directory, so the server can be started anywhere):
 
@@ -82,7 +83,12 @@ OHIF_SITES = {"/ohif": "stages", "/ohif-single": "single", "/ohif-progressive": 
 # - Only `layers` in the URL: a resolution cut (fsiz) has fewer rows than the metadata says. `preview` lets
 #   the server pick the count per instance from its fidelity ladder (storage/preview.py); an instance
 #   without a master answers it with its frame as stored.
-LOSSY_STAGE = {"urlArguments": "layers=preview", "imageQualityStatus": 7, "decodeLevel": 0, "streaming": False}
+LOSSY_STAGE = {
+    "urlArguments": "layers=preview",
+    "imageQualityStatus": 7,
+    "decodeLevel": 0,
+    "streaming": False,
+}
 FINAL_STAGE = {"streaming": False}
 OHIF_STAGES = {
     "retrieveOptions": {"lossyPreview": LOSSY_STAGE, "finalLossless": FINAL_STAGE},
@@ -93,16 +99,34 @@ OHIF_STAGES = {
 }
 NO_CACHE = {"Cache-Control": "no-cache"}
 # For the few HTML pages made here (the landing page, "not installed").
-PAGE_STYLE = ("<style>body{font:16px/1.5 system-ui,sans-serif;max-width:48rem;margin:2rem auto;padding:0 1rem}"
-              "pre{background:#eee;padding:.5rem;overflow-x:auto}</style>")
+PAGE_STYLE = (
+    "<style>body{font:16px/1.5 system-ui,sans-serif;max-width:48rem;margin:2rem auto;padding:0 1rem}"
+    "pre{background:#eee;padding:.5rem;overflow-x:auto}</style>"
+)
 IMMUTABLE = {"Cache-Control": "public, max-age=31536000, immutable"}
 # Content-hashed file names in OHIF's dist: 12.bundle.b4688cdbdd856b75.js, 0ddf166f7a343eda.wasm.
 HASHED_NAME = re.compile(r"(^|\.)[0-9a-f]{16}\.(js|wasm|woff2)$")
 # Paths that name a file; anything else under an OHIF mount is a client-side route and gets index.html.
-ASSET_SUFFIXES = frozenset({
-    ".js", ".mjs", ".css", ".map", ".wasm", ".json", ".jsonc", ".png", ".ico", ".svg", ".woff", ".woff2",
-    ".xml", ".webapp", ".html", ".txt",
-})
+ASSET_SUFFIXES = frozenset(
+    {
+        ".js",
+        ".mjs",
+        ".css",
+        ".map",
+        ".wasm",
+        ".json",
+        ".jsonc",
+        ".png",
+        ".ico",
+        ".svg",
+        ".woff",
+        ".woff2",
+        ".xml",
+        ".webapp",
+        ".html",
+        ".txt",
+    }
+)
 WEBPACK_PUBLIC_PATH = b'__webpack_require__.p = "/";'
 # In a page, PUBLIC_URL (set by index.html); in a worker, the folder of the worker's own script.
 DYNAMIC_PUBLIC_PATH = (
@@ -152,11 +176,15 @@ def web_files() -> Located:
     # The pages are part of the package; DICOMWEB_VIEWER_DEMO_DIR/web, when there, is a copy being worked on.
     override = viewer_demo_dir_override()
     packaged = PACKAGE_WEB if PACKAGE_WEB.is_dir() else CHECKOUT_DEMO / "web"
-    return Located("the viewer demo's pages", "index.html", ([override / "web"] if override else []) + [packaged])
+    return Located(
+        "the viewer demo's pages", "index.html", ([override / "web"] if override else []) + [packaged]
+    )
 
 
 def codec_files() -> Located:
-    return Located("the JPEG 2000 decoder", "openjpegwasm_decode.js", [d / CODEC_SUBDIR for d in asset_dirs()])
+    return Located(
+        "the JPEG 2000 decoder", "openjpegwasm_decode.js", [d / CODEC_SUBDIR for d in asset_dirs()]
+    )
 
 
 def ohif_files() -> Located:
@@ -167,7 +195,9 @@ def ohif_files() -> Located:
 def install_commands(located: Located) -> list[str]:
     """Shell commands that put the missing npm assets where this server looks first (Node.js's npm needed)."""
     if not located.candidates:  # no home folder, no checkout, no variable: nowhere to look
-        return ["export DICOMWEB_VIEWER_DEMO_DIR=/some/folder  # then restart the server and reload this page"]
+        return [
+            "export DICOMWEB_VIEWER_DEMO_DIR=/some/folder  # then restart the server and reload this page"
+        ]
     target = located.candidates[0]
     if located.marker == "openjpegwasm_decode.js":
         prefix = shlex.quote(str(target.parents[len(Path(CODEC_SUBDIR).parts) - 1]))  # it holds node_modules/
@@ -182,12 +212,15 @@ def install_commands(located: Located) -> list[str]:
 
 def setup_hint(located: Located) -> str:
     """Plain text: where the files were looked for, and what installs them."""
-    return (f"{located.what} is not installed; looked in: {', '.join(map(str, located.candidates))}. "
-            f"To install it: {' ; '.join(install_commands(located))} "
-            "(from a source checkout, scripts/setup-browser.sh --viewers-only installs the decoder and OHIF).")
+    return (
+        f"{located.what} is not installed; looked in: {', '.join(map(str, located.candidates))}. "
+        f"To install it: {' ; '.join(install_commands(located))} "
+        "(from a source checkout, scripts/setup-browser.sh --viewers-only installs the decoder and OHIF)."
+    )
 
 
 # ---- files ------------------------------------------------------------------------------------------
+
 
 def _cache_headers(name: str) -> dict[str, str]:
     return IMMUTABLE if HASHED_NAME.search(name) else NO_CACHE
@@ -230,25 +263,32 @@ def _file_response(request: Request, path: Path, headers: dict[str, str]) -> Res
 
 def _add_slash(prefix: str) -> Route:
     """`/viewer-demo` -> `/viewer-demo/`, keeping the query (`?study=...`)."""
+
     async def redirect(request: Request) -> Response:
         query = request.url.query
         return RedirectResponse(prefix + ("?" + query if query else ""), 308)
+
     return Route(prefix.rstrip("/"), redirect, methods=["GET", "HEAD"])
 
 
 def _missing_page(located: Located) -> str:
     places = "".join(f"<li><code>{html.escape(str(c))}</code></li>" for c in located.candidates)
     commands = html.escape("\n".join(install_commands(located)))
-    return (f"<p>{located.what[0].upper() + located.what[1:]} is not installed: this server looked in</p>"
-            f"<ul>{places}</ul><p>These commands install it where this server looks first (they need Node.js's "
-            f"<code>npm</code>); then reload, no restart needed:</p><pre>{commands}</pre>"
-            "<p>From a source checkout, <code>scripts/setup-browser.sh --viewers-only</code> installs the "
-            "viewer demo's decoder and OHIF there.</p>")
+    return (
+        f"<p>{located.what[0].upper() + located.what[1:]} is not installed: this server looked in</p>"
+        f"<ul>{places}</ul><p>These commands install it where this server looks first (they need Node.js's "
+        f"<code>npm</code>); then reload, no restart needed:</p><pre>{commands}</pre>"
+        "<p>From a source checkout, <code>scripts/setup-browser.sh --viewers-only</code> installs the "
+        "viewer demo's decoder and OHIF there.</p>"
+    )
 
 
 def _missing(located: Located) -> Response:
     title = f"{located.what} is not installed"
-    body = f"<!doctype html><meta charset=utf-8><title>{title}</title>{PAGE_STYLE}<h1>{title}</h1>{_missing_page(located)}"
+    body = (
+        f"<!doctype html><meta charset=utf-8><title>{title}</title>{PAGE_STYLE}<h1>{title}</h1>"
+        f"{_missing_page(located)}"
+    )
     return HTMLResponse(body, status_code=503, headers=NO_CACHE)
 
 
@@ -259,6 +299,7 @@ def _module_config(settings: Settings) -> _Body:
 
 # ---- viewer-demo -------------------------------------------------------------------------------------
 
+
 def viewer_demo_routes(settings: Settings, web: Located, codec: Located) -> list[BaseRoute]:
     config = _module_config(settings)
 
@@ -268,7 +309,9 @@ def viewer_demo_routes(settings: Settings, web: Located, codec: Located) -> list
             return _bytes_response(request, config, "text/javascript", NO_CACHE)
         root = web.get()
         if root is None:  # a package built without its data files
-            return Response(f"not installed: {web.what}, looked in {', '.join(map(str, web.candidates))}", 404)
+            return Response(
+                f"not installed: {web.what}, looked in {', '.join(map(str, web.candidates))}", 404
+            )
         path = _inside(root, rel)
         return _file_response(request, path, NO_CACHE) if path else Response("not found", 404)
 
@@ -366,24 +409,32 @@ def ohif_app_config(settings: Settings, mount: str, kind: str) -> _Body:
         "investigationalUseDialog": {"option": "never"},
         "maxNumRequests": {"interaction": 100, "thumbnail": 5, "prefetch": 25},
         "defaultDataSourceName": "dicomweb",
-        "dataSources": [{
-            "namespace": "@ohif/extension-default.dataSourcesModule.dicomweb",
-            "sourceName": "dicomweb",
-            "configuration": source,
-        }],
+        "dataSources": [
+            {
+                "namespace": "@ohif/extension-default.dataSourcesModule.dicomweb",
+                "sourceName": "dicomweb",
+                "configuration": source,
+            }
+        ],
     }
     if settings.oidc_issuer and settings.ohif_oidc_client_id:
         # OHIF's own sign-in (oidc-client-ts, authorization code with PKCE); relative URIs are resolved
         # under the mount (/ohif/callback). Register them with the issuer for this client.
-        config["oidc"] = [{
-            "authority": settings.oidc_issuer, "client_id": settings.ohif_oidc_client_id,
-            "redirect_uri": "/callback", "response_type": "code", "scope": f"openid {settings.scope_read}",
-            "post_logout_redirect_uri": "/",
-        }]
+        config["oidc"] = [
+            {
+                "authority": settings.oidc_issuer,
+                "client_id": settings.ohif_oidc_client_id,
+                "redirect_uri": "/callback",
+                "response_type": "code",
+                "scope": f"openid {settings.scope_read}",
+                "post_logout_redirect_uri": "/",
+            }
+        ]
     root = json.dumps(settings.public_url + settings.root)
     public = "true" if settings.public_url else "false"
     script = (
-        f"/* Generated by dicomweb/static_sites.py for {mount}/ (OHIF's own dist/app-config.js is not used). */\n"
+        f"/* Generated by dicomweb/static_sites.py for {mount}/ "
+        "(OHIF's own dist/app-config.js is not used). */\n"
         f"window.config = {json.dumps(config, indent=2)};\n"
         f"(function () {{\n"
         f"  var root = {public} ? {root} : window.location.origin + {root};\n"
@@ -417,6 +468,7 @@ def _fix_index(prefix: str) -> Callable[[bytes], bytes]:
     def fix(html: bytes) -> bytes:
         html = html.replace(b'window.PUBLIC_URL="/"', f'window.PUBLIC_URL="{prefix}"'.encode())
         return re.sub(rb'(href|src|content)="/(?=[^/"])', lambda m: m[1] + b'="' + prefix.encode(), html)
+
     return fix
 
 
@@ -426,7 +478,9 @@ def _fix_asset(body: bytes) -> bytes | None:
     return None if fixed == body else fixed
 
 
-def _ohif_site(settings: Settings, ohif: Located, rewrites: _Rewrites, mount: str, kind: str) -> list[BaseRoute]:
+def _ohif_site(
+    settings: Settings, ohif: Located, rewrites: _Rewrites, mount: str, kind: str
+) -> list[BaseRoute]:
     prefix = mount + "/"
     app_config = ohif_app_config(settings, mount, kind)
     fix_index = _fix_index(prefix)
@@ -460,11 +514,15 @@ def _ohif_site(settings: Settings, ohif: Located, rewrites: _Rewrites, mount: st
 
 def ohif_routes(settings: Settings, ohif: Located) -> list[BaseRoute]:
     rewrites = _Rewrites()
-    return [route for mount, kind in OHIF_SITES.items()
-            for route in _ohif_site(settings, ohif, rewrites, mount, kind)]
+    return [
+        route
+        for mount, kind in OHIF_SITES.items()
+        for route in _ohif_site(settings, ohif, rewrites, mount, kind)
+    ]
 
 
 # ---- the landing page --------------------------------------------------------------------------------
+
 
 def site_notes() -> tuple[str, str]:
     """What the start-up banner adds to the viewer demo's and OHIF's URLs: empty when installed."""
@@ -475,21 +533,26 @@ def site_notes() -> tuple[str, str]:
 
 def landing_route(settings: Settings, codec: Located, ohif: Located) -> Route:
     """`GET /`: what this server offers, with links, instead of a bare 404."""
+
     async def landing(request: Request) -> Response:
         root = html.escape(settings.root)
         status = "" if codec.get() else " (the page's JPEG 2000 decoder is not installed: the server decodes)"
         if ohif.get():
-            ohif_item = ('<li><a href="ohif/">OHIF v3</a>: each slice as a quality-layer preview, then lossless; '
-                         '<a href="ohif-single/">OHIF, one stage</a>: frames as stored (layered lossless JPEG 2000); '
-                         '<a href="ohif-progressive/">OHIF, progressive</a>: HTJ2K, decoded while it streams in</li>')
+            ohif_item = (
+                '<li><a href="ohif/">OHIF v3</a>: each slice as a quality-layer preview, then lossless; '
+                '<a href="ohif-single/">OHIF, one stage</a>: frames as stored (layered lossless JPEG 2000); '
+                '<a href="ohif-progressive/">OHIF, progressive</a>: HTJ2K, decoded while it streams in</li>'
+            )
         else:
             ohif_item = f"<li>OHIF v3 (<code>/ohif/</code>) is not installed.{_missing_page(ohif)}</li>"
         body = (
             "<!doctype html><meta charset=utf-8><meta name=viewport content='width=device-width'>"
             f"<title>dicomweb-progressive</title>{PAGE_STYLE}<h1>dicomweb-progressive</h1>"
             f"<p>A DICOMweb server (QIDO-RS, WADO-RS, STOW-RS). DICOMweb root: <code>{root}</code>, e.g. "
-            f'<a href="{root.lstrip("/")}/studies">{root}/studies</a>; health: <a href="healthz">/healthz</a>.</p>'
-            f'<ul><li><a href="viewer-demo/">Viewer demo</a>: progressive stack viewer{status}</li>{ohif_item}</ul>'
+            f'<a href="{root.lstrip("/")}/studies">{root}/studies</a>; '
+            'health: <a href="healthz">/healthz</a>.</p>'
+            f'<ul><li><a href="viewer-demo/">Viewer demo</a>: progressive stack viewer{status}</li>'
+            f"{ohif_item}</ul>"
         )
         return HTMLResponse(body, headers=NO_CACHE)
 
@@ -499,5 +562,8 @@ def landing_route(settings: Settings, codec: Located, ohif: Located) -> Route:
 def static_routes(settings: Settings) -> list[BaseRoute]:
     """Routes for `/`, /viewer-demo/ and the OHIF mounts; add them after the DICOMweb mount."""
     codec, ohif = codec_files(), ohif_files()
-    return [landing_route(settings, codec, ohif), *viewer_demo_routes(settings, web_files(), codec),
-            *ohif_routes(settings, ohif)]
+    return [
+        landing_route(settings, codec, ohif),
+        *viewer_demo_routes(settings, web_files(), codec),
+        *ohif_routes(settings, ohif),
+    ]

@@ -32,19 +32,27 @@ async def _receive(request: Request, tmpdir: str, accept: Callable[[Part], None]
         if not declared.isdigit():
             raise HTTPError(400, f"malformed Content-Length {declared!r}")
         if int(declared) > settings.max_upload_bytes:
-            raise HTTPError(413, f"upload of {declared} bytes exceeds the limit of {settings.max_upload_bytes}")
+            raise HTTPError(
+                413, f"upload of {declared} bytes exceeds the limit of {settings.max_upload_bytes}"
+            )
     content_type = request.headers.get("content-type", "")
     media = _media(content_type)
     if media == "multipart/related":
         ranges = parse_accept(content_type)
         part_type = (ranges[0].param("type") if ranges else None) or DICOM
         if part_type.lower() != DICOM:
-            raise HTTPError(415, f"multipart/related of type {part_type!r} is not supported: send application/dicom")
+            raise HTTPError(
+                415, f"multipart/related of type {part_type!r} is not supported: send application/dicom"
+            )
         try:
             boundary = boundary_from_content_type(content_type)
             await read_multipart(
-                request.stream(), boundary, tmpdir,
-                max_part_size=settings.max_upload_bytes, max_parts=settings.max_parts, on_part=accept,
+                request.stream(),
+                boundary,
+                tmpdir,
+                max_part_size=settings.max_upload_bytes,
+                max_parts=settings.max_parts,
+                on_part=accept,
             )
             return
         except MultipartError as exc:
@@ -60,7 +68,9 @@ async def _receive(request: Request, tmpdir: str, accept: Callable[[Part], None]
                 await fh.write(chunk)
         accept(Part(headers={"content-type": content_type}, content_type=content_type, path=path, size=size))
         return
-    raise HTTPError(415, f"unsupported media type {media or '(none)'!r}: use multipart/related; type=\"application/dicom\"")
+    raise HTTPError(
+        415, f'unsupported media type {media or "(none)"!r}: use multipart/related; type="application/dicom"'
+    )
 
 
 def _sop_ref(o: Outcome, base: str) -> dict:
@@ -113,8 +123,11 @@ async def _store(request: Request, batch: Upload) -> list[Outcome]:
     def accept(part: Part) -> None:
         number = len(refused) + len(ingested) + 1
         if _media(part.content_type) not in ("", DICOM):
-            refused[number] = Outcome(False, failure_code=CANNOT_UNDERSTAND,
-                                      reason=f"type {_media(part.content_type)} is not application/dicom")
+            refused[number] = Outcome(
+                False,
+                failure_code=CANNOT_UNDERSTAND,
+                reason=f"type {_media(part.content_type)} is not application/dicom",
+            )
         elif part.size == 0:
             refused[number] = Outcome(False, failure_code=CANNOT_UNDERSTAND, reason="empty part")
         else:

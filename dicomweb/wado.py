@@ -45,6 +45,7 @@ async def instance_records(request: Request) -> list[InstanceRecord]:
 
 # ---- instances ------------------------------------------------------------------------------------
 
+
 def _instance_syntax(choice: Choice, rec: InstanceRecord) -> str | None:
     """Transfer syntax to send `rec` in for this choice, or None if it cannot be produced."""
     ts = choice.transfer_syntax or EXPLICIT_LE
@@ -68,8 +69,11 @@ async def retrieve(request: Request) -> Response:
             continue
         return await _instances_response(request, archive, plan, choice.multipart)
     stored = sorted({r.transfer_syntax for r in recs})
-    raise HTTPError(406, f"cannot produce an acceptable representation; stored as {', '.join(stored)}, "
-                         f"and {EXPLICIT_LE} or transfer-syntax=* can always be asked for")
+    raise HTTPError(
+        406,
+        f"cannot produce an acceptable representation; stored as {', '.join(stored)}, "
+        f"and {EXPLICIT_LE} or transfer-syntax=* can always be asked for",
+    )
 
 
 async def _instances_response(
@@ -110,8 +114,9 @@ async def _instances_response(
     if not multipart:
         rec, ts = plan[0]
         headers = {"Content-Length": str(rec.size)} if ts == rec.transfer_syntax else {}
-        return StreamingResponse(body_of(rec, ts), media_type=f"{DICOM}; transfer-syntax={ts}", headers=headers)
-
+        return StreamingResponse(
+            body_of(rec, ts), media_type=f"{DICOM}; transfer-syntax={ts}", headers=headers
+        )
 
     boundary = _boundary(request)
     parts = [(f"{DICOM}; transfer-syntax={ts}", rec, ts) for rec, ts in plan]
@@ -134,6 +139,7 @@ async def _instances_response(
 
 # ---- metadata -------------------------------------------------------------------------------------
 
+
 async def metadata(request: Request) -> Response:
     check_json_accept(request)
     study, series, sop = uids(request)
@@ -141,7 +147,9 @@ async def metadata(request: Request) -> Response:
     if series is not None and sop is None and accepts_gzip(request):
         # A series, to a client that takes gzip (every viewer): its compressed body, kept ready.
         body = await archive.compressed_series_metadata(study, series, base_url(request))
-        return Response(body, media_type=DICOM_JSON, headers={"Vary": "Accept-Encoding", "Content-Encoding": "gzip"})
+        return Response(
+            body, media_type=DICOM_JSON, headers={"Vary": "Accept-Encoding", "Content-Encoding": "gzip"}
+        )
     rows = await archive.metadata(study, series, sop)
     return dicom_json(request, b"[" + b",".join(rows) + b"]")
 
@@ -188,11 +196,15 @@ def _bulk_response(
     if not_modified(request, etag):
         return Response(status_code=304, headers={"ETag": etag})
     boundary = _boundary(request)
-    return Response(encode_multipart(boundary, parts), media_type=multipart_content_type(boundary, media),
-                    headers={"ETag": etag})
+    return Response(
+        encode_multipart(boundary, parts),
+        media_type=multipart_content_type(boundary, media),
+        headers={"ETag": etag},
+    )
 
 
 # ---- delete ---------------------------------------------------------------------------------------
+
 
 async def delete(request: Request) -> Response:
     await archive_of(request).delete(*uids(request))

@@ -34,5 +34,6 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 # The linters hold the line before the tests run: ruff (rules in pyproject.toml) and mypy on the code.
 "$VENV/bin/python" -m ruff check .
+"$VENV/bin/python" -m ruff format --check .
 "$VENV/bin/python" -m mypy dicomweb storage
 "$VENV/bin/python" -m pytest -q "$@"

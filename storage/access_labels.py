@@ -22,7 +22,8 @@ from storage import schema
 
 metadata = MetaData()
 study_labels = Table(
-    "study_labels", metadata,
+    "study_labels",
+    metadata,
     Column("study_uid", String(64), nullable=False),
     Column("label", String(64), nullable=False),
     PrimaryKeyConstraint("study_uid", "label"),
@@ -44,8 +45,14 @@ async def add_labels(engine: AsyncEngine, studies: Iterable[str], labels: Iterab
     if not rows:
         return
     async with engine.begin() as conn:
-        have = {(r.study_uid, r.label) for r in (await conn.execute(
-            select(study_labels).where(study_labels.c.study_uid.in_({r["study_uid"] for r in rows})))).all()}
+        have = {
+            (r.study_uid, r.label)
+            for r in (
+                await conn.execute(
+                    select(study_labels).where(study_labels.c.study_uid.in_({r["study_uid"] for r in rows}))
+                )
+            ).all()
+        }
         new = [r for r in rows if (r["study_uid"], r["label"]) not in have]
         if new:
             await conn.execute(insert(study_labels), new)
@@ -61,14 +68,21 @@ async def set_labels(engine: AsyncEngine, study: str, labels: Iterable[str]) -> 
 
 async def labels_of(engine: AsyncEngine, study: str) -> list[str]:
     async with engine.connect() as conn:
-        rows = (await conn.execute(select(study_labels.c.label).where(study_labels.c.study_uid == study)
-                                   .order_by(study_labels.c.label))).all()
+        rows = (
+            await conn.execute(
+                select(study_labels.c.label)
+                .where(study_labels.c.study_uid == study)
+                .order_by(study_labels.c.label)
+            )
+        ).all()
     return [r.label for r in rows]
 
 
 async def study_exists(engine: AsyncEngine, study: str) -> bool:
     async with engine.connect() as conn:
-        return bool((await conn.execute(select(exists().where(schema.studies.c.study_uid == study)))).scalar())
+        return bool(
+            (await conn.execute(select(exists().where(schema.studies.c.study_uid == study)))).scalar()
+        )
 
 
 async def hidden(engine: AsyncEngine, study: str, labels: Iterable[str]) -> bool:
@@ -76,6 +90,13 @@ async def hidden(engine: AsyncEngine, study: str, labels: Iterable[str]) -> bool
     if not await study_exists(engine, study):
         return False
     async with engine.connect() as conn:
-        shared = (await conn.execute(select(exists().where(
-            study_labels.c.study_uid == study, study_labels.c.label.in_(sorted(labels)))))).scalar()
+        shared = (
+            await conn.execute(
+                select(
+                    exists().where(
+                        study_labels.c.study_uid == study, study_labels.c.label.in_(sorted(labels))
+                    )
+                )
+            )
+        ).scalar()
     return not shared

@@ -35,7 +35,8 @@ CACHE_SECONDS = 5.0  # how long a lookup (or a revocation) may take to be seen b
 
 metadata = MetaData()
 api_keys = Table(
-    "api_keys", metadata,
+    "api_keys",
+    metadata,
     Column("name", String(128), primary_key=True),
     Column("key_sha256", String(64), nullable=False, unique=True),
     Column("scopes", Text, nullable=False),  # space-separated abstract scopes
@@ -90,8 +91,9 @@ def parse_labels(text: str) -> frozenset[str]:
 
 
 def _from_row(row) -> ApiKey:
-    return ApiKey(row.name, frozenset(row.scopes.split()), frozenset(row.labels.split()), row.created_at,
-                  row.revoked_at)
+    return ApiKey(
+        row.name, frozenset(row.scopes.split()), frozenset(row.labels.split()), row.created_at, row.revoked_at
+    )
 
 
 class ApiKeys:
@@ -117,9 +119,16 @@ class ApiKeys:
                 raise ApiKeyError(f"a key named {name!r} exists: revoke it first")
             if old is not None:  # a revoked key's name can be given to a new key
                 await conn.execute(delete(api_keys).where(api_keys.c.name == name))
-            await conn.execute(insert(api_keys).values(
-                name=name, key_sha256=key_hash(key), scopes=" ".join(sorted(scopes)),
-                labels=" ".join(sorted(labels)), created_at=time.time(), revoked_at=None))
+            await conn.execute(
+                insert(api_keys).values(
+                    name=name,
+                    key_sha256=key_hash(key),
+                    scopes=" ".join(sorted(scopes)),
+                    labels=" ".join(sorted(labels)),
+                    created_at=time.time(),
+                    revoked_at=None,
+                )
+            )
         self._forget()
         return key
 
@@ -132,15 +141,18 @@ class ApiKeys:
         """True when an active key of that name was revoked."""
         async with self.engine.begin() as conn:
             result = await conn.execute(
-                update(api_keys).where(api_keys.c.name == name, api_keys.c.revoked_at.is_(None))
-                .values(revoked_at=time.time()))
+                update(api_keys)
+                .where(api_keys.c.name == name, api_keys.c.revoked_at.is_(None))
+                .values(revoked_at=time.time())
+            )
         self._forget()
         return bool(result.rowcount)
 
     async def relabel(self, name: str, labels: frozenset[str]) -> bool:
         async with self.engine.begin() as conn:
             result = await conn.execute(
-                update(api_keys).where(api_keys.c.name == name).values(labels=" ".join(sorted(labels))))
+                update(api_keys).where(api_keys.c.name == name).values(labels=" ".join(sorted(labels)))
+            )
         self._forget()
         return bool(result.rowcount)
 
@@ -158,8 +170,11 @@ class ApiKeys:
         if cached is not None and now - cached[0] < CACHE_SECONDS:
             return cached[1]
         async with self.engine.connect() as conn:
-            row = (await conn.execute(select(api_keys).where(
-                api_keys.c.key_sha256 == digest, api_keys.c.revoked_at.is_(None)))).first()
+            row = (
+                await conn.execute(
+                    select(api_keys).where(api_keys.c.key_sha256 == digest, api_keys.c.revoked_at.is_(None))
+                )
+            ).first()
         found = _from_row(row) if row is not None else None
         if len(self._lookups) > 10_000:  # a flood of made-up keys must not grow memory
             self._lookups.clear()
@@ -172,8 +187,11 @@ class ApiKeys:
         if self._any is not None and now - self._any[0] < CACHE_SECONDS:
             return self._any[1]
         async with self.engine.connect() as conn:
-            n = (await conn.execute(select(func.count()).select_from(api_keys)
-                                    .where(api_keys.c.revoked_at.is_(None)))).scalar_one()
+            n = (
+                await conn.execute(
+                    select(func.count()).select_from(api_keys).where(api_keys.c.revoked_at.is_(None))
+                )
+            ).scalar_one()
         self._any = (now, bool(n))
         return bool(n)
 

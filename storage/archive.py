@@ -114,8 +114,12 @@ class Archive:
         self._parser_count = parser_processes if parser_processes is not None else (os.cpu_count() or 1)
         if self._parser_count > 1:
             self._parsers = self._new_parser_pool()
-            await asyncio.gather(*(asyncio.get_running_loop().run_in_executor(self._parsers, _warm_parser)
-                                   for _ in range(self._parser_count)))
+            await asyncio.gather(
+                *(
+                    asyncio.get_running_loop().run_in_executor(self._parsers, _warm_parser)
+                    for _ in range(self._parser_count)
+                )
+            )
         if start_masters:
             self.masters.start()
 
@@ -140,11 +144,13 @@ class Archive:
 
     def _new_parser_pool(self) -> ProcessPoolExecutor:
         # forkserver: never fork this process, which has threads (SQLite, codec pool) running.
-        return ProcessPoolExecutor(self._parser_count, mp_context=multiprocessing.get_context("forkserver"),
-                                   initializer=_warm_parser)
+        return ProcessPoolExecutor(
+            self._parser_count, mp_context=multiprocessing.get_context("forkserver"), initializer=_warm_parser
+        )
 
     async def _run_parser(self, job: functools.partial):
-        """Run `job` in a parser process; a pool whose process died is replaced and the job tried once more."""
+        """Run `job` in a parser process; a pool whose process died is replaced and the job tried once
+        more."""
         for attempt in (1, 2):
             pool = self._parsers
             if pool is None:
@@ -164,21 +170,25 @@ class Archive:
     async def _parse_chunk(self, paths: list[Path], alone: bool = False) -> list[Noted]:
         try:
             return await self._run_parser(
-                functools.partial(parse_files_noting_warnings, paths, self.settings.bulk_data_threshold))
+                functools.partial(parse_files_noting_warnings, paths, self.settings.bulk_data_threshold)
+            )
         except BrokenProcessPool as exc:
             if alone or len(paths) == 1:
                 return [(exc, [])] * len(paths)
         # Find the file that kills parsers: each one alone, so the others are still stored.
         return [r for p in paths for r in await self._parse_chunk([p], alone=True)]
 
-    def _check(self, result: Parsed, path: Path,
-               expected_study: str | None) -> tuple[Outcome, ParsedInstance | None]:
+    def _check(
+        self, result: Parsed, path: Path, expected_study: str | None
+    ) -> tuple[Outcome, ParsedInstance | None]:
         """The outcome of one parsed file, refused if it does not belong where it was sent."""
         if isinstance(result, InvalidInstance):
             return Outcome(False, failure_code=CANNOT_UNDERSTAND, reason=str(result)), None
         if isinstance(result, BrokenProcessPool):
             log.error("a parser process died on %s", path)
-            return Outcome(False, failure_code=PROCESSING_FAILURE, reason="the parser crashed on this file"), None
+            return Outcome(
+                False, failure_code=PROCESSING_FAILURE, reason="the parser crashed on this file"
+            ), None
         outcome = Outcome(True, result.sop_class_uid, result.sop_uid, result.study_uid, result.series_uid)
         if expected_study is not None and result.study_uid != expected_study:
             outcome.stored = False
@@ -200,8 +210,9 @@ class Archive:
             batch.add(path)
         return await batch.finish()
 
-    async def _store_parsed(self, paths: list[Path], parsed_files: list[Noted],
-                            expected_study: str | None) -> list[Outcome]:
+    async def _store_parsed(
+        self, paths: list[Path], parsed_files: list[Noted], expected_study: str | None
+    ) -> list[Outcome]:
         prepared = [self._check(r, p, expected_study) for (r, _), p in zip(parsed_files, paths, strict=True)]
         outcomes = [o for o, _ in prepared]
         _note_warnings(outcomes, [noted for _, noted in parsed_files])
@@ -215,7 +226,9 @@ class Archive:
             await lock.acquire()
         try:
             # Blobs are written (and fsynced) in parallel: fsync releases the GIL.
-            keyed = [(new_blob_key(parsed.series_uid, sop), path, parsed) for sop, (path, parsed) in chosen.items()]
+            keyed = [
+                (new_blob_key(parsed.series_uid, sop), path, parsed) for sop, (path, parsed) in chosen.items()
+            ]
             sizes = await self.blobs.put_files([(key, path) for key, path, _ in keyed])
             items: list[tuple[ParsedInstance, str, int]] = []
             failed: set[str] = set()
@@ -281,7 +294,9 @@ class Archive:
         return {
             "instances": await self.index.count_instances(),
             "pending_masters": jobs.get("pending", 0),
-            "oldest_pending_seconds": None if progress.oldest_seconds is None else round(progress.oldest_seconds, 1),
+            "oldest_pending_seconds": None
+            if progress.oldest_seconds is None
+            else round(progress.oldest_seconds, 1),
             "masters_per_second": round(progress.per_second, 2),
             "kept_as_received": jobs.get("kept", 0),
             "kept_as_received_reasons": await self.index.kept_reasons(),
@@ -307,11 +322,14 @@ class Archive:
     async def master_report(self, sops: list[str]) -> list[MasterReport]:
         """Per instance (that still exists): whether it has its master, else its job's state and why
         there is none."""
-        return [MasterReport(row.sop_uid, bool(row.has_master), row.state or "", _kept_reason(row))
-                for row in await self.index.master_report(sops)]
+        return [
+            MasterReport(row.sop_uid, bool(row.has_master), row.state or "", _kept_reason(row))
+            for row in await self.index.master_report(sops)
+        ]
 
-    async def instances(self, study: str, series: str | None = None, sop: str | None = None
-                        ) -> list[InstanceRecord]:
+    async def instances(
+        self, study: str, series: str | None = None, sop: str | None = None
+    ) -> list[InstanceRecord]:
         """The instances of a study, a series of it, or one instance; NotFound if there are none."""
         recs = await self.index.instances(study, series, sop)
         if not recs:
@@ -340,7 +358,9 @@ class Archive:
             # Level 6 (not the per-request level 1): it is compressed once per version of the series.
             return gzip.compress(body, compresslevel=6, mtime=0)
 
-        body = await metadata_bodies.get(self.index.engine, study, series, f"{self.index.url}|{base_url}", build)
+        body = await metadata_bodies.get(
+            self.index.engine, study, series, f"{self.index.url}|{base_url}", build
+        )
         if body is None:
             raise no_such(study, series, None)
         self.readahead.open_series(study, series)
@@ -360,8 +380,15 @@ class Archive:
             raise no_such(study, series, None)
         return rows
 
-    async def search(self, level: Level, params: list[tuple[str, str]], study: str | None = None,
-                     series: str | None = None, *, labels: frozenset[str] | None = None) -> SearchResult:
+    async def search(
+        self,
+        level: Level,
+        params: list[tuple[str, str]],
+        study: str | None = None,
+        series: str | None = None,
+        *,
+        labels: frozenset[str] | None = None,
+    ) -> SearchResult:
         """QIDO-RS: the matches of the query `params` at `level`, within a study or series if given, and
         among studies with one of `labels` if given. BadRequest (QueryError) for a malformed query;
         NotFound when the study or series does not exist (or cannot be seen)."""
@@ -452,17 +479,21 @@ class Archive:
 
     async def read_frame(self, rec: InstanceRecord, number: int) -> bytes:
         """Stored bytes of frame `number` (1-based), without decoding."""
-        pieces = await asyncio.gather(*(self.blobs.read(rec.blob_key, off, length)
-                                        for off, length in rec.frames[number - 1]))
+        pieces = await asyncio.gather(
+            *(self.blobs.read(rec.blob_key, off, length) for off, length in rec.frames[number - 1])
+        )
         return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
-    async def frame(self, rec: InstanceRecord, number: int, plan: FramePlan,
-                    subset: Subset = WHOLE) -> tuple[bytes, str]:
+    async def frame(
+        self, rec: InstanceRecord, number: int, plan: FramePlan, subset: Subset = WHOLE
+    ) -> tuple[bytes, str]:
         """Frame `number` as `plan` says (see storage.frame_forms), and the transfer syntax the bytes
         really are in: a master neither cut nor reduced is labelled lossless."""
         if plan.source is Source.STORED:
             data = await self.read_frame(rec, number)
-            return (without_padding(data) if syntax(plan.transfer_syntax).codestream else data), plan.transfer_syntax
+            return (
+                without_padding(data) if syntax(plan.transfer_syntax).codestream else data
+            ), plan.transfer_syntax
         if plan.source is Source.NATIVE:
             return await self.native_frame(rec, number), EXPLICIT_LE
         # Until the master exists, its codestream is encoded on the fly from the received frame: not
@@ -473,7 +504,11 @@ class Archive:
         else:
             master = await self.read_frame(rec, number)
         head = info(master)
-        drop = levels_to_drop(head.width, head.height, head.levels, *subset.fsiz) if subset.fsiz and not provisional else 0
+        drop = (
+            levels_to_drop(head.width, head.height, head.levels, *subset.fsiz)
+            if subset.fsiz and not provisional
+            else 0
+        )
         try:
             if plan.source is Source.HTJ2K:
                 # HTJ2K has a single quality layer: `layers` cannot apply, resolution levels can.
@@ -504,7 +539,9 @@ class Archive:
         except FileNotFoundError:
             pass  # deleted meanwhile
 
-    async def _provisional_frame(self, rec: InstanceRecord, number: int, fsiz: tuple[int, int] | None) -> bytes:
+    async def _provisional_frame(
+        self, rec: InstanceRecord, number: int, fsiz: tuple[int, int] | None
+    ) -> bytes:
         try:
             async with self.blobs.local_file(rec.blob_key) as path:
                 return await asyncio.to_thread(provisional_codestream, path, number, fsiz)
@@ -523,8 +560,11 @@ class Archive:
         state = await self.master_state(rec.study_uid, rec.series_uid, rec.sop_uid)
         if not state.pending:
             # No master coming; or it came since `rec` was read: then the record as it is now.
-            return rec if state.fidelity is None else (await self.instances(rec.study_uid, rec.series_uid,
-                                                                            rec.sop_uid))[0]
+            return (
+                rec
+                if state.fidelity is None
+                else (await self.instances(rec.study_uid, rec.series_uid, rec.sop_uid))[0]
+            )
         self.masters.want(rec.series_uid)
         deadline = time.monotonic() + self.settings.master_wait_seconds
         while (left := deadline - time.monotonic()) > 0:
@@ -595,7 +635,9 @@ class Archive:
         frame = await self.read_frame(rec, number) if number <= len(rec.frames) else None
         try:
             async with self.blobs.local_file(rec.blob_key) as path:
-                return await asyncio.to_thread(render_frame, path, rec.transfer_syntax, frame, number, options)
+                return await asyncio.to_thread(
+                    render_frame, path, rec.transfer_syntax, frame, number, options
+                )
         except FileNotFoundError:
             raise NotFound("the instance was deleted while it was being rendered") from None
 
@@ -760,4 +802,3 @@ def _write_atomic(path: Path, data: bytes) -> None:
     tmp = path.with_name(f"{path.name}.{os.getpid()}.{time.time_ns()}.tmp")
     tmp.write_bytes(data)
     os.replace(tmp, path)
-

@@ -42,13 +42,16 @@ class BlobStoreUnavailable(Exception):
 
 
 def open_blob_store(settings: Settings) -> BlobStore:
-    """The store `settings.blob_url` names: an S3 bucket, or a folder (the data folder's blobs/ by default)."""
+    """The store `settings.blob_url` names: an S3 bucket, or a folder (the data folder's blobs/ by
+    default)."""
     if settings.s3_location is None:
         return LocalBlobStore(settings.blob_dir)
     try:
         from storage.s3_blobs import S3BlobStore
     except ImportError as exc:
-        raise BlobStoreUnavailable(f"{settings.blob_url} needs the S3 client: pip install '.[s3]' ({exc})") from None
+        raise BlobStoreUnavailable(
+            f"{settings.blob_url} needs the S3 client: pip install '.[s3]' ({exc})"
+        ) from None
     return S3BlobStore.from_settings(settings)
 
 
@@ -149,12 +152,15 @@ class LocalBlobStore:
 
         Files are written a few at a time in parallel: concurrent fsyncs share journal commits, and a
         few threads each taking a share wake far less often than a thread per file. Then each folder they
-        went into is fsynced once, so a series uploaded together costs one directory sync, not one per file."""
+        went into is fsynced once, so a series uploaded together costs one directory sync, not one per file.
+        """
         if not items:
             return []
         n = min(len(items), PUT_PARALLEL)
         bounds = [round(i * len(items) / n) for i in range(n + 1)]
-        chunks = await asyncio.gather(*(self._run(self._place_each, items[bounds[i]:bounds[i + 1]]) for i in range(n)))
+        chunks = await asyncio.gather(
+            *(self._run(self._place_each, items[bounds[i] : bounds[i + 1]]) for i in range(n))
+        )
         results = [r for chunk in chunks for r in chunk]
         folders = sorted({self.local_path(key).parent for key, _ in items})
         synced = await asyncio.gather(*(self._run(_fsync_dir, d) for d in folders), return_exceptions=True)

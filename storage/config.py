@@ -176,9 +176,14 @@ def settings_from_env() -> Settings:
         data_dir=Path(env.get("DICOMWEB_DATA") or d.data_dir),
         database_url=env.get("DICOMWEB_DATABASE_URL", d.database_url),
         blob_url=check_blob_url(env.get("DICOMWEB_BLOB_URL", "").strip() or d.blob_url),
-        s3_endpoint=(env.get("AWS_ENDPOINT_URL_S3", "").strip() or env.get("AWS_ENDPOINT_URL", "").strip()
-                     or d.s3_endpoint).rstrip("/"),
-        s3_region=env.get("AWS_REGION", "").strip() or env.get("AWS_DEFAULT_REGION", "").strip() or d.s3_region,
+        s3_endpoint=(
+            env.get("AWS_ENDPOINT_URL_S3", "").strip()
+            or env.get("AWS_ENDPOINT_URL", "").strip()
+            or d.s3_endpoint
+        ).rstrip("/"),
+        s3_region=env.get("AWS_REGION", "").strip()
+        or env.get("AWS_DEFAULT_REGION", "").strip()
+        or d.s3_region,
         root="/" + (env.get("DICOMWEB_ROOT") or d.root).strip("/"),
         public_url=env.get("DICOMWEB_PUBLIC_URL", d.public_url).rstrip("/"),
         max_upload_bytes=env_int("DICOMWEB_MAX_UPLOAD_BYTES", d.max_upload_bytes, minimum=1),
@@ -187,9 +192,12 @@ def settings_from_env() -> Settings:
         cors_origins=origins,
         workers=env_int("DICOMWEB_WORKERS", d.workers),
         decoded_cache_bytes=env_int("DICOMWEB_DECODED_CACHE_MB", d.decoded_cache_bytes >> 20) << 20,
-        decoded_disk_cache_bytes=env_int("DICOMWEB_DECODED_DISK_CACHE_MB", d.decoded_disk_cache_bytes >> 20) << 20,
-        master_wait_seconds=env_int("DICOMWEB_MASTER_WAIT_MS", int(d.master_wait_seconds * 1000),
-                                    maximum=60_000) / 1000,
+        decoded_disk_cache_bytes=env_int("DICOMWEB_DECODED_DISK_CACHE_MB", d.decoded_disk_cache_bytes >> 20)
+        << 20,
+        master_wait_seconds=env_int(
+            "DICOMWEB_MASTER_WAIT_MS", int(d.master_wait_seconds * 1000), maximum=60_000
+        )
+        / 1000,
         access_log=env_bool("DICOMWEB_ACCESS_LOG", d.access_log),
         host=env.get("DICOMWEB_HOST", "").strip() or d.host,
         port=env_int("DICOMWEB_PORT", d.port, minimum=1, maximum=65535),
@@ -201,8 +209,9 @@ def settings_from_env() -> Settings:
         oidc_roles_claim=env.get("DICOMWEB_OIDC_ROLES_CLAIM", "").strip() or d.oidc_roles_claim,
         oidc_labels_claim=env.get("DICOMWEB_OIDC_LABELS_CLAIM", "").strip() or d.oidc_labels_claim,
         oidc_leeway=env_int("DICOMWEB_OIDC_LEEWAY", d.oidc_leeway, maximum=600),
-        oidc_jwks_refetch_seconds=env_int("DICOMWEB_OIDC_JWKS_REFETCH_SECONDS", int(d.oidc_jwks_refetch_seconds),
-                                          maximum=86400),
+        oidc_jwks_refetch_seconds=env_int(
+            "DICOMWEB_OIDC_JWKS_REFETCH_SECONDS", int(d.oidc_jwks_refetch_seconds), maximum=86400
+        ),
         scope_read=env_word("DICOMWEB_SCOPE_READ", d.scope_read),
         scope_write=env_word("DICOMWEB_SCOPE_WRITE", d.scope_write),
         scope_delete=env_word("DICOMWEB_SCOPE_DELETE", d.scope_delete),
@@ -215,7 +224,9 @@ def settings_from_env() -> Settings:
         body_timeout=env_int("DICOMWEB_BODY_TIMEOUT", int(d.body_timeout), minimum=1),
         header_timeout=env_int("DICOMWEB_HEADER_TIMEOUT", int(d.header_timeout), minimum=1),
         keep_alive_timeout=env_int("DICOMWEB_KEEP_ALIVE_TIMEOUT", d.keep_alive_timeout, minimum=1),
-        max_uploads_per_client=env_int("DICOMWEB_MAX_UPLOADS_PER_CLIENT", d.max_uploads_per_client, minimum=1),
+        max_uploads_per_client=env_int(
+            "DICOMWEB_MAX_UPLOADS_PER_CLIENT", d.max_uploads_per_client, minimum=1
+        ),
     )
 
 
@@ -259,6 +270,7 @@ DEFAULTS = Settings()
 
 
 # ---- where installed files are looked for (read on each call: a test or a script may change them) ----
+
 
 def openjpeg_library_override() -> Path | None:
     """DICOMWEB_OPENJPEG: the libopenjp2 to load instead of the one bundled with Pillow."""

@@ -183,27 +183,40 @@ def _check_declared_frame_size(meta: dict[str, Any]) -> None:
     """Refuse an image whose declared decoded frame is absurd, before anything is decoded or allocated: a
     few bytes of compressed data can declare 65535 x 65535 pixels of 3 x 64 bits (100 GB), and decoding it
     (making its master, rendering it) would allocate that much."""
-    size = (int(_first(meta, ROWS) or 0) * int(_first(meta, COLUMNS) or 0) * int(_first(meta, SAMPLES_PER_PIXEL) or 1)
-            * int(_first(meta, BITS_ALLOCATED) or 0) + 7) // 8
+    size = (
+        int(_first(meta, ROWS) or 0)
+        * int(_first(meta, COLUMNS) or 0)
+        * int(_first(meta, SAMPLES_PER_PIXEL) or 1)
+        * int(_first(meta, BITS_ALLOCATED) or 0)
+        + 7
+    ) // 8
     if size > MAX_FRAME_BYTES:
-        raise InvalidInstance(f"declared frame of {size} bytes decoded exceeds the limit of {MAX_FRAME_BYTES} "
-                              "(Rows x Columns x Samples per Pixel x Bits Allocated)")
+        raise InvalidInstance(
+            f"declared frame of {size} bytes decoded exceeds the limit of {MAX_FRAME_BYTES} "
+            "(Rows x Columns x Samples per Pixel x Bits Allocated)"
+        )
 
 
-def _native_frames(meta: dict[str, Any], raw: RawDataElement, file_size: int,
-                   nframes: int) -> list[list[tuple[int, int]]]:
+def _native_frames(
+    meta: dict[str, Any], raw: RawDataElement, file_size: int, nframes: int
+) -> list[list[tuple[int, int]]]:
     length = raw.length
     if raw.value_tell + length > file_size:
         raise InvalidInstance("truncated file: pixel data runs past the end of the file")
-    rows, columns, bits = int(_first(meta, ROWS)), int(_first(meta, COLUMNS)), int(_first(meta, BITS_ALLOCATED))
+    rows, columns, bits = (
+        int(_first(meta, ROWS)),
+        int(_first(meta, COLUMNS)),
+        int(_first(meta, BITS_ALLOCATED)),
+    )
     if bits == 1:
         # Bit-packed frames need not start on byte boundaries: serve the whole value as one piece.
         expected = (rows * columns * nframes + 7) // 8
         if length < expected:
             raise InvalidInstance(f"truncated pixel data: {length} bytes, expected {expected}")
         return [[(raw.value_tell, length)]] if nframes == 1 else []
-    size = native_frame_size(rows, columns, int(_first(meta, SAMPLES_PER_PIXEL) or 1),
-                             str(_first(meta, PHOTOMETRIC) or ""), bits)
+    size = native_frame_size(
+        rows, columns, int(_first(meta, SAMPLES_PER_PIXEL) or 1), str(_first(meta, PHOTOMETRIC) or ""), bits
+    )
     if length < size * nframes:
         raise InvalidInstance(f"truncated pixel data: {length} bytes for {nframes} frame(s) of {size}")
     return [[(raw.value_tell + i * size, size)] for i in range(nframes)]
@@ -280,7 +293,7 @@ def _encapsulated_frames(ds: Dataset, path: Path, raw, nframes: int) -> list[lis
 
 
 def master_refusal(meta: dict[str, Any], ts: str, number_of_frames: int) -> str:
-    """"" for pixel data that can be held losslessly as a layered JPEG 2000 master (checked again,
+    """ "" for pixel data that can be held losslessly as a layered JPEG 2000 master (checked again,
     exactly, when the master is made: this only decides whether to try), else why the instance is kept
     as received: short and stable, so that instances can be counted per reason. `meta` is the
     instance's DICOM JSON."""
@@ -320,7 +333,9 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def parse_instance(path: Path, *, bulk_data_threshold: int = 1024, checksum_candidates: bool = True) -> ParsedInstance:
+def parse_instance(
+    path: Path, *, bulk_data_threshold: int = 1024, checksum_candidates: bool = True
+) -> ParsedInstance:
     """Everything the index needs about one file, and its SHA-256.
 
     With `checksum_candidates` false (ingest), a file that will become a master gets no checksum here:
@@ -344,7 +359,9 @@ def parse_files(paths: list[Path], bulk_data_threshold: int) -> list[ParsedInsta
     out: list[ParsedInstance | InvalidInstance] = []
     for path in paths:
         try:
-            out.append(parse_instance(path, bulk_data_threshold=bulk_data_threshold, checksum_candidates=False))
+            out.append(
+                parse_instance(path, bulk_data_threshold=bulk_data_threshold, checksum_candidates=False)
+            )
         except InvalidInstance as exc:
             out.append(exc)
     return out
@@ -366,7 +383,10 @@ def _parse(ds: Dataset, path: Path, threshold: int) -> ParsedInstance:
     for tag in PIXEL_TAGS:
         if tag in ds._dict:
             vr = ds._dict[tag].VR or "OB"
-            meta[tag_hex(tag)] = {"vr": vr if vr in BULK_VRS else "OB", "BulkDataURI": f"{base}/bulkdata/{tag_hex(tag)}"}
+            meta[tag_hex(tag)] = {
+                "vr": vr if vr in BULK_VRS else "OB",
+                "BulkDataURI": f"{base}/bulkdata/{tag_hex(tag)}",
+            }
     meta = dict(sorted(meta.items()))
     # Serialised here, so a value orjson cannot encode refuses the instance at ingest.
     metadata_json = orjson.dumps(meta)

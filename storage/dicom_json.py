@@ -53,11 +53,28 @@ _PLAIN_DECIMAL = re.compile(r"\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*\Z")
 # 0028,1211-1213) and segmented (0028,1221-1224); Blending LUT Data (0028,1408); LUT Data (0028,3006) of
 # the Modality, VOI and Presentation LUT sequences; waveform data (5400,1010); Encapsulated Document
 # (0042,0011); spectroscopy data (5600,0020); float and double float pixel data (7FE0,0008-0009).
-BULK_BY_NATURE = frozenset({
-    0x00281201, 0x00281202, 0x00281203, 0x00281204, 0x00281211, 0x00281212, 0x00281213,
-    0x00281221, 0x00281222, 0x00281223, 0x00281224, 0x00281408, 0x00283006,
-    0x54001010, 0x00420011, 0x56000020, 0x7FE00008, 0x7FE00009,
-})
+BULK_BY_NATURE = frozenset(
+    {
+        0x00281201,
+        0x00281202,
+        0x00281203,
+        0x00281204,
+        0x00281211,
+        0x00281212,
+        0x00281213,
+        0x00281221,
+        0x00281222,
+        0x00281223,
+        0x00281224,
+        0x00281408,
+        0x00283006,
+        0x54001010,
+        0x00420011,
+        0x56000020,
+        0x7FE00008,
+        0x7FE00009,
+    }
+)
 # Repeating groups (PS3.5 7.6): overlay data (60xx,3000), and the retired curve data (50xx,3000) and
 # audio sample data (50xx,200C); xx is even, 00 to 1E.
 _REPEATING_BULK = {0x6000: (0x3000,), 0x5000: (0x3000, 0x200C)}
@@ -68,8 +85,12 @@ def is_bulk_by_nature(tag: int) -> bool:
         return True
     group, element = tag >> 16, tag & 0xFFFF
     base = group & 0xFF00
-    return base in _REPEATING_BULK and group % 2 == 0 and group - base <= 0x1E \
+    return (
+        base in _REPEATING_BULK
+        and group % 2 == 0
+        and group - base <= 0x1E
         and element in _REPEATING_BULK[base]
+    )
 
 
 def ascii_safe(encodings: list[str] | str | None) -> bool:
@@ -143,8 +164,9 @@ def _values(value: Any) -> list[Any] | None:
     return [value]
 
 
-def _fast(raw: RawDataElement, encodings: str | list[str], bulk_uri: str, threshold: int,
-          text_ok: bool = False) -> dict | None:
+def _fast(
+    raw: RawDataElement, encodings: str | list[str], bulk_uri: str, threshold: int, text_ok: bool = False
+) -> dict | None:
     vr, value = raw.VR, raw.value
     if vr is None:
         return None
@@ -238,7 +260,9 @@ def _bulk(ds: Dataset, tag: BaseTag, uri: str) -> dict[str, Any]:
 def _slow(ds: Dataset, tag: int, base: str, path: str, threshold: int) -> dict[str, Any]:
     elem = ds[tag]
     if elem.VR == "SQ":
-        items = [dataset_json(item, base, threshold, f"{path}/{i}/") for i, item in enumerate(elem.value or [])]
+        items = [
+            dataset_json(item, base, threshold, f"{path}/{i}/") for i, item in enumerate(elem.value or [])
+        ]
         return {"vr": "SQ", "Value": items}
     binary = elem.VR in BINARY_VRS or elem.VR == "UN" or (" or " in elem.VR and elem.VR != "US or SS")
     if binary and isinstance(elem.value, bytes):
@@ -293,5 +317,5 @@ def _swap(value: bytes, size: int) -> bytes:
     """Big endian words of `size` bytes turned little endian."""
     out = bytearray(len(value))
     for i in range(size):
-        out[i::size] = value[size - 1 - i::size]
+        out[i::size] = value[size - 1 - i :: size]
     return bytes(out)

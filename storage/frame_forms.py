@@ -100,36 +100,56 @@ FORMS: tuple[Form, ...] = (
     # transfer-syntax=* with a subset of a master: the cut, as JPEG 2000.
     Form(ANY_MEDIA, lambda r, s: _STAR, lambda r, s: s.wanted and _cuttable(r, s), lambda r: _CUT_PLAN),
     # transfer-syntax=*: uncompressed frames as they are (or decoded from deflated, bit-packed files)...
-    Form(ANY_MEDIA, lambda r, s: _STAR, lambda r, s: _no_cut(r, s) and not _compressed(r),
-         lambda r: _NATIVE_PLAN),
+    Form(
+        ANY_MEDIA,
+        lambda r, s: _STAR,
+        lambda r, s: _no_cut(r, s) and not _compressed(r),
+        lambda r: _NATIVE_PLAN,
+    ),
     # ... and compressed frames as stored.
     Form(ANY_MEDIA, lambda r, s: _STAR, _no_cut, _stored_plan),
     # Uncompressed, decoded from whatever pydicom can decode; never a cut.
-    Form(ANY_MEDIA, lambda r, s: frozenset({None, EXPLICIT_LE}),
-         lambda r, s: _no_cut(r, s) and syntax(r.transfer_syntax).decodable,
-         lambda r: _NATIVE_PLAN),
+    Form(
+        ANY_MEDIA,
+        lambda r, s: frozenset({None, EXPLICIT_LE}),
+        lambda r, s: _no_cut(r, s) and syntax(r.transfer_syntax).decodable,
+        lambda r: _NATIVE_PLAN,
+    ),
     # JPEG 2000 from the master: whole (.90) only when no subset is asked for.
-    Form(frozenset({JP2}),
-         lambda r, s: frozenset({None, "*", J2K} | (set() if s.wanted else {J2K_LOSSLESS})),
-         _cuttable, lambda r: _CUT_PLAN),
+    Form(
+        frozenset({JP2}),
+        lambda r, s: frozenset({None, "*", J2K} | (set() if s.wanted else {J2K_LOSSLESS})),
+        _cuttable,
+        lambda r: _CUT_PLAN,
+    ),
     # HTJ2K from the master: it has one quality layer, so only resolution cuts change its label.
-    Form(frozenset({JPHC}),
-         lambda r, s: frozenset({None, "*", HTJ2K} | (set() if s.fsiz else {HTJ2K_LOSSLESS_RPCL})),
-         lambda r, s: r.is_master or (r.pending_master and s.fsiz is not None),
-         lambda r: FramePlan(JPHC, HTJ2K, Source.HTJ2K)),
+    Form(
+        frozenset({JPHC}),
+        lambda r, s: frozenset({None, "*", HTJ2K} | (set() if s.fsiz else {HTJ2K_LOSSLESS_RPCL})),
+        lambda r, s: r.is_master or (r.pending_master and s.fsiz is not None),
+        lambda r: FramePlan(JPHC, HTJ2K, Source.HTJ2K),
+    ),
     # The stored compressed frame in its own media type, when no subset is asked for.
-    Form(None, lambda r, s: frozenset({None, "*", r.transfer_syntax}),
-         lambda r, s: _compressed(r) and not s.wanted, _stored_plan),
+    Form(
+        None,
+        lambda r, s: frozenset({None, "*", r.transfer_syntax}),
+        lambda r, s: _compressed(r) and not s.wanted,
+        _stored_plan,
+    ),
 )
 
 
-def plan_frame(media_type: str, transfer_syntax: str | None, rec: InstanceRecord,
-               subset: Subset) -> FramePlan | None:
+def plan_frame(
+    media_type: str, transfer_syntax: str | None, rec: InstanceRecord, subset: Subset
+) -> FramePlan | None:
     """How to answer a request for `media_type` in `transfer_syntax` ('*' = as stored, None = the
     media type's default), or None if this instance cannot be sent so."""
     for form in FORMS:
         media_types = form.media_types or {syntax(rec.transfer_syntax).media_type} - ANY_MEDIA
-        if (media_type in media_types and transfer_syntax in form.syntaxes(rec, subset)
-                and form.applies(rec, subset)):
+        if (
+            media_type in media_types
+            and transfer_syntax in form.syntaxes(rec, subset)
+            and form.applies(rec, subset)
+        ):
             return form.plan(rec)
     return None

@@ -61,9 +61,18 @@ class InstanceRecord:
 
 
 INSTANCE_COLUMNS = (
-    I.c.study_uid, I.c.series_uid, I.c.sop_uid, I.c.sop_class_uid, I.c.transfer_syntax,
-    I.c.blob_key, I.c.size, I.c.frames, I.c.number_of_frames, I.c.fidelity.isnot(None).label("is_master"),
-    I.c.bits_allocated, I.c.pixel_representation,
+    I.c.study_uid,
+    I.c.series_uid,
+    I.c.sop_uid,
+    I.c.sop_class_uid,
+    I.c.transfer_syntax,
+    I.c.blob_key,
+    I.c.size,
+    I.c.frames,
+    I.c.number_of_frames,
+    I.c.fidelity.isnot(None).label("is_master"),
+    I.c.bits_allocated,
+    I.c.pixel_representation,
 )
 
 
@@ -179,7 +188,9 @@ class Index:
         """Run `transaction` (synchronous SQLAlchemy Core on one connection) as one write transaction."""
         async with self._write_lock:
             if self._writer is not None:
-                return await asyncio.get_running_loop().run_in_executor(self._writer, self._run_write, transaction)
+                return await asyncio.get_running_loop().run_in_executor(
+                    self._writer, self._run_write, transaction
+                )
             for attempt in range(1, WRITE_ATTEMPTS + 1):
                 try:
                     async with self.engine.begin() as conn:
@@ -214,7 +225,9 @@ class Index:
             # which cost more than executing the statement.
             insert = self._insert(table)
             keep = {c: insert.excluded[c] for c in columns if c != key}
-            stmt = self._upserts[(table.name, columns)] = insert.on_conflict_do_update(index_elements=[key], set_=keep)
+            stmt = self._upserts[(table.name, columns)] = insert.on_conflict_do_update(
+                index_elements=[key], set_=keep
+            )
         conn.execute(stmt, rows)
 
     async def store(self, items: list[tuple[ParsedInstance, str, int]]) -> tuple[list[str], set[str]]:
@@ -240,8 +253,11 @@ class Index:
             self._upsert(conn, SE, "series_uid", list(series_rows.values()))
             self._upsert(conn, I, "sop_uid", list(inst_rows.values()))
             self._queue_masters(conn, items)
-            self._refresh_counts(conn, set(studies_rows) | {r.study_uid for r in old},
-                                 set(series_rows) | {r.series_uid for r in old})
+            self._refresh_counts(
+                conn,
+                set(studies_rows) | {r.study_uid for r in old},
+                set(series_rows) | {r.series_uid for r in old},
+            )
             stale = [r.blob_key for r in old if r.blob_key != inst_rows[r.sop_uid]["blob_key"]]
             return stale, {r.sop_uid for r in old}
 
@@ -258,8 +274,12 @@ class Index:
         statement of the waiting transaction sees what the first committed."""
         if self.is_sqlite or not studies:
             return
-        conn.execute(select(S.c.study_uid).where(S.c.study_uid.in_(sorted(studies)))
-                     .order_by(S.c.study_uid).with_for_update())
+        conn.execute(
+            select(S.c.study_uid)
+            .where(S.c.study_uid.in_(sorted(studies)))
+            .order_by(S.c.study_uid)
+            .with_for_update()
+        )
 
     def _refresh_counts(self, conn: Connection, studies: set[str], series: set[str]) -> None:
         """Recompute the derived study and series attributes; drop levels left empty.
@@ -267,25 +287,37 @@ class Index:
         A handful of grouped queries and one executemany per table, whatever the number of studies a
         request touched (a gateway often sends many small studies at once)."""
         if series:
-            counts: dict[str, int] = dict(conn.execute(
-                select(I.c.series_uid, func.count()).where(I.c.series_uid.in_(list(series))).group_by(I.c.series_uid)
-            ).all())
+            counts: dict[str, int] = dict(
+                conn.execute(
+                    select(I.c.series_uid, func.count())
+                    .where(I.c.series_uid.in_(list(series)))
+                    .group_by(I.c.series_uid)
+                ).all()
+            )
             if empty := [uid for uid in series if not counts.get(uid)]:
                 conn.execute(delete(SE).where(SE.c.series_uid.in_(empty)))
             if counts:
                 conn.execute(
-                    update(SE).where(SE.c.series_uid == bindparam("uid")).values(num_instances=bindparam("n")),
+                    update(SE)
+                    .where(SE.c.series_uid == bindparam("uid"))
+                    .values(num_instances=bindparam("n")),
                     [{"uid": uid, "n": n} for uid, n in counts.items()],
                 )
         if not studies:
             return
         wanted = list(studies)
-        n_inst: dict[str, int] = dict(conn.execute(
-            select(I.c.study_uid, func.count()).where(I.c.study_uid.in_(wanted)).group_by(I.c.study_uid)
-        ).all())
-        n_series: dict[str, int] = dict(conn.execute(
-            select(SE.c.study_uid, func.count()).where(SE.c.study_uid.in_(wanted)).group_by(SE.c.study_uid)
-        ).all())
+        n_inst: dict[str, int] = dict(
+            conn.execute(
+                select(I.c.study_uid, func.count()).where(I.c.study_uid.in_(wanted)).group_by(I.c.study_uid)
+            ).all()
+        )
+        n_series: dict[str, int] = dict(
+            conn.execute(
+                select(SE.c.study_uid, func.count())
+                .where(SE.c.study_uid.in_(wanted))
+                .group_by(SE.c.study_uid)
+            ).all()
+        )
         modalities: dict[str, set[str]] = {uid: set() for uid in wanted}
         for uid, modality in conn.execute(
             select(SE.c.study_uid, SE.c.modality).where(SE.c.study_uid.in_(wanted)).distinct()
@@ -301,15 +333,25 @@ class Index:
             conn.execute(delete(SE).where(SE.c.study_uid.in_(empty)))
             conn.execute(delete(S).where(S.c.study_uid.in_(empty)))
         rows = [
-            {"uid": uid, "ni": n_inst[uid], "ns": n_series.get(uid, 0),
-             "mods": "\\".join(sorted(modalities[uid])), "classes": "\\".join(sorted(classes[uid]))}
-            for uid in wanted if n_inst.get(uid)
+            {
+                "uid": uid,
+                "ni": n_inst[uid],
+                "ns": n_series.get(uid, 0),
+                "mods": "\\".join(sorted(modalities[uid])),
+                "classes": "\\".join(sorted(classes[uid])),
+            }
+            for uid in wanted
+            if n_inst.get(uid)
         ]
         if rows:
             conn.execute(
-                update(S).where(S.c.study_uid == bindparam("uid")).values(
-                    num_instances=bindparam("ni"), num_series=bindparam("ns"),
-                    modalities=bindparam("mods"), sop_classes=bindparam("classes"),
+                update(S)
+                .where(S.c.study_uid == bindparam("uid"))
+                .values(
+                    num_instances=bindparam("ni"),
+                    num_series=bindparam("ns"),
+                    modalities=bindparam("mods"),
+                    sop_classes=bindparam("classes"),
                 ),
                 rows,
             )
@@ -319,26 +361,36 @@ class Index:
         "kept", with the reason, so that what is kept as received is counted with its reason."""
         now = time.time()
         jobs = [
-            {"sop_uid": p.sop_uid, "blob_key": key, "state": "pending" if p.master_candidate else "kept",
-             "attempts": 0, "reason": "" if p.master_candidate else p.kept_reason, "updated_at": now,
-             "lease_owner": "", "lease_until": 0.0}
+            {
+                "sop_uid": p.sop_uid,
+                "blob_key": key,
+                "state": "pending" if p.master_candidate else "kept",
+                "attempts": 0,
+                "reason": "" if p.master_candidate else p.kept_reason,
+                "updated_at": now,
+                "lease_owner": "",
+                "lease_until": 0.0,
+            }
             for p, key, _ in items
         ]
         self._upsert(conn, J, "sop_uid", jobs)
 
     # ---- the master queue ----------------------------------------------------------------------
 
-    async def claim_masters(self, owner: str, limit: int, lease_seconds: float,
-                            series: list[str] | None = None) -> list[tuple[str, str, int]]:
+    async def claim_masters(
+        self, owner: str, limit: int, lease_seconds: float, series: list[str] | None = None
+    ) -> list[tuple[str, str, int]]:
         """Take up to `limit` pending jobs whose lease is free or ran out (their replica died), for
         `owner`, until `lease_seconds` from now: (sop_uid, received blob key, attempts so far). With
         `series`, only jobs of instances in those series (asked for by a viewer); else the newest first,
         since the studies read first are the ones just acquired. On PostgreSQL the rows are locked with
         SKIP LOCKED, so replicas claiming at once never take the same job."""
         now = time.time()
-        q = (select(J.c.sop_uid, J.c.blob_key, J.c.attempts)
-             .where((J.c.state == "pending") & (J.c.lease_until < now))
-             .limit(limit))
+        q = (
+            select(J.c.sop_uid, J.c.blob_key, J.c.attempts)
+            .where((J.c.state == "pending") & (J.c.lease_until < now))
+            .limit(limit)
+        )
         if series:
             q = q.where(J.c.sop_uid.in_(select(I.c.sop_uid).where(I.c.series_uid.in_(series))))
         q = q.order_by(J.c.updated_at.desc()).with_for_update(skip_locked=True)
@@ -346,8 +398,11 @@ class Index:
         def transaction(conn: Connection) -> list[tuple[str, str, int]]:
             rows = conn.execute(q).all()
             if rows:
-                conn.execute(update(J).where(J.c.sop_uid.in_([r.sop_uid for r in rows]))
-                             .values(lease_owner=owner, lease_until=now + lease_seconds))
+                conn.execute(
+                    update(J)
+                    .where(J.c.sop_uid.in_([r.sop_uid for r in rows]))
+                    .values(lease_owner=owner, lease_until=now + lease_seconds)
+                )
             return [(r.sop_uid, r.blob_key, r.attempts) for r in rows]
 
         return await self._write(transaction)
@@ -355,13 +410,20 @@ class Index:
     async def extend_leases(self, owner: str, sops: list[str], lease_seconds: float) -> None:
         """Keep the jobs `owner` is still working on."""
         if sops:
-            stmt = (update(J).where(J.c.sop_uid.in_(sops) & (J.c.lease_owner == owner))
-                    .values(lease_until=time.time() + lease_seconds))
+            stmt = (
+                update(J)
+                .where(J.c.sop_uid.in_(sops) & (J.c.lease_owner == owner))
+                .values(lease_until=time.time() + lease_seconds)
+            )
             await self._write(lambda conn: conn.execute(stmt))
 
     async def lease_owners(self) -> list[str]:
         """The replicas holding leases that have not run out."""
-        q = select(J.c.lease_owner).where((J.c.lease_until >= time.time()) & (J.c.lease_owner != "")).distinct()
+        q = (
+            select(J.c.lease_owner)
+            .where((J.c.lease_until >= time.time()) & (J.c.lease_owner != ""))
+            .distinct()
+        )
         async with self.engine.connect() as conn:
             return [r.lease_owner for r in (await conn.execute(q)).all()]
 
@@ -384,8 +446,11 @@ class Index:
     async def keep_as_received(self, sop: str, blob_key: str, reason: str, sha256: str) -> None:
         """The instance stays as received; remember why (the job is not retried), and the checksum of
         the received file, which ingest leaves to the master queue."""
-        job = (update(J).where((J.c.sop_uid == sop) & (J.c.blob_key == blob_key))
-               .values(state="kept", reason=reason[:2000], updated_at=time.time()))
+        job = (
+            update(J)
+            .where((J.c.sop_uid == sop) & (J.c.blob_key == blob_key))
+            .values(state="kept", reason=reason[:2000], updated_at=time.time())
+        )
         checksum = update(I).where((I.c.sop_uid == sop) & (I.c.blob_key == blob_key)).values(sha256=sha256)
 
         def transaction(conn: Connection) -> None:
@@ -395,8 +460,13 @@ class Index:
         await self._write(transaction)
 
     async def apply_master(
-        self, received_key: str, master: ParsedInstance, master_key: str, size: int,
-        fidelity: list[dict[str, Any]], pixel_sha256: str,
+        self,
+        received_key: str,
+        master: ParsedInstance,
+        master_key: str,
+        size: int,
+        fidelity: list[dict[str, Any]],
+        pixel_sha256: str,
     ) -> bool:
         """Point the instance at its master, if it still points at the blob the master was made from."""
         values = _instance_values(master, master_key, size)
@@ -406,7 +476,9 @@ class Index:
 
         def transaction(conn: Connection) -> bool:
             result = conn.execute(
-                update(I).where((I.c.sop_uid == master.sop_uid) & (I.c.blob_key == received_key)).values(**values)
+                update(I)
+                .where((I.c.sop_uid == master.sop_uid) & (I.c.blob_key == received_key))
+                .values(**values)
             )
             conn.execute(delete(J).where((J.c.sop_uid == master.sop_uid) & (J.c.blob_key == received_key)))
             return result.rowcount == 1
@@ -502,7 +574,7 @@ class Index:
             # Jobs of the deleted instances go too (by key: an anti-join with every instance was a scan).
             sops = [r.sop_uid for r in rows]
             for i in range(0, len(sops), self.REPORT_CHUNK):
-                conn.execute(delete(J).where(J.c.sop_uid.in_(sops[i: i + self.REPORT_CHUNK])))
+                conn.execute(delete(J).where(J.c.sop_uid.in_(sops[i : i + self.REPORT_CHUNK])))
             self._refresh_counts(conn, {study}, {r.series_uid for r in rows})
             return [r.blob_key for r in rows]
 
@@ -518,12 +590,22 @@ class Index:
         master was wanted: lossy originals, no pixel data), and what explains that (transfer syntax,
         frames, Bits Allocated). Rows have sop_uid, has_master, state, reason, transfer_syntax,
         number_of_frames, bits_allocated."""
-        columns = (I.c.sop_uid, I.c.fidelity.isnot(None).label("has_master"), J.c.state, J.c.reason,
-                   I.c.transfer_syntax, I.c.number_of_frames, I.c.bits_allocated)
+        columns = (
+            I.c.sop_uid,
+            I.c.fidelity.isnot(None).label("has_master"),
+            J.c.state,
+            J.c.reason,
+            I.c.transfer_syntax,
+            I.c.number_of_frames,
+            I.c.bits_allocated,
+        )
         rows: list[Row[Any]] = []
         async with self.engine.connect() as conn:
             for i in range(0, len(sops), self.REPORT_CHUNK):
-                q = (select(*columns).select_from(I.outerjoin(J, I.c.sop_uid == J.c.sop_uid))
-                     .where(I.c.sop_uid.in_(sops[i: i + self.REPORT_CHUNK])))
+                q = (
+                    select(*columns)
+                    .select_from(I.outerjoin(J, I.c.sop_uid == J.c.sop_uid))
+                    .where(I.c.sop_uid.in_(sops[i : i + self.REPORT_CHUNK]))
+                )
                 rows += (await conn.execute(q)).all()
         return rows

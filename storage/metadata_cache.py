@@ -48,8 +48,9 @@ class SeriesBodies:
         self.hits = self.builds = 0
         self._items: OrderedDict[tuple[str, str, str], tuple[str, bytes]] = OrderedDict()
 
-    async def get(self, engine: Any, study: str, series: str, variant: str,
-                  build: Callable[[], Awaitable[bytes | None]]) -> bytes | None:
+    async def get(
+        self, engine: Any, study: str, series: str, variant: str, build: Callable[[], Awaitable[bytes | None]]
+    ) -> bytes | None:
         """The body for the series as it is now: the ready one if its version is current, else `build()`'s
         (None from build, or no such series: None)."""
         version = await series_version(engine, study, series)

@@ -37,8 +37,10 @@ from storage import schema
 
 MAX_BYTES_FRACTION = 0.20
 MIN_PSNR_DB = 60.0
-RULE = (f"the fewest quality layers with PSNR >= {MIN_PSNR_DB:g} dB within {MAX_BYTES_FRACTION:.0%} of the "
-        "lossless bytes; else the most layers within that budget; never the lossless layer, at least 1")
+RULE = (
+    f"the fewest quality layers with PSNR >= {MIN_PSNR_DB:g} dB within {MAX_BYTES_FRACTION:.0%} of the "
+    "lossless bytes; else the most layers within that budget; never the lossless layer, at least 1"
+)
 # What `layers=` takes besides a number: the server applies the rule to the instance.
 PREVIEW = "preview"
 # The rule as /series/{se}/layers publishes it.
@@ -112,9 +114,11 @@ async def series_preview(engine: Any, study: str, series: str) -> list[tuple[str
     """(sop_uid, preview layer count, has a master) of each instance of a series, in instance order;
     None when the series does not exist."""
     inst = schema.instances
-    q = (select(inst.c.sop_uid, inst.c.blob_key, inst.c.fidelity)
-         .where((inst.c.study_uid == study) & (inst.c.series_uid == series))
-         .order_by(inst.c.instance_number, inst.c.sop_uid))
+    q = (
+        select(inst.c.sop_uid, inst.c.blob_key, inst.c.fidelity)
+        .where((inst.c.study_uid == study) & (inst.c.series_uid == series))
+        .order_by(inst.c.instance_number, inst.c.sop_uid)
+    )
     async with engine.connect() as conn:
         rows = (await conn.execute(q)).all()
     if not rows:

@@ -66,17 +66,52 @@ MULTI_VALUED_COLUMNS = {MODALITIES_IN_STUDY, SOP_CLASSES_IN_STUDY}
 
 DEFAULTS: dict[Level, tuple[int, ...]] = {
     "study": (
-        0x00080005, 0x00080020, 0x00080030, 0x00080050, INSTANCE_AVAILABILITY, MODALITIES_IN_STUDY,
-        0x00080090, 0x00080201, RETRIEVE_URL, 0x00100010, 0x00100020, 0x00100030, 0x00100040,
-        0x0020000D, 0x00200010, 0x00201206, 0x00201208,
+        0x00080005,
+        0x00080020,
+        0x00080030,
+        0x00080050,
+        INSTANCE_AVAILABILITY,
+        MODALITIES_IN_STUDY,
+        0x00080090,
+        0x00080201,
+        RETRIEVE_URL,
+        0x00100010,
+        0x00100020,
+        0x00100030,
+        0x00100040,
+        0x0020000D,
+        0x00200010,
+        0x00201206,
+        0x00201208,
     ),
     "series": (
-        0x00080005, 0x00080060, 0x00080201, 0x0008103E, RETRIEVE_URL, 0x0020000D, 0x0020000E,
-        0x00200011, 0x00201209, 0x00400244, 0x00400245, 0x00400275,
+        0x00080005,
+        0x00080060,
+        0x00080201,
+        0x0008103E,
+        RETRIEVE_URL,
+        0x0020000D,
+        0x0020000E,
+        0x00200011,
+        0x00201209,
+        0x00400244,
+        0x00400245,
+        0x00400275,
     ),
     "instance": (
-        0x00080005, 0x00080016, 0x00080018, INSTANCE_AVAILABILITY, 0x00080201, RETRIEVE_URL,
-        0x0020000D, 0x0020000E, 0x00200013, 0x00280010, 0x00280011, 0x00280100, 0x00280008,
+        0x00080005,
+        0x00080016,
+        0x00080018,
+        INSTANCE_AVAILABILITY,
+        0x00080201,
+        RETRIEVE_URL,
+        0x0020000D,
+        0x0020000E,
+        0x00200013,
+        0x00280010,
+        0x00280011,
+        0x00280100,
+        0x00280008,
     ),
 }
 LEVEL_OF = {0x0020000D: "study", 0x0020000E: "series", 0x00080018: "instance"}
@@ -205,6 +240,7 @@ def _is_date(text: str) -> bool:
 
 # ---- SQL compilation ---------------------------------------------------------------------------------
 
+
 def _like_pattern(value: str) -> str:
     out = []
     for ch in value:
@@ -249,8 +285,9 @@ def _wildcard_match(col, value: str) -> ColumnElement:
             # Nothing to seek: test every value, on the (value, study_uid) index's entries rather than on
             # the studies' rows (much smaller on SQLite; on PostgreSQL a trigram index answers the LIKE).
             covered = S.alias(f"infix_{col.name}")
-            return S.c.study_uid.in_(select(covered.c.study_uid).where(covered.c[col.name].like(
-                _like_pattern(value), escape="!")))
+            return S.c.study_uid.in_(
+                select(covered.c.study_uid).where(covered.c[col.name].like(_like_pattern(value), escape="!"))
+            )
         return like
     conds = [col >= prefix, like]
     if (upper := _after_prefix(prefix)) is not None:
@@ -312,16 +349,22 @@ def _column_condition(tag: int, col, value: str, fuzzy: bool) -> ColumnElement |
         if any(not v.strip("*") for v in values):
             return None  # "*" matches every study, with or without a modality
         series = SE.alias("modality_series")
-        matches = [_wildcard_match(series.c.modality, v) if "*" in v or "?" in v else series.c.modality == v
-                   for v in values]
+        matches = [
+            _wildcard_match(series.c.modality, v) if "*" in v or "?" in v else series.c.modality == v
+            for v in values
+        ]
         return exists().where(series.c.study_uid == col.table.c.study_uid, or_(*matches))
     if tag in MULTI_VALUED_COLUMNS:
         # Backslash-joined values: match any one of them; a list in the query means any of those.
         conds = []
         for v in (x.strip() for x in re.split(r"[,\\]", value) if x.strip()):
             p = _like_pattern(v)
-            conds += [col.like(p, escape="!"), col.like(p + "\\%", escape="!"),
-                      col.like("%\\" + p, escape="!"), col.like("%\\" + p + "\\%", escape="!")]
+            conds += [
+                col.like(p, escape="!"),
+                col.like(p + "\\%", escape="!"),
+                col.like("%\\" + p, escape="!"),
+                col.like("%\\" + p + "\\%", escape="!"),
+            ]
         return or_(*conds)
     if vr == "DA" and "-" in value:
         lo, hi = _range(value, normalize_date, normalize_date)
@@ -359,6 +402,7 @@ def _column_condition(tag: int, col, value: str, fuzzy: bool) -> ColumnElement |
 
 # ---- Python matching for attributes without a column ------------------------------------------------
 
+
 def _wild_regex(value: str, ci: bool) -> re.Pattern[str]:
     body = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in value)
     return re.compile(body, re.IGNORECASE | re.DOTALL if ci else re.DOTALL)
@@ -370,9 +414,11 @@ def _python_match(tag: int, attrs: dict[str, Any], value: str, fuzzy: bool) -> b
     values = json_values(attrs, tag_hex(tag))
     vr = vr_of(tag)
     if vr in ("DA", "DT", "TM") and "-" in value and "*" not in value:
-        norm = {"DA": (normalize_date, normalize_date),
-                "TM": (normalize_time, lambda v: normalize_time(v, upper=True)),
-                "DT": (normalize_datetime, lambda v: normalize_datetime(v, upper=True))}[vr]
+        norm = {
+            "DA": (normalize_date, normalize_date),
+            "TM": (normalize_time, lambda v: normalize_time(v, upper=True)),
+            "DT": (normalize_datetime, lambda v: normalize_datetime(v, upper=True)),
+        }[vr]
         lo, hi = _range(value, *norm)
         return any(v and (not lo or norm[0](v) >= lo) and (not hi or norm[0](v) <= hi) for v in values)
     if vr == "UI":
@@ -395,8 +441,12 @@ LEVEL_KEY = {"study": S.c.study_uid, "series": SE.c.series_uid, "instance": I.c.
 # 10.6.3.3.3 return the Study attributes of Table 10.6.3-3 with every result of a search for all series
 # or all instances, and the Series attributes of Table 10.6.3-4 with a search for instances not scoped to
 # a series; a few of those (ModalitiesInStudy, the counts) have no stored value, only a column.
-STUDY_COMPUTED = (S.c.modalities.label("study_modalities"), S.c.sop_classes.label("study_sop_classes"),
-                  S.c.num_series.label("study_num_series"), S.c.num_instances.label("study_num_instances"))
+STUDY_COMPUTED = (
+    S.c.modalities.label("study_modalities"),
+    S.c.sop_classes.label("study_sop_classes"),
+    S.c.num_series.label("study_num_series"),
+    S.c.num_instances.label("study_num_instances"),
+)
 SERIES_COMPUTED = (SE.c.num_instances.label("series_num_instances"),)
 
 
@@ -414,11 +464,26 @@ def _base_select(q: Query):
         cols = [S.c.study_uid, S.c.attrs, S.c.modalities, S.c.sop_classes, S.c.num_series, S.c.num_instances]
         return select(*cols).select_from(_from_clause(q)), [S]
     if q.level == "series":
-        cols = [SE.c.study_uid, SE.c.series_uid, SE.c.attrs, SE.c.num_instances, S.c.attrs.label("study_attrs"),
-                *STUDY_COMPUTED]
+        cols = [
+            SE.c.study_uid,
+            SE.c.series_uid,
+            SE.c.attrs,
+            SE.c.num_instances,
+            S.c.attrs.label("study_attrs"),
+            *STUDY_COMPUTED,
+        ]
         return select(*cols).select_from(_from_clause(q)), [SE, S]
-    cols = [I.c.study_uid, I.c.series_uid, I.c.sop_uid, I.c.attrs, I.c.number_of_frames,
-            SE.c.attrs.label("series_attrs"), S.c.attrs.label("study_attrs"), *STUDY_COMPUTED, *SERIES_COMPUTED]
+    cols = [
+        I.c.study_uid,
+        I.c.series_uid,
+        I.c.sop_uid,
+        I.c.attrs,
+        I.c.number_of_frames,
+        SE.c.attrs.label("series_attrs"),
+        S.c.attrs.label("study_attrs"),
+        *STUDY_COMPUTED,
+        *SERIES_COMPUTED,
+    ]
     return select(*cols).select_from(_from_clause(q)), [I, SE, S]
 
 
@@ -453,7 +518,9 @@ class MoreResults(int):
     __str__ = __repr__ = lambda self: format(self, "")  # type: ignore[assignment]
 
 
-async def run_query(index: Index, q: Query, *, visible_studies: Any = None) -> tuple[list[dict[str, Any]], int]:
+async def run_query(
+    index: Index, q: Query, *, visible_studies: Any = None
+) -> tuple[list[dict[str, Any]], int]:
     """Matching results as DICOM JSON dicts, and how many more matched beyond this page (a ``MoreResults``:
     exact up to ``MORE_RESULTS_CAP``). `visible_studies`, when given, is a subquery of the study UIDs the
     caller may see (storage/access_labels.py)."""
@@ -482,8 +549,14 @@ async def run_query(index: Index, q: Query, *, visible_studies: Any = None) -> t
                 # Deep pages: the rows skipped are found by their keys alone (along the order's index),
                 # and only the page's rows are read; otherwise PostgreSQL may sort the whole table.
                 key = LEVEL_KEY[q.level]
-                keys = (select(key).select_from(_from_clause(q)).where(*conds).order_by(*_order(q))
-                        .offset(q.offset).limit(limit + 1))
+                keys = (
+                    select(key)
+                    .select_from(_from_clause(q))
+                    .where(*conds)
+                    .order_by(*_order(q))
+                    .offset(q.offset)
+                    .limit(limit + 1)
+                )
                 stmt = _base_select(q)[0].where(key.in_(keys)).order_by(*_order(q))
             else:
                 stmt = stmt.limit(limit + 1)
@@ -499,7 +572,7 @@ async def run_query(index: Index, q: Query, *, visible_studies: Any = None) -> t
         attrs = _merged_attrs(q, r)
         if all(_python_match(f.tag, attrs, f.value, q.fuzzy) for f in leftovers):
             matched.append(r)
-    page = matched[q.offset: q.offset + limit]
+    page = matched[q.offset : q.offset + limit]
     return [_result(q, r) for r in page], MoreResults(max(0, len(matched) - q.offset - limit))
 
 
@@ -536,8 +609,9 @@ def _wanted_tags(q: Query) -> set[int]:
     return wanted
 
 
-def _study_computed(attrs: dict[str, Any], modalities: str, sop_classes: str, num_series: int,
-                    num_instances: int) -> None:
+def _study_computed(
+    attrs: dict[str, Any], modalities: str, sop_classes: str, num_series: int, num_instances: int
+) -> None:
     attrs[tag_hex(MODALITIES_IN_STUDY)] = _cs(modalities)
     attrs[tag_hex(SOP_CLASSES_IN_STUDY)] = {"vr": "UI", **_values(sop_classes)}
     attrs["00201206"] = {"vr": "IS", "Value": [num_series]}
@@ -550,8 +624,9 @@ def _result(q: Query, r: Any) -> dict[str, Any]:
         url = f"{BASE_PLACEHOLDER}/studies/{r.study_uid}"
         _study_computed(attrs, r.modalities, r.sop_classes, r.num_series, r.num_instances)
     else:
-        _study_computed(attrs, r.study_modalities, r.study_sop_classes, r.study_num_series,
-                        r.study_num_instances)
+        _study_computed(
+            attrs, r.study_modalities, r.study_sop_classes, r.study_num_series, r.study_num_instances
+        )
     if q.level == "series":
         url = f"{BASE_PLACEHOLDER}/studies/{r.study_uid}/series/{r.series_uid}"
         attrs["00201209"] = {"vr": "IS", "Value": [r.num_instances]}

@@ -12,8 +12,8 @@ memory cache of decoded frames (the one `Archive.native_frame` reads first), so 
   process may raise a thread's priority; elsewhere the client decodes the frame itself, as without
   decode-ahead).
 - Bounded memory: what it decodes goes into the bounded LRU cache of decoded frames
-  (DICOMWEB_DECODED_CACHE_MB), and it decodes ahead at most three quarters of that cache, so what clients are reading
-  is not evicted by what they may read next; least recently used frames are dropped first.
+  (DICOMWEB_DECODED_CACHE_MB), and it decodes ahead at most three quarters of that cache, so what clients are
+  reading is not evicted by what they may read next; least recently used frames are dropped first.
 - One series at a time: opening another series stops the previous decode-ahead.
 
 Frames already uncompressed when received cost no decode at all: when the master of such an instance
@@ -118,8 +118,13 @@ class DecodedSpill:
 
     def _evict(self) -> None:
         """Remove the oldest instances' folders until a tenth of the capacity is free."""
-        folders = sorted((d.stat().st_mtime, d) for top in self.root.iterdir() if top.is_dir()
-                         for d in top.iterdir() if d.is_dir())
+        folders = sorted(
+            (d.stat().st_mtime, d)
+            for top in self.root.iterdir()
+            if top.is_dir()
+            for d in top.iterdir()
+            if d.is_dir()
+        )
         size = self._size or 0
         for _, folder in folders:
             if size <= self.capacity * 9 // 10:
@@ -145,7 +150,7 @@ def received_frames(path: Path) -> list[bytes] | None:
     data = bytes(ds.PixelData)
     if len(data) < size * count:
         return None
-    return [data[i * size: (i + 1) * size] for i in range(count)]
+    return [data[i * size : (i + 1) * size] for i in range(count)]
 
 
 class Readahead:
@@ -187,14 +192,20 @@ class Readahead:
     def _cache(self) -> Any:
         return self.archive._decoded  # the archive's ByteLRU of decoded frames, read by native_frame
 
-    def open_series(self, study: str, series: str, start: InstanceRecord | None = None, number: int = 1) -> None:
+    def open_series(
+        self, study: str, series: str, start: InstanceRecord | None = None, number: int = 1
+    ) -> None:
         """Start decoding `series` ahead (from frame `number` of `start`, else from its first instance),
         unless it is being decoded ahead already, or was, and that frame is in the cache."""
         if self._series == (study, series) and self._task is not None:
             if not self._task.done():
                 return
-            if (start is None or not decodable(start) or self._cache.get((start.blob_key, number)) is not None
-                    or self.spill.has(start.blob_key, number)):
+            if (
+                start is None
+                or not decodable(start)
+                or self._cache.get((start.blob_key, number)) is not None
+                or self.spill.has(start.blob_key, number)
+            ):
                 return
         if self._task is not None and not self._task.done():
             self._task.cancel()
@@ -215,7 +226,9 @@ class Readahead:
 
     async def _run(self, study: str, series: str, start_sop: str | None) -> None:
         try:
-            await asyncio.sleep(0.05)  # the client's first request (sent right after the metadata) comes first
+            await asyncio.sleep(
+                0.05
+            )  # the client's first request (sent right after the metadata) comes first
             recs = [r for r in await self.archive.index.instances(study, series) if decodable(r)]
             start = next((i for i, r in enumerate(recs) if r.sop_uid == start_sop), 0)
             budget = self._cache.capacity * 3 // 4
@@ -229,8 +242,13 @@ class Readahead:
                     if self.spill.has(rec.blob_key, number):
                         continue  # read from disk when asked for, no decode needed
                     codestream = await self.archive.read_frame(rec, number)
-                    future = loop.run_in_executor(self._pool, _decode_frame, codestream, rec.bits_allocated,
-                                                  rec.pixel_representation == 1)
+                    future = loop.run_in_executor(
+                        self._pool,
+                        _decode_frame,
+                        codestream,
+                        rec.bits_allocated,
+                        rec.pixel_representation == 1,
+                    )
                     self._inflight[key] = future
                     try:
                         data = await asyncio.shield(future)

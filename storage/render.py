@@ -117,6 +117,7 @@ class Voi:
 
 # ---- entry points -----------------------------------------------------------------------------
 
+
 def render_frame(
     path: Path, transfer_syntax: str, frame_bytes: bytes | None, number: int, options: RenderOptions
 ) -> bytes:
@@ -134,8 +135,9 @@ def render_frame(
         raise CannotRender("the instance has no image")
     geometry = fit(cols, rows, options.viewport)
     voi = voi_plan(ds, options.window) if photometric in MONOCHROME else Voi()
-    pixels, photometric, level = decode_frame(path, ds, transfer_syntax, frame_bytes, number, geometry,
-                                              options.layer_errors, voi)
+    pixels, photometric, level = decode_frame(
+        path, ds, transfer_syntax, frame_bytes, number, geometry, options.layer_errors, voi
+    )
     image = Image.fromarray(display_values(pixels, ds, photometric, voi))
     return encode(place(image, geometry, level), options.media_type, options.quality)
 
@@ -205,6 +207,7 @@ def read_attributes(path: Path, index: int) -> Dataset:
 
 # ---- geometry ---------------------------------------------------------------------------------
 
+
 def fit(cols: int, rows: int, viewport: Viewport | None) -> Geometry:
     """Source box and output size: the region scaled to fit the viewport, aspect kept, not enlarged."""
     region = viewport.region if viewport and viewport.region else Region()
@@ -253,6 +256,7 @@ def place(image: Image.Image, geometry: Geometry, level: int) -> Image.Image:
 
 
 # ---- decoding ---------------------------------------------------------------------------------
+
 
 def decode_frame(
     path: Path,
@@ -385,6 +389,7 @@ def display_gain(ds: Dataset, photometric: str, voi: Voi) -> float | None:
 
 # ---- values to 8 bits -------------------------------------------------------------------------
 
+
 def voi_plan(ds: Dataset, window: Window | None) -> Voi:
     """The VOI to apply: the requested window, else the dataset's first window, else its VOI LUT,
     else the frame's own range."""
@@ -511,6 +516,7 @@ def _round_to_8_bits(y: np.ndarray) -> np.ndarray:
 
 
 # ---- output -----------------------------------------------------------------------------------
+
 
 def encode(image: Image.Image, media_type: str, quality: int) -> bytes:
     """JPEG baseline (PS3.18 8.7.4) or PNG; the same image always gives the same bytes."""

@@ -56,24 +56,36 @@ class S3BlobStore:
         location = settings.s3_location
         assert location is not None
         bucket, prefix = location
-        config: dict[str, Any] = {}
+        # obstore's option types are TypedDicts: these are built as plain dicts, checked by obstore itself.
+        config: Any = {}
         if settings.s3_endpoint:
             config["endpoint"] = settings.s3_endpoint
         if settings.s3_region:
             config["region"] = settings.s3_region
-        client = {
+        client: Any = {
             # An endpoint the operator wrote with http:// (MinIO on a private network, a test server on
             # loopback) is meant: object_store refuses plain HTTP unless told.
             "allow_http": settings.s3_endpoint.startswith("http://"),
             "connect_timeout": timedelta(seconds=5),
             "timeout": timedelta(seconds=120),
         }
-        retry = {"max_retries": 4, "retry_timeout": timedelta(seconds=30),
-                 "backoff": {"init_backoff": timedelta(milliseconds=100), "max_backoff": timedelta(seconds=5),
-                             "base": 2.0}}
+        retry: Any = {
+            "max_retries": 4,
+            "retry_timeout": timedelta(seconds=30),
+            "backoff": {
+                "init_backoff": timedelta(milliseconds=100),
+                "max_backoff": timedelta(seconds=5),
+                "base": 2.0,
+            },
+        }
         try:
-            store = S3Store(bucket, prefix=prefix or None, config=config,  # type: ignore[arg-type]
-                            client_options=client, retry_config=retry)  # type: ignore[arg-type]
+            store = S3Store(
+                bucket,
+                prefix=prefix or None,
+                config=config,
+                client_options=client,
+                retry_config=retry,
+            )
         except Exception as exc:  # noqa: BLE001 - a malformed AWS_* variable, told in one line
             raise BlobStoreUnavailable(f"s3://{bucket}/{prefix}: {short_reason(exc)}") from None
         where = settings.s3_endpoint or f"AWS {settings.s3_region or 'us-east-1'}"
@@ -86,8 +98,9 @@ class S3BlobStore:
         """Upload `src` under `key` (multipart above the part size) and delete `src`; its size."""
         check_key(key)
         size = (await asyncio.to_thread(src.stat)).st_size
-        await obstore.put_async(self.store, key, src, chunk_size=self.part_size,
-                                max_concurrency=PART_CONCURRENCY)
+        await obstore.put_async(
+            self.store, key, src, chunk_size=self.part_size, max_concurrency=PART_CONCURRENCY
+        )
         await asyncio.to_thread(src.unlink, True)
         return size
 
@@ -134,7 +147,11 @@ class S3BlobStore:
         ahead: asyncio.Task[bytes] | None = None
         try:
             for i, start in enumerate(starts):
-                piece = await ahead if ahead is not None else await self.read(key, start, min(READ_PIECE, size - start))
+                piece = (
+                    await ahead
+                    if ahead is not None
+                    else await self.read(key, start, min(READ_PIECE, size - start))
+                )
                 ahead = None
                 if i + 1 < len(starts):
                     nxt = starts[i + 1]
@@ -179,8 +196,9 @@ class S3BlobStore:
         except TimeoutError:
             raise BlobStoreUnavailable(f"{self.label}: no answer within {CHECK_SECONDS:.0f} s") from None
         except FileNotFoundError:
-            raise BlobStoreUnavailable(f"{self.label}: the readiness marker {READY_MARKER} is gone "
-                                       "(bucket emptied or deleted?)") from None
+            raise BlobStoreUnavailable(
+                f"{self.label}: the readiness marker {READY_MARKER} is gone (bucket emptied or deleted?)"
+            ) from None
         except Exception as exc:  # noqa: BLE001 - obstore's errors, told in one line
             raise BlobStoreUnavailable(f"{self.label}: {short_reason(exc)}") from None
 

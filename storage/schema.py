@@ -112,8 +112,13 @@ instances = Table(
 )
 # Instances of a series (/metadata, frames) and of a study, in result order.
 Index("ix_instances_series_order", instances.c.series_uid, instances.c.instance_number, instances.c.sop_uid)
-Index("ix_instances_study_order", instances.c.study_uid, instances.c.series_uid, instances.c.instance_number,
-      instances.c.sop_uid)
+Index(
+    "ix_instances_study_order",
+    instances.c.study_uid,
+    instances.c.series_uid,
+    instances.c.instance_number,
+    instances.c.sop_uid,
+)
 
 # Durable queue of received instances waiting to become masters: a row is written in the same
 # transaction as the instance, so a restart resumes exactly where the work stopped.

@@ -76,14 +76,24 @@ def to_native(path: Path, transfer_syntax: str = ExplicitVRLittleEndian) -> byte
 
 def _write(out: io.BytesIO, ds: Dataset, transfer_syntax: str) -> None:
     # dcmwrite, unlike save_as, may change endianness; _decoded already swapped the raw values.
-    pydicom.dcmwrite(out, ds, implicit_vr=transfer_syntax == ImplicitVRLittleEndian, little_endian=True,
-                     enforce_file_format=True)
+    pydicom.dcmwrite(
+        out,
+        ds,
+        implicit_vr=transfer_syntax == ImplicitVRLittleEndian,
+        little_endian=True,
+        enforce_file_format=True,
+    )
 
 
 def frame_size(ds: Dataset) -> int:
     """Bytes of one native frame (odd-length pixel data carries a pad byte that belongs to no frame)."""
-    return native_frame_size(int(ds.Rows), int(ds.Columns), int(ds.get("SamplesPerPixel", 1) or 1),
-                             str(ds.get("PhotometricInterpretation", "")), int(ds.BitsAllocated))
+    return native_frame_size(
+        int(ds.Rows),
+        int(ds.Columns),
+        int(ds.get("SamplesPerPixel", 1) or 1),
+        str(ds.get("PhotometricInterpretation", "")),
+        int(ds.BitsAllocated),
+    )
 
 
 def native_frame_size(rows: int, columns: int, samples: int, photometric: str, bits_allocated: int) -> int:
@@ -104,7 +114,7 @@ def frame_native(path: Path, index: int) -> bytes:
             raise CannotTranscode("cannot split bit-packed frames")
         return data
     size = frame_size(ds)
-    return data[index * size: (index + 1) * size]
+    return data[index * size : (index + 1) * size]
 
 
 def pixel_data_native(path: Path) -> bytes:

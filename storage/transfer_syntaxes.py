@@ -69,15 +69,23 @@ SYNTAXES: dict[str, TransferSyntax] = _table(
     TransferSyntax("1.2.840.10008.1.2.4.70", "image/jpeg", decodable=True, lossless=True),
     TransferSyntax("1.2.840.10008.1.2.4.80", "image/jls", decodable=True, lossless=True),
     TransferSyntax("1.2.840.10008.1.2.4.81", "image/jls", decodable=True),
-    TransferSyntax(J2K_LOSSLESS, "image/jp2", decodable=True, lossless=True, family="j2k",
-                   reversible_colour=True),
+    TransferSyntax(
+        J2K_LOSSLESS, "image/jp2", decodable=True, lossless=True, family="j2k", reversible_colour=True
+    ),
     TransferSyntax(J2K, "image/jp2", decodable=True, family="j2k"),
     TransferSyntax("1.2.840.10008.1.2.4.92", "image/jpx"),
     TransferSyntax("1.2.840.10008.1.2.4.93", "image/jpx"),
-    TransferSyntax(HTJ2K_LOSSLESS, "image/jphc", decodable=True, lossless=True, family="htj2k",
-                   reversible_colour=True),
-    TransferSyntax(HTJ2K_LOSSLESS_RPCL, "image/jphc", decodable=True, lossless=True, family="htj2k",
-                   reversible_colour=True),
+    TransferSyntax(
+        HTJ2K_LOSSLESS, "image/jphc", decodable=True, lossless=True, family="htj2k", reversible_colour=True
+    ),
+    TransferSyntax(
+        HTJ2K_LOSSLESS_RPCL,
+        "image/jphc",
+        decodable=True,
+        lossless=True,
+        family="htj2k",
+        reversible_colour=True,
+    ),
     TransferSyntax(HTJ2K, "image/jphc", decodable=True, family="htj2k"),
     TransferSyntax("1.2.840.10008.1.2.4.100", "video/mpeg"),
     TransferSyntax("1.2.840.10008.1.2.4.101", "video/mpeg"),

@@ -9,4 +9,3 @@ _LENIENT_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 
 def is_valid_uid(value: str) -> bool:
     return len(value) <= 64 and bool(_LENIENT_UID.match(value))
-

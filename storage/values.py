@@ -40,10 +40,10 @@ def normalize_time(value: str, *, upper: bool = False) -> str:
         return ""
     whole, _, frac = value.partition(".")
     whole = whole[:6]
-    fill = "595959"[len(whole):] if upper and len(whole) >= 2 else ("99" if upper else "")
+    fill = "595959"[len(whole) :] if upper and len(whole) >= 2 else ("99" if upper else "")
     if upper and len(whole) < 2:
         return "235959.999999"
-    whole = (whole + (fill if upper else "000000"[len(whole):]))[:6]
+    whole = (whole + (fill if upper else "000000"[len(whole) :]))[:6]
     frac = (frac + ("999999" if upper else "000000"))[:6]
     return f"{whole}.{frac}"
 
@@ -60,7 +60,7 @@ def normalize_datetime(value: str, *, upper: bool = False) -> str:
             value = value[: 8 + value[8:].index(sign)]
     date, rest = value[:8], value[8:]
     if len(date) < 8:
-        date = date + ("1231"[len(date) - 4:] if upper and len(date) >= 4 else "0101"[len(date) - 4:])
+        date = date + ("1231"[len(date) - 4 :] if upper and len(date) >= 4 else "0101"[len(date) - 4 :])
         date = date[:8]
     time = normalize_time(rest, upper=upper) if rest else ("235959.999999" if upper else "000000.000000")
     return date + time

@@ -55,8 +55,11 @@ class Issuer:
         self.thread.start()
 
     def add_key(self, kid: str, kind: str = "rsa") -> None:
-        self.keys[kid] = (rsa.generate_private_key(public_exponent=65537, key_size=2048) if kind == "rsa"
-                          else ec.generate_private_key(ec.SECP256R1()))
+        self.keys[kid] = (
+            rsa.generate_private_key(public_exponent=65537, key_size=2048)
+            if kind == "rsa"
+            else ec.generate_private_key(ec.SECP256R1())
+        )
 
     def jwks(self) -> dict[str, Any]:
         out = []
@@ -72,13 +75,22 @@ class Issuer:
         return {"keys": out}
 
     def public_pem(self, kid: str) -> bytes:
-        return self.keys[kid].public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        return (
+            self.keys[kid]
+            .public_key()
+            .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        )
 
     def claims(self, **changes: Any) -> dict[str, Any]:
         now = int(time.time())
-        claims = {"iss": self.url, "aud": AUDIENCE, "sub": "alice", "iat": now, "exp": now + 300,
-                  "scope": "openid dicomweb.read"}
+        claims = {
+            "iss": self.url,
+            "aud": AUDIENCE,
+            "sub": "alice",
+            "iat": now,
+            "exp": now + 300,
+            "scope": "openid dicomweb.read",
+        }
         claims.update(changes)
         return {k: v for k, v in claims.items() if v is not None}
 
@@ -92,8 +104,10 @@ class Issuer:
 
     def hs256_with_public_key(self, kid: str = "rsa-1", **changes: Any) -> str:
         """The classic confusion attack: HMAC keyed with the (public) RSA key, by hand, as PyJWT refuses."""
+
         def b64(data: bytes) -> bytes:
             return base64.urlsafe_b64encode(data).rstrip(b"=")
+
         head = b64(json.dumps({"alg": "HS256", "typ": "JWT", "kid": kid}).encode())
         body = b64(json.dumps(self.claims(**changes)).encode())
         sig = b64(hmac.new(self.public_pem(kid), head + b"." + body, hashlib.sha256).digest())

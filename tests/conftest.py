@@ -54,9 +54,17 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, data_dir: Path, extra_env: dict[str, str] | None = None, *,
-                 program: list[str] | None = None, cwd: Path | None = None, start_timeout: float = 30,
-                 args: list[str] | None = None, scheme: str = "http") -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        extra_env: dict[str, str] | None = None,
+        *,
+        program: list[str] | None = None,
+        cwd: Path | None = None,
+        start_timeout: float = 30,
+        args: list[str] | None = None,
+        scheme: str = "http",
+    ) -> None:
         self.port = free_port()
         self.data_dir = data_dir
         self.base = f"{scheme}://127.0.0.1:{self.port}"
@@ -64,9 +72,23 @@ class Server:
         env = {**os.environ, **(extra_env or {})}
         self.log = open(data_dir.parent / f"server-{self.port}.log", "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [*(program or [sys.executable, "-m", "dicomweb"]), "serve", "--host", "127.0.0.1",
-             "--port", str(self.port), "--data", str(data_dir), "--log-level", "warning", *(args or [])],
-            stdout=self.log, stderr=subprocess.STDOUT, env=env, cwd=cwd,
+            [
+                *(program or [sys.executable, "-m", "dicomweb"]),
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--data",
+                str(data_dir),
+                "--log-level",
+                "warning",
+                *(args or []),
+            ],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=cwd,
             # Its own process group: stop() can end the parser processes (forkserver, resource tracker,
             # workers) too, which outlive a server killed with SIGKILL in the crash tests.
             start_new_session=True,
@@ -119,17 +141,22 @@ def wait_for_masters(client: httpx.Client, timeout: float = 300) -> None:
     assert client.get("/status").json()["pending_masters"] == 0, "masters still pending"
 
 
-def multipart_body(files: list[bytes], boundary: str = "test-boundary-1234", ctype: str = "application/dicom") -> bytes:
+def multipart_body(
+    files: list[bytes], boundary: str = "test-boundary-1234", ctype: str = "application/dicom"
+) -> bytes:
     out = b""
     for data in files:
         out += f"--{boundary}\r\nContent-Type: {ctype}\r\n\r\n".encode() + data + b"\r\n"
     return out + f"--{boundary}--\r\n".encode()
 
 
-def stow(client: httpx.Client, files: list[bytes], study: str | None = None, boundary: str = "test-boundary-1234"):
+def stow(
+    client: httpx.Client, files: list[bytes], study: str | None = None, boundary: str = "test-boundary-1234"
+):
     url = f"/studies/{study}" if study else "/studies"
     return client.post(
-        url, content=multipart_body(files, boundary),
+        url,
+        content=multipart_body(files, boundary),
         headers={"Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}'},
     )
 
@@ -175,6 +202,7 @@ def new_uids(data: bytes, **changes: str) -> bytes:
 
 # ---- the scale-out topology (bench/cluster.py): PostgreSQL + S3 server + two replicas behind HAProxy ----
 
+
 class ClusterServer:
     """The cluster seen as one server by the protocol suites: its address is the load balancer's."""
 
@@ -193,7 +221,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory):
     from bench.cluster import Cluster
 
     # Not under pytest's tmp folder: as root that is private to root, and PostgreSQL runs as postgres.
-    c = Cluster(base=Path(tempfile.mkdtemp(prefix="dicomweb-cluster-")), env={"DICOMWEB_WORKERS": "1"}).start()
+    c = Cluster(
+        base=Path(tempfile.mkdtemp(prefix="dicomweb-cluster-")), env={"DICOMWEB_WORKERS": "1"}
+    ).start()
     yield c
     c.stop()
     import shutil

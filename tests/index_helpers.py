@@ -23,8 +23,15 @@ SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.11"
 _counter = itertools.count()
 
 
-def make_instance(folder: Path, *, study: str, series: str | None = None, sop: str | None = None,
-                  sop_class: str = CT_CLASS, **attrs: Any) -> ParsedInstance:
+def make_instance(
+    folder: Path,
+    *,
+    study: str,
+    series: str | None = None,
+    sop: str | None = None,
+    sop_class: str = CT_CLASS,
+    **attrs: Any,
+) -> ParsedInstance:
     """A small instance (no pixel data) written to ``folder`` and parsed the way ingest parses it."""
     ds = Dataset()
     ds.SOPClassUID = sop_class
@@ -57,8 +64,9 @@ async def new_postgres_database(server_url: str) -> str:
     return f"{server_url.rsplit('/', 1)[0]}/{name}"
 
 
-async def query(index: Index, level: str = "study", study: str | None = None, series: str | None = None,
-                **params: str) -> tuple[list[dict[str, Any]], int]:
+async def query(
+    index: Index, level: str = "study", study: str | None = None, series: str | None = None, **params: str
+) -> tuple[list[dict[str, Any]], int]:
     q: Query = parse_query(level, list(params.items()), study, series)  # type: ignore[arg-type]
     return await run_query(index, q)
 
@@ -67,7 +75,9 @@ def uids(results: list[dict[str, Any]], tag: str = "0020000D") -> list[str]:
     return [r[tag]["Value"][0] for r in results]
 
 
-# ---- a reference for matching and order (PS3.4 C.2.2.2 in plain Python, on every study) ----------------------
+# ---- a reference for matching and order (PS3.4 C.2.2.2 in plain Python, on every study)
+# ----------------------
+
 
 def _matches(attrs: dict[str, Any], key: str, value: str, fuzzy: bool) -> bool:
     from storage.query import _attribute, _python_match
@@ -84,7 +94,9 @@ def _matches(attrs: dict[str, Any], key: str, value: str, fuzzy: bool) -> bool:
 def reference(all_studies: list[dict[str, Any]], params: dict[str, str]) -> list[str]:
     """Study UIDs matching ``params`` (no paging), newest first, UIDs breaking ties: what QIDO answers."""
     fuzzy = params.get("fuzzymatching") == "true"
-    filters = {k: v for k, v in params.items() if k not in ("limit", "offset", "fuzzymatching", "includefield")}
+    filters = {
+        k: v for k, v in params.items() if k not in ("limit", "offset", "fuzzymatching", "includefield")
+    }
     hits = [a for a in all_studies if all(_matches(a, k, v, fuzzy) for k, v in filters.items())]
 
     def first(a: dict[str, Any], tag: str) -> str:

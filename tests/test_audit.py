@@ -46,23 +46,39 @@ def test_store_search_retrieve_delete(audited: tuple[Server, Path]) -> None:
         before = len(path.read_text().splitlines()) if path.exists() else 0
         r = stow(client, [new_uids(raw, study=study, series=series)])
         assert r.status_code == 200
-        assert client.get("/studies", params={"PatientName": patient, "Modality": "CT", "limit": "5"}).status_code == 200
+        assert (
+            client.get(
+                "/studies", params={"PatientName": patient, "Modality": "CT", "limit": "5"}
+            ).status_code
+            == 200
+        )
         r = client.get(f"/studies/{study}/series/{series}/metadata")
         assert r.status_code == 200
-        retrieved = client.get(f"/studies/{study}", headers={"Accept": 'multipart/related; type="application/dicom"'})
+        retrieved = client.get(
+            f"/studies/{study}", headers={"Accept": 'multipart/related; type="application/dicom"'}
+        )
         assert retrieved.status_code == 200
         assert client.delete(f"/studies/{study}").status_code == 204
         assert client.get(f"/studies/{study}/metadata").status_code == 404
         assert client.get("/status").status_code == 200  # no patient data: not audited
     store, search, meta, retrieve, delete, missing = lines(path, before + 6)[before:]
     assert store["action"] == "store" and store["event_id"] == {
-        "code": "110104", "scheme": "DCM", "meaning": "DICOM Instances Transferred"}
+        "code": "110104",
+        "scheme": "DCM",
+        "meaning": "DICOM Instances Transferred",
+    }
     assert store["event_action"] == "C" and store["studies"] == [study] and store["series"] == [series]
     assert store["bytes_in"] > len(raw) and store["status"] == 200 and store["outcome"] == 0
     assert store["who"] == "anonymous" and store["client"] == "127.0.0.1"
-    assert search["action"] == "search" and search["event_id"]["code"] == "110112" and search["event_action"] == "E"
+    assert (
+        search["action"] == "search"
+        and search["event_id"]["code"] == "110112"
+        and search["event_action"] == "E"
+    )
     assert search["query"] == {"PatientName": "***", "Modality": "CT", "limit": "5"}
-    assert meta["action"] == "retrieve" and meta["event_id"]["code"] == "110104" and meta["event_action"] == "R"
+    assert (
+        meta["action"] == "retrieve" and meta["event_id"]["code"] == "110104" and meta["event_action"] == "R"
+    )
     assert meta["studies"] == [study] and meta["series"] == [series]
     assert retrieve["bytes_out"] == len(retrieved.content)
     assert delete["event_id"] == {"code": "110105", "scheme": "DCM", "meaning": "DICOM Study Deleted"}

@@ -29,10 +29,16 @@ def issuer() -> Iterator[Issuer]:
 @pytest.fixture(scope="module")
 def oidc_server(tmp_path_factory: pytest.TempPathFactory, issuer: Issuer) -> Iterator[Server]:
     data = tmp_path_factory.mktemp("oidc") / "data"
-    srv = Server(data, {
-        "DICOMWEB_OIDC_ISSUER": issuer.url, "DICOMWEB_OIDC_AUDIENCE": AUDIENCE,
-        "DICOMWEB_OIDC_JWKS_REFETCH_SECONDS": "2", "DICOMWEB_AUDIT_LOG": str(data.parent / "audit.jsonl"),
-    }, args=["--log-level", "info"])
+    srv = Server(
+        data,
+        {
+            "DICOMWEB_OIDC_ISSUER": issuer.url,
+            "DICOMWEB_OIDC_AUDIENCE": AUDIENCE,
+            "DICOMWEB_OIDC_JWKS_REFETCH_SECONDS": "2",
+            "DICOMWEB_AUDIT_LOG": str(data.parent / "audit.jsonl"),
+        },
+        args=["--log-level", "info"],
+    )
     yield srv
     srv.stop()
 
@@ -62,18 +68,31 @@ def test_missing_token(oidc_server: Server) -> None:
     assert httpx.get(f"{oidc_server.base}/viewer-demo/").status_code == 200
 
 
-@pytest.mark.parametrize(("make", "description"), [
-    (lambda i: i.token(exp=int(time.time()) - 120), "token expired"),
-    (lambda i: i.token(nbf=int(time.time()) + 600), "token not yet valid"),
-    (lambda i: i.token(aud="another-service"), "token issued for another audience"),
-    (lambda i: i.token(iss="https://evil.example"), "token from another issuer"),
-    (lambda i: i.token(exp=None), "token lacks a required claim (exp, iss or aud)"),
-    (lambda i: i.unsigned_token(), "token algorithm not allowed"),
-    (lambda i: i.hs256_with_public_key(), "token algorithm not allowed"),
-    (lambda i: i.token("rsa-1")[:-10] + "AAAAAAAAAA", "token signature does not verify"),
-    (lambda i: "not.a.jwt", "malformed token"),
-], ids=["expired", "nbf-future", "wrong-aud", "wrong-iss", "no-exp", "alg-none", "hs256-public-key",
-        "bad-signature", "garbage"])
+@pytest.mark.parametrize(
+    ("make", "description"),
+    [
+        (lambda i: i.token(exp=int(time.time()) - 120), "token expired"),
+        (lambda i: i.token(nbf=int(time.time()) + 600), "token not yet valid"),
+        (lambda i: i.token(aud="another-service"), "token issued for another audience"),
+        (lambda i: i.token(iss="https://evil.example"), "token from another issuer"),
+        (lambda i: i.token(exp=None), "token lacks a required claim (exp, iss or aud)"),
+        (lambda i: i.unsigned_token(), "token algorithm not allowed"),
+        (lambda i: i.hs256_with_public_key(), "token algorithm not allowed"),
+        (lambda i: i.token("rsa-1")[:-10] + "AAAAAAAAAA", "token signature does not verify"),
+        (lambda i: "not.a.jwt", "malformed token"),
+    ],
+    ids=[
+        "expired",
+        "nbf-future",
+        "wrong-aud",
+        "wrong-iss",
+        "no-exp",
+        "alg-none",
+        "hs256-public-key",
+        "bad-signature",
+        "garbage",
+    ],
+)
 def test_bad_tokens_are_401(oidc_server: Server, issuer: Issuer, make, description: str) -> None:
     token = make(issuer)
     r = httpx.get(f"{oidc_server.root}/studies", headers=bearer(token))
@@ -93,10 +112,14 @@ def test_missing_scope_is_403(oidc_server: Server, issuer: Issuer) -> None:
     assert r.status_code == 403
     assert r.headers["www-authenticate"] == (
         'Bearer realm="dicomweb", error="insufficient_scope", '
-        'error_description="this request needs the scope dicomweb.read", scope="dicomweb.read"')
+        'error_description="this request needs the scope dicomweb.read", scope="dicomweb.read"'
+    )
     read_only = bearer(issuer.token())
-    for method, path, scope in [("POST", "/studies", "dicomweb.write"), ("DELETE", "/studies/1.2.3", "dicomweb.delete"),
-                                ("GET", "/status", "dicomweb.admin")]:
+    for method, path, scope in [
+        ("POST", "/studies", "dicomweb.write"),
+        ("DELETE", "/studies/1.2.3", "dicomweb.delete"),
+        ("GET", "/status", "dicomweb.admin"),
+    ]:
         r = httpx.request(method, f"{oidc_server.root}{path}", headers=read_only)
         assert r.status_code == 403, (method, path, r.text)
         assert f'scope="{scope}"' in r.headers["www-authenticate"]
@@ -105,8 +128,11 @@ def test_missing_scope_is_403(oidc_server: Server, issuer: Issuer) -> None:
 def test_scopes_from_scp_list_and_keycloak_roles(oidc_server: Server, issuer: Issuer) -> None:
     ct = new_uids((PYDICOM_TEST_FILES / "CT_small.dcm").read_bytes())
     writer_scp = issuer.token(scope=None, scp=["dicomweb.write"])
-    r = httpx.post(f"{oidc_server.root}/studies", content=multipart_body([ct]),
-                   headers={**bearer(writer_scp), "Content-Type": STOW_TYPE})
+    r = httpx.post(
+        f"{oidc_server.root}/studies",
+        content=multipart_body([ct]),
+        headers={**bearer(writer_scp), "Content-Type": STOW_TYPE},
+    )
     assert r.status_code == 200, r.text
     admin_role = issuer.token(scope=None, realm_access={"roles": ["dicomweb.admin", "offline_access"]})
     assert httpx.get(f"{oidc_server.root}/status", headers=bearer(admin_role)).status_code == 200
@@ -119,7 +145,9 @@ def test_unknown_kid_refetch_is_rate_limited_then_rotation(oidc_server: Server, 
     time.sleep(2.1)  # let a refetch be allowed
     before = issuer.jwks_fetches
     started = time.monotonic()
-    assert_401(httpx.get(f"{oidc_server.root}/studies", headers=bearer(token)), "token signed by an unknown key")
+    assert_401(
+        httpx.get(f"{oidc_server.root}/studies", headers=bearer(token)), "token signed by an unknown key"
+    )
     # A flood of tokens with unknown kids: at most one fetch per refetch interval (2 s here), however slow
     # a loaded machine makes the flood.
     for n in range(30):
@@ -141,8 +169,12 @@ def test_access_token_query_parameter_on_get_only(oidc_server: Server, issuer: I
     r = httpx.get(f"{oidc_server.root}/studies", params={"access_token": token, "limit": "5"})
     assert r.status_code == 200, r.text  # and the parameter is not taken for a search key
     writer = issuer.token(scope="dicomweb.write")
-    r = httpx.post(f"{oidc_server.root}/studies", params={"access_token": writer}, content=b"",
-                   headers={"Content-Type": STOW_TYPE})
+    r = httpx.post(
+        f"{oidc_server.root}/studies",
+        params={"access_token": writer},
+        content=b"",
+        headers={"Content-Type": STOW_TYPE},
+    )
     assert_401(r, "no access token")
 
 
@@ -162,9 +194,15 @@ def test_tokens_never_reach_the_logs(oidc_server: Server, issuer: Issuer) -> Non
 
 # ---- API keys --------------------------------------------------------------------------------------
 
+
 def dicomweb(*args: str, data: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "dicomweb", *args, "--data", str(data)],
-                          check=False, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "dicomweb", *args, "--data", str(data)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -193,15 +231,22 @@ def test_api_keys_create_use_revoke(keyed: tuple[Server, dict[str, str]]) -> Non
     bad = dicomweb("apikey", "create", "x", "--scopes", "everything", data=data)
     assert bad.returncode == 1 and "unknown scope" in bad.stderr
 
-    assert_401(httpx.get(f"{srv.root}/studies"), "no access token")  # keys exist: the loopback server is closed
+    assert_401(
+        httpx.get(f"{srv.root}/studies"), "no access token"
+    )  # keys exist: the loopback server is closed
     ct = new_uids((PYDICOM_TEST_FILES / "CT_small.dcm").read_bytes())
-    r = httpx.post(f"{srv.root}/studies", content=multipart_body([ct]),
-                   headers={"X-API-Key": keys["gateway"], "Content-Type": STOW_TYPE})
+    r = httpx.post(
+        f"{srv.root}/studies",
+        content=multipart_body([ct]),
+        headers={"X-API-Key": keys["gateway"], "Content-Type": STOW_TYPE},
+    )
     assert r.status_code == 200, r.text
     assert httpx.get(f"{srv.root}/studies", headers={"X-API-Key": keys["gateway"]}).status_code == 403
     r = httpx.get(f"{srv.root}/studies", headers=bearer(keys["viewer"]))
     assert r.status_code == 200 and len(r.json()) == 1
-    assert_401(httpx.get(f"{srv.root}/studies", headers=bearer(keys["viewer"][:-1] + "A")), "unknown or revoked key")
+    assert_401(
+        httpx.get(f"{srv.root}/studies", headers=bearer(keys["viewer"][:-1] + "A")), "unknown or revoked key"
+    )
 
     revoked = dicomweb("apikey", "revoke", "viewer", data=data)
     assert revoked.returncode == 0, revoked.stderr
@@ -215,8 +260,24 @@ def test_api_keys_create_use_revoke(keyed: tuple[Server, dict[str, str]]) -> Non
 
 
 def test_open_bind_refused_without_auth(tmp_path: Path) -> None:
-    done = subprocess.run([sys.executable, "-m", "dicomweb", "serve", "--host", "0.0.0.0", "--port", "1",
-                           "--data", str(tmp_path / "data")], check=False, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dicomweb",
+            "serve",
+            "--host",
+            "0.0.0.0",
+            "--port",
+            "1",
+            "--data",
+            str(tmp_path / "data"),
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 2
     assert "refusing to serve patient data on 0.0.0.0" in done.stderr and "--allow-anonymous" in done.stderr
     assert "Traceback" not in done.stderr
@@ -228,12 +289,26 @@ def test_ohif_app_config_signs_in_with_the_issuer() -> None:
 
     plain = ohif_app_config(Settings(), "/ohif", False).data.decode()
     assert '"oidc"' not in plain
-    body = ohif_app_config(Settings(oidc_issuer="https://id.example/realms/h", oidc_audience="dicomweb",
-                                    ohif_oidc_client_id="ohif-viewer"), "/ohif", False).data.decode()
+    body = ohif_app_config(
+        Settings(
+            oidc_issuer="https://id.example/realms/h",
+            oidc_audience="dicomweb",
+            ohif_oidc_client_id="ohif-viewer",
+        ),
+        "/ohif",
+        False,
+    ).data.decode()
     config = json.loads(body.split("window.config = ", 1)[1].split(";\n", 1)[0])
-    assert config["oidc"] == [{
-        "authority": "https://id.example/realms/h", "client_id": "ohif-viewer", "redirect_uri": "/callback",
-        "response_type": "code", "scope": "openid dicomweb.read", "post_logout_redirect_uri": "/"}]
+    assert config["oidc"] == [
+        {
+            "authority": "https://id.example/realms/h",
+            "client_id": "ohif-viewer",
+            "redirect_uri": "/callback",
+            "response_type": "code",
+            "scope": "openid dicomweb.read",
+            "post_logout_redirect_uri": "/",
+        }
+    ]
 
 
 def test_access_labels_two_tokens_see_disjoint_studies(oidc_server: Server, issuer: Issuer) -> None:
@@ -246,8 +321,11 @@ def test_access_labels_two_tokens_see_disjoint_studies(oidc_server: Server, issu
     stored = {}
     for name, headers in (("cardio", cardio), ("neuro", neuro)):
         f = new_uids(raw)
-        r = httpx.post(f"{oidc_server.root}/studies", content=multipart_body([f]),
-                       headers={**headers, "Content-Type": STOW_TYPE})
+        r = httpx.post(
+            f"{oidc_server.root}/studies",
+            content=multipart_body([f]),
+            headers={**headers, "Content-Type": STOW_TYPE},
+        )
         assert r.status_code == 200, r.text
         stored[name] = r.json()["00081190"]["Value"][0].rsplit("/", 1)[1]
 
@@ -264,14 +342,30 @@ def test_access_labels_two_tokens_see_disjoint_studies(oidc_server: Server, issu
     for path in ("/metadata", "", "/series", "/rendered"):
         r = httpx.get(f"{oidc_server.root}/studies/{stored['neuro']}{path}", headers=cardio)
         assert r.status_code == 404 and r.json()["error"] == "no such study", (path, r.text)
-    assert httpx.get(f"{oidc_server.root}/studies/{stored['cardio']}/metadata", headers=cardio).status_code == 200
+    assert (
+        httpx.get(f"{oidc_server.root}/studies/{stored['cardio']}/metadata", headers=cardio).status_code
+        == 200
+    )
     # An admin relabels: the neuro study becomes visible to cardio too.
-    assert httpx.get(f"{oidc_server.root}/studies/{stored['neuro']}/labels", headers=admin).json()["labels"] == ["neuro"]
-    assert httpx.put(f"{oidc_server.root}/studies/{stored['neuro']}/labels", headers=cardio,
-                     json={"labels": ["x"]}).status_code == 403
-    r = httpx.put(f"{oidc_server.root}/studies/{stored['neuro']}/labels", headers=admin,
-                  json={"labels": ["neuro", "cardio"]})
+    assert httpx.get(f"{oidc_server.root}/studies/{stored['neuro']}/labels", headers=admin).json()[
+        "labels"
+    ] == ["neuro"]
+    assert (
+        httpx.put(
+            f"{oidc_server.root}/studies/{stored['neuro']}/labels", headers=cardio, json={"labels": ["x"]}
+        ).status_code
+        == 403
+    )
+    r = httpx.put(
+        f"{oidc_server.root}/studies/{stored['neuro']}/labels",
+        headers=admin,
+        json={"labels": ["neuro", "cardio"]},
+    )
     assert r.status_code == 200 and r.json()["labels"] == ["cardio", "neuro"]
     assert seen(cardio) == {stored["cardio"], stored["neuro"]}
-    assert httpx.put(f"{oidc_server.root}/studies/{stored['neuro']}/labels", headers=admin,
-                     json={"labels": "neuro"}).status_code == 400
+    assert (
+        httpx.put(
+            f"{oidc_server.root}/studies/{stored['neuro']}/labels", headers=admin, json={"labels": "neuro"}
+        ).status_code
+        == 400
+    )

@@ -2,8 +2,8 @@
 server.
 
 Attributes that are bulk data by nature (palette lookup tables, LUT Data, overlays, waveforms, encapsulated
-documents, spectroscopy data, float pixel data) are always BulkDataURIs, whatever their size: OHIF's client and
-dcm4chee expect palettes that way. Other binary values are inline up to DICOMWEB_BULKDATA_THRESHOLD bytes.
+documents, spectroscopy data, float pixel data) are always BulkDataURIs, whatever their size: OHIF's client
+and dcm4chee expect palettes that way. Other binary values are inline up to DICOMWEB_BULKDATA_THRESHOLD bytes.
 Every URI returns the value as uncompressed Little Endian bytes, computed here from pydicom's reading of the
 uploaded file.
 """
@@ -29,8 +29,18 @@ from tests.samples import sample
 OCTET = "application/octet-stream"
 CT_SMALL = (PYDICOM_TEST_FILES / "CT_small.dcm").read_bytes()
 # Little endian dtypes of the VRs whose bytes have an order.
-WORDS = {"OW": "u2", "US": "u2", "SS": "i2", "OF": "f4", "FL": "f4", "OL": "u4", "UL": "u4", "SL": "i4",
-         "OD": "f8", "FD": "f8"}
+WORDS = {
+    "OW": "u2",
+    "US": "u2",
+    "SS": "i2",
+    "OF": "f4",
+    "FL": "f4",
+    "OL": "u4",
+    "UL": "u4",
+    "SL": "i4",
+    "OD": "f8",
+    "FD": "f8",
+}
 
 
 def data_file(name: str) -> bytes:
@@ -58,15 +68,24 @@ def base_dataset(**attrs: Any) -> Dataset:
 
 
 def encapsulated_pdf() -> bytes:
-    ds = base_dataset(SOPClassUID="1.2.840.10008.5.1.4.1.1.104.1", Modality="DOC", MIMETypeOfEncapsulatedDocument="application/pdf")
+    ds = base_dataset(
+        SOPClassUID="1.2.840.10008.5.1.4.1.1.104.1",
+        Modality="DOC",
+        MIMETypeOfEncapsulatedDocument="application/pdf",
+    )
     ds.EncapsulatedDocument = b"%PDF-1.4\n% a tiny document\n%%EOF\n"
     return save(ds)
 
 
 def float_pixels(keyword: str, dtype: str) -> bytes:
     """Float (OF) or double float (OD) pixel data, 4x3, 32 or 64 bits."""
-    ds = base_dataset(Rows=3, Columns=4, SamplesPerPixel=1, PhotometricInterpretation="MONOCHROME2",
-                      BitsAllocated=np.dtype(dtype).itemsize * 8)
+    ds = base_dataset(
+        Rows=3,
+        Columns=4,
+        SamplesPerPixel=1,
+        PhotometricInterpretation="MONOCHROME2",
+        BitsAllocated=np.dtype(dtype).itemsize * 8,
+    )
     setattr(ds, keyword, np.linspace(-1.5, 2.25, 12, dtype=dtype).tobytes())
     return save(ds)
 
@@ -114,7 +133,9 @@ def little_endian(ds: Dataset, elem: pydicom.DataElement) -> bytes:
 
 
 def metadata(client: httpx.Client, ds: Dataset) -> dict[str, Any]:
-    url = f"/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}/metadata"
+    url = (
+        f"/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}/metadata"
+    )
     response = client.get(url)
     assert response.status_code == 200, response.text
     [item] = response.json()
@@ -226,10 +247,16 @@ def test_bulk_data_that_is_not_there_is_404(client: httpx.Client, path: str) -> 
     assert response.status_code == 404, response.text
 
 
-@pytest.mark.parametrize(("name", "path"), [
-    ("OBXXXX1A_expb.dcm", "00281201"), ("OBXXXX1A.dcm", "00281203"), ("mlut_18.dcm", "00283000/0/00283006"),
-    ("gdcm-US-ALOKA-16_big.dcm", "00281221"), ("waveform_ecg.dcm", "54000100/1/54001010"),
-])
+@pytest.mark.parametrize(
+    ("name", "path"),
+    [
+        ("OBXXXX1A_expb.dcm", "00281201"),
+        ("OBXXXX1A.dcm", "00281203"),
+        ("mlut_18.dcm", "00283000/0/00283006"),
+        ("gdcm-US-ALOKA-16_big.dcm", "00281221"),
+        ("waveform_ecg.dcm", "54000100/1/54001010"),
+    ],
+)
 def test_bulk_values_are_little_endian_whatever_the_file(name: str, path: str) -> None:
     """A big endian file (kept as received, or before its master) gives the same bytes as a little endian
     one: PS3.18 8.7.3.3.1 sends uncompressed bulk data in Little Endian byte order."""
@@ -239,23 +266,31 @@ def test_bulk_values_are_little_endian_whatever_the_file(name: str, path: str) -
     assert bulk_value(sample(name), path) == little_endian(ds, element(ds, path))
 
 
-@pytest.mark.parametrize(("big", "little", "path"), [
-    ("OBXXXX1A_expb.dcm", "OBXXXX1A.dcm", "00281201"), ("gdcm-US-ALOKA-16_big.dcm", "gdcm-US-ALOKA-16.dcm", "00281222"),
-])
+@pytest.mark.parametrize(
+    ("big", "little", "path"),
+    [
+        ("OBXXXX1A_expb.dcm", "OBXXXX1A.dcm", "00281201"),
+        ("gdcm-US-ALOKA-16_big.dcm", "gdcm-US-ALOKA-16.dcm", "00281222"),
+    ],
+)
 def test_big_and_little_endian_copies_give_the_same_bulk_data(big: str, little: str, path: str) -> None:
     from storage.dicom_json import bulk_value
 
     assert pydicom.dcmread(sample(big)).original_encoding[1] is False
-    assert bulk_value(sample(big), path) == bulk_value(sample(little), path) == element(
-        pydicom.dcmread(sample(little)), path).value
+    assert (
+        bulk_value(sample(big), path)
+        == bulk_value(sample(little), path)
+        == element(pydicom.dcmread(sample(little)), path).value
+    )
 
 
 def test_threshold_kept_when_the_master_rewrites_the_metadata(small_threshold_client: httpx.Client) -> None:
     """The master queue rewrites each instance's metadata with its master: with the configured
     threshold, not the default (values of 101 to 1024 bytes stay bulk data)."""
     ds = store(small_threshold_client, with_private_binaries(100, 101, 2))
-    layers = (f"/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
-              f"/instances/{ds.SOPInstanceUID}/layers")
+    layers = (
+        f"/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}/layers"
+    )
     deadline = time.monotonic() + 60
     while (status := small_threshold_client.get(layers).status_code) == 503 and time.monotonic() < deadline:
         time.sleep(0.1)

@@ -20,10 +20,16 @@ from tests.conftest import PYDICOM_DATA, PYDICOM_TEST_FILES, new_uids
 BROKEN_CODECS = {"DICOMWEB_OPENJPEG": "/nonexistent/libopenjp2.so.7"}
 
 
-def run(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+def run(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "dicomweb", *args], check=False, capture_output=True, text=True,
-        timeout=timeout, env={**os.environ, **(env or {})},
+        [sys.executable, "-m", "dicomweb", *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
     )
 
 
@@ -37,6 +43,7 @@ def assert_one_line_error(done: subprocess.CompletedProcess[str], status: int, *
 
 
 # ---- first contact ---------------------------------------------------------------------------------
+
 
 def test_version() -> None:
     done = run("--version")
@@ -63,16 +70,19 @@ def test_serve_help_names_every_option_its_variable_and_default() -> None:
     assert run("--help", env={"DICOMWEB_PORT": "abc"}).returncode == 0
 
 
-@pytest.mark.parametrize("variable, value", [
-    ("DICOMWEB_PORT", "abc"),
-    ("DICOMWEB_PORT", "70000"),
-    ("DICOMWEB_MAX_UPLOAD_BYTES", "8G"),
-    ("DICOMWEB_MAX_PARTS", "1e4"),
-    ("DICOMWEB_WORKERS", "four"),
-    ("DICOMWEB_DECODED_CACHE_MB", "-1"),
-    ("DICOMWEB_ACCESS_LOG", "maybe"),
-    ("DICOMWEB_LOG_LEVEL", "loud"),
-])
+@pytest.mark.parametrize(
+    "variable, value",
+    [
+        ("DICOMWEB_PORT", "abc"),
+        ("DICOMWEB_PORT", "70000"),
+        ("DICOMWEB_MAX_UPLOAD_BYTES", "8G"),
+        ("DICOMWEB_MAX_PARTS", "1e4"),
+        ("DICOMWEB_WORKERS", "four"),
+        ("DICOMWEB_DECODED_CACHE_MB", "-1"),
+        ("DICOMWEB_ACCESS_LOG", "maybe"),
+        ("DICOMWEB_LOG_LEVEL", "loud"),
+    ],
+)
 def test_malformed_setting_is_one_line_and_status_2(tmp_path: Path, variable: str, value: str) -> None:
     done = run("serve", "--data", str(tmp_path / "data"), env={variable: value}, timeout=60)
     assert_one_line_error(done, 2, variable, value)
@@ -80,8 +90,9 @@ def test_malformed_setting_is_one_line_and_status_2(tmp_path: Path, variable: st
 
 def test_malformed_settings_stop_import_and_verify_too(tmp_path: Path) -> None:
     data = str(tmp_path / "data")
-    assert_one_line_error(run("import", "--data", data, str(tmp_path), env={"DICOMWEB_WORKERS": "x"}),
-                          2, "DICOMWEB_WORKERS")
+    assert_one_line_error(
+        run("import", "--data", data, str(tmp_path), env={"DICOMWEB_WORKERS": "x"}), 2, "DICOMWEB_WORKERS"
+    )
     assert_one_line_error(run("verify", "--data", data, "--database-url", "not a url"), 2, "--database-url")
 
 
@@ -91,14 +102,16 @@ def test_broken_codec_stack_refuses_import_with_one_line(tmp_path: Path) -> None
     done = run("import", "--data", str(tmp_path / "data"), "--quiet", str(source), env=BROKEN_CODECS)
     assert_one_line_error(done, 1, "cannot make layered JPEG 2000 masters", "loading OpenJPEG")
     # Storing alone needs no codec: it goes on, and says loudly that masters cannot be made here.
-    stored = run("import", "--data", str(tmp_path / "data"), "--quiet", "--no-masters", str(source),
-                 env=BROKEN_CODECS)
+    stored = run(
+        "import", "--data", str(tmp_path / "data"), "--quiet", "--no-masters", str(source), env=BROKEN_CODECS
+    )
     assert stored.returncode == 0, stored.stdout + stored.stderr
     assert "dicomweb: warning: cannot make layered JPEG 2000 masters" in stored.stderr
     assert "1 waiting for a master" in " ".join(stored.stdout.split())
 
 
 # ---- import: the summary and the report ------------------------------------------------------------
+
 
 def lines_of(text: str) -> list[str]:
     return [" ".join(line.split()) for line in text.splitlines()]
@@ -144,13 +157,16 @@ def test_import_summary_counts_add_up_with_reasons_and_files(tmp_path: Path) -> 
     # Refusals are their own group, one reason with a few of the user's files and "and N more".
     assert "5 refused, not stored:" in out
     refusal = out.index("5 not a DICOM file: no DICM prefix and no SOP Instance UID")
-    assert out[refusal + 1: refusal + 5] == [*(str(source / f"notes{i}.txt") for i in range(3)), "and 2 more"]
+    assert out[refusal + 1 : refusal + 5] == [
+        *(str(source / f"notes{i}.txt") for i in range(3)),
+        "and 2 more",
+    ]
     # Then what became of the 7 instances: masters, and each reason for keeping one as received.
     assert "6 instance(s) stored by this import:" in out
     assert "3 master(s) made (layered lossless JPEG 2000, checked bit-exact)" in out
     assert "3 kept as received:" in out
     lossy = out.index("2 lossy or not losslessly decodable transfer syntax: JPEG Baseline (Process 1)")
-    assert out[lossy + 1: lossy + 3] == [str(source / "lossy.dcm"), str(source / "odd-vr.dcm")]
+    assert out[lossy + 1 : lossy + 3] == [str(source / "lossy.dcm"), str(source / "odd-vr.dcm")]
     kept = out.index("1 pixel values 0..8191 do not fit signed 13 bits")
     assert out[kept + 1] == str(source / "mismatch.dcm")
     assert "0 waiting for a master" in out
@@ -182,12 +198,16 @@ def test_import_summary_counts_add_up_with_reasons_and_files(tmp_path: Path) -> 
     assert checked.returncode == 0, checked.stdout + checked.stderr
     # Every instance kept as received is counted, with its reason: the lossy originals (recorded at
     # ingest) and the one whose master could not be made.
-    assert "checked 6 instance(s): 3 master(s) decoded bit-exact, 0 waiting for a master, 3 kept as received" \
+    assert (
+        "checked 6 instance(s): 3 master(s) decoded bit-exact, 0 waiting for a master, 3 kept as received"
         in checked.stdout
+    )
     out = lines_of(checked.stdout)
     at = out.index("kept as received, by reason:")
-    assert out[at + 1: at + 3] == ["2 lossy or not losslessly decodable transfer syntax: JPEG Baseline (Process 1)",
-                                   "1 pixel values 0..8191 do not fit signed 13 bits"]
+    assert out[at + 1 : at + 3] == [
+        "2 lossy or not losslessly decodable transfer syntax: JPEG Baseline (Process 1)",
+        "1 pixel values 0..8191 do not fit signed 13 bits",
+    ]
 
 
 def test_import_of_good_files_exits_0_and_missing_paths_are_refused(tmp_path: Path) -> None:
@@ -199,8 +219,9 @@ def test_import_of_good_files_exits_0_and_missing_paths_are_refused(tmp_path: Pa
     assert "1 master(s) made (layered lossless JPEG 2000, checked bit-exact)" in lines_of(done.stdout)
 
     unwritable = tmp_path / "no-such-folder" / "report.csv"
-    assert_one_line_error(run("import", "--data", data, "--report", str(unwritable), str(source)),
-                          1, "cannot write the report")
+    assert_one_line_error(
+        run("import", "--data", data, "--report", str(unwritable), str(source)), 1, "cannot write the report"
+    )
 
     missing = tmp_path / "no-such-folder"
     done = run("import", "--data", data, "--quiet", str(missing))
@@ -214,7 +235,9 @@ def test_import_then_verify_finds_a_corrupted_blob(tmp_path: Path) -> None:
     source.mkdir()
     study = generate_uid()
     for i in range(3):
-        (source / f"ct{i}.dcm").write_bytes(new_uids((PYDICOM_DATA / "693_UNCR.dcm").read_bytes(), study=study))
+        (source / f"ct{i}.dcm").write_bytes(
+            new_uids((PYDICOM_DATA / "693_UNCR.dcm").read_bytes(), study=study)
+        )
     data = tmp_path / "data"
     assert run("import", "--data", str(data), "--quiet", str(source)).returncode == 0
 

@@ -24,9 +24,20 @@ def serving(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> It
     output = tmp_path / f"serve-{port}.log"
     with open(output, "wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "dicomweb", "serve", "--port", str(port), "--data", str(tmp_path / "data"),
-             *args],
-            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+            [
+                sys.executable,
+                "-m",
+                "dicomweb",
+                "serve",
+                "--port",
+                str(port),
+                "--data",
+                str(tmp_path / "data"),
+                *args,
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
         )
         try:
             base = f"http://127.0.0.1:{port}"
@@ -97,7 +108,9 @@ def test_access_log_off_and_another_root(tmp_path: Path) -> None:
 
 
 def test_broken_codec_stack_refuses_to_start(tmp_path: Path) -> None:
-    done = run("serve", "--port", str(free_port()), "--data", str(tmp_path / "data"), env=BROKEN_CODECS, timeout=60)
+    done = run(
+        "serve", "--port", str(free_port()), "--data", str(tmp_path / "data"), env=BROKEN_CODECS, timeout=60
+    )
     assert_one_line_error(done, 1, "cannot make layered JPEG 2000 masters", "DICOMWEB_OPENJPEG")
     assert "Started server process" not in done.stdout + done.stderr
 
@@ -105,7 +118,15 @@ def test_broken_codec_stack_refuses_to_start(tmp_path: Path) -> None:
 def test_unreachable_database_refuses_to_start_without_saying_its_password(tmp_path: Path) -> None:
     # Port 1 on loopback: nothing listens, the connection is refused at once.
     url = "postgresql+asyncpg://alice:pa55word@127.0.0.1:1/pacs"
-    done = run("serve", "--port", str(free_port()), "--data", str(tmp_path / "data"), "--database-url", url,
-               timeout=60)
+    done = run(
+        "serve",
+        "--port",
+        str(free_port()),
+        "--data",
+        str(tmp_path / "data"),
+        "--database-url",
+        url,
+        timeout=60,
+    )
     assert_one_line_error(done, 1, "cannot open the index", "postgresql+asyncpg://alice:***@127.0.0.1:1/pacs")
     assert "pa55word" not in done.stdout + done.stderr

@@ -27,9 +27,13 @@ JPEG_LOSSY = (PYDICOM_TEST_FILES / "JPEG-lossy.dcm").read_bytes()
 
 
 def bucket_keys(cluster: Cluster, contains: str = "") -> list[str]:
-    s3 = boto3.client("s3", endpoint_url=cluster.s3_endpoint, region_name="us-east-1",
-                      aws_access_key_id=S3_CREDENTIALS["AWS_ACCESS_KEY_ID"],
-                      aws_secret_access_key=S3_CREDENTIALS["AWS_SECRET_ACCESS_KEY"])
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=cluster.s3_endpoint,
+        region_name="us-east-1",
+        aws_access_key_id=S3_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=S3_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+    )
     keys: list[str] = []
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=f"{PREFIX}/"):
         keys += [o["Key"] for o in page.get("Contents", []) if contains in o["Key"]]
@@ -38,7 +42,9 @@ def bucket_keys(cluster: Cluster, contains: str = "") -> list[str]:
 
 def series_of(study: str, n: int, **attrs: str) -> tuple[str, list[bytes]]:
     series = generate_uid()
-    return series, [new_uids(CT, study=study, series=series, InstanceNumber=str(i + 1), **attrs) for i in range(n)]
+    return series, [
+        new_uids(CT, study=study, series=series, InstanceNumber=str(i + 1), **attrs) for i in range(n)
+    ]
 
 
 def pending(client: httpx.Client) -> int:
@@ -66,8 +72,9 @@ def test_stored_on_one_replica_is_visible_on_the_other_at_once(cluster: Cluster)
     url = f"/studies/{study}/series/{series}/instances/{ds.SOPInstanceUID}"
     frame = two.get(url + "/frames/1", headers={"Accept": "application/octet-stream"})
     assert frame.status_code == 200
-    assert np.array_equal(np.frombuffer(frame.content, dtype=ds.pixel_array.dtype).reshape(ds.pixel_array.shape),
-                          ds.pixel_array)
+    assert np.array_equal(
+        np.frombuffer(frame.content, dtype=ds.pixel_array.dtype).reshape(ds.pixel_array.shape), ds.pixel_array
+    )
     # Deleted through one, gone from the other.
     assert one.delete(url).status_code == 204
     assert two.get(url + "/metadata").status_code == 404
@@ -94,8 +101,10 @@ def test_concurrent_stow_of_one_new_study_to_both_replicas(cluster: Cluster) -> 
     Instances among them: no error, exact counts, one row and one object per instance."""
     study, series = generate_uid(), generate_uid()
     shared = [new_uids(JPEG_LOSSY, study=study, series=series, InstanceNumber=str(i)) for i in range(4)]
-    own = [[new_uids(JPEG_LOSSY, study=study, series=series, InstanceNumber=str(10 * n + i)) for i in range(6)]
-           for n in (1, 2)]
+    own = [
+        [new_uids(JPEG_LOSSY, study=study, series=series, InstanceNumber=str(10 * n + i)) for i in range(6)]
+        for n in (1, 2)
+    ]
     start = threading.Barrier(len(cluster.nodes) * 3)
     statuses: list[int] = []
 
@@ -104,9 +113,11 @@ def test_concurrent_stow_of_one_new_study_to_both_replicas(cluster: Cluster) -> 
             start.wait()
             statuses.append(stow(c, files).status_code)
 
-    threads = [threading.Thread(target=upload, args=(node.base, files))
-               for node, mine in zip(cluster.nodes, own, strict=True)
-               for files in (mine[:3], mine[3:], shared)]
+    threads = [
+        threading.Thread(target=upload, args=(node.base, files))
+        for node, mine in zip(cluster.nodes, own, strict=True)
+        for files in (mine[:3], mine[3:], shared)
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -168,16 +179,25 @@ def test_replica_killed_during_ingest_and_masters(cluster: Cluster) -> None:
             originals = {pydicom.dcmread(io.BytesIO(d)).SOPInstanceUID: d for d in first + second}
             for inst in instances:
                 sop, series = inst["00080018"]["Value"][0], inst["0020000E"]["Value"][0]
-                r = c.get(f"/studies/{study}/series/{series}/instances/{sop}",
-                          headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'})
+                r = c.get(
+                    f"/studies/{study}/series/{series}/instances/{sop}",
+                    headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'},
+                )
                 assert r.status_code == 200, r.text
                 (part,) = parse_multipart(r)
                 got = pydicom.dcmread(io.BytesIO(part[1]))
-                assert np.array_equal(got.pixel_array, pydicom.dcmread(io.BytesIO(originals[sop])).pixel_array)
+                assert np.array_equal(
+                    got.pixel_array, pydicom.dcmread(io.BytesIO(originals[sop])).pixel_array
+                )
                 assert got.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.90"  # its master
-        verify = subprocess.run([sys.executable, "-m", "dicomweb", "verify", "--quiet", "--data",
-                                 str(cluster.base / "verify")], env=cluster.replica_env(), capture_output=True,
-                                text=True, check=False, timeout=600)
+        verify = subprocess.run(
+            [sys.executable, "-m", "dicomweb", "verify", "--quiet", "--data", str(cluster.base / "verify")],
+            env=cluster.replica_env(),
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=600,
+        )
         assert verify.returncode == 0, verify.stdout + verify.stderr
         assert "0 problem(s)" in verify.stdout and "0 waiting for a master" in verify.stdout
     finally:
@@ -192,8 +212,13 @@ def test_stow_through_the_balancer_is_visible_on_each_replica(cluster: Cluster) 
     files = [new_uids(CT, study=study, PatientID="CLUSTER-RR") for _ in range(8)]
     with httpx.Client(base_url=cluster.root, timeout=120) as c:
         for data in files:
-            r = c.post("/studies", content=multipart_body([data]),
-                       headers={"Content-Type": 'multipart/related; type="application/dicom"; boundary=test-boundary-1234'})
+            r = c.post(
+                "/studies",
+                content=multipart_body([data]),
+                headers={
+                    "Content-Type": 'multipart/related; type="application/dicom"; boundary=test-boundary-1234'
+                },
+            )
             assert r.status_code == 200
     for node in cluster.nodes:
         with httpx.Client(base_url=f"{node.base}/dicom-web", timeout=60) as c:

@@ -17,12 +17,14 @@ DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 
 def test_haproxy_cfg_is_the_generated_one() -> None:
     assert (DEPLOY / "haproxy.cfg").read_text() == haproxy_config(**COMPOSE_HAPROXY, compose=True), (
-        "regenerate it: python -m bench.cluster haproxy-config > deploy/haproxy.cfg")
+        "regenerate it: python -m bench.cluster haproxy-config > deploy/haproxy.cfg"
+    )
     haproxy = shutil.which("haproxy") or "/usr/sbin/haproxy"
     if not Path(haproxy).exists():
         pytest.fail("HAProxy is missing: apt-get install haproxy (scripts/test.sh does)")
-    check = subprocess.run([haproxy, "-c", "-f", str(DEPLOY / "haproxy.cfg")], capture_output=True, text=True,
-                           check=False)
+    check = subprocess.run(
+        [haproxy, "-c", "-f", str(DEPLOY / "haproxy.cfg")], capture_output=True, text=True, check=False
+    )
     assert check.returncode == 0, check.stdout + check.stderr
 
 

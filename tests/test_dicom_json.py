@@ -23,11 +23,29 @@ BASE = "http://x/dicom-web/studies/1/series/2/instances/3"
 # Bulk data by nature, whatever the size: palette LUT data (plain, large, segmented), Blending LUT Data,
 # LUT Data, waveform data, Encapsulated Document, spectroscopy data, float and double float pixel data,
 # and in repeating groups overlay data (60xx,3000), curve data (50xx,3000), audio samples (50xx,200C).
-BULK_TAGS = {"00281201", "00281202", "00281203", "00281204", "00281211", "00281212", "00281213", "00281221",
-             "00281222", "00281223", "00281224", "00281408", "00283006", "54001010", "00420011", "56000020",
-             "7FE00008", "7FE00009"}
+BULK_TAGS = {
+    "00281201",
+    "00281202",
+    "00281203",
+    "00281204",
+    "00281211",
+    "00281212",
+    "00281213",
+    "00281221",
+    "00281222",
+    "00281223",
+    "00281224",
+    "00281408",
+    "00283006",
+    "54001010",
+    "00420011",
+    "56000020",
+    "7FE00008",
+    "7FE00009",
+}
 REPEATING = {f"{0x6000 + g:04X}3000" for g in range(0, 0x20, 2)} | {
-    f"{0x5000 + g:04X}{e}" for g in range(0, 0x20, 2) for e in ("3000", "200C")}
+    f"{0x5000 + g:04X}{e}" for g in range(0, 0x20, 2) for e in ("3000", "200C")
+}
 
 
 def bulk_by_nature(key: str) -> bool:
@@ -41,8 +59,10 @@ def with_bulk_rules(js: dict, threshold: int, prefix: str = "") -> dict:
         element = dict(element)
         vr = element["vr"]
         if vr == "SQ":
-            element["Value"] = [with_bulk_rules(item, threshold, f"{path}/{i}/")
-                                for i, item in enumerate(element.get("Value", []))]
+            element["Value"] = [
+                with_bulk_rules(item, threshold, f"{path}/{i}/")
+                for i, item in enumerate(element.get("Value", []))
+            ]
         elif "Value" in element or "InlineBinary" in element:
             big = "InlineBinary" in element and len(base64.b64decode(element["InlineBinary"])) > threshold
             if bulk_by_nature(key) or big:
@@ -65,7 +85,9 @@ def readable(path: Path) -> bool:
     return True
 
 
-FILES = [p for p in sorted(PYDICOM_TEST_FILES.glob("*.dcm")) + sorted(PYDICOM_DATA.glob("*.dcm")) if readable(p)]
+FILES = [
+    p for p in sorted(PYDICOM_TEST_FILES.glob("*.dcm")) + sorted(PYDICOM_DATA.glob("*.dcm")) if readable(p)
+]
 
 
 @pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)

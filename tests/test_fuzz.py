@@ -25,8 +25,13 @@ from storage.index import Index
 from storage.query import QueryError, parse_query, run_query
 from tests.conftest import PYDICOM_TEST_FILES, new_uids
 
-FUZZ = settings(max_examples=150, deadline=timedelta(seconds=2), derandomize=True, database=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+FUZZ = settings(
+    max_examples=150,
+    deadline=timedelta(seconds=2),
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 CT = (PYDICOM_TEST_FILES / "CT_small.dcm").read_bytes()
 
 
@@ -40,22 +45,47 @@ def loop() -> Iterator[asyncio.AbstractEventLoop]:
 
 # ---- Accept ------------------------------------------------------------------------------------------
 
-ACCEPT_PIECES = st.sampled_from([
-    "multipart/related", "application/dicom", "image/jp2", "image/jphc", "*/*", "application/octet-stream",
-    ";", ",", "=", '"', "type=", "transfer-syntax=", "q=", "0.5", "1e400", "nan", "*", " ", "\\", "undefined",
-    "1.2.840.10008.1.2.4.202", "\xff", "\x00",
-])
+ACCEPT_PIECES = st.sampled_from(
+    [
+        "multipart/related",
+        "application/dicom",
+        "image/jp2",
+        "image/jphc",
+        "*/*",
+        "application/octet-stream",
+        ";",
+        ",",
+        "=",
+        '"',
+        "type=",
+        "transfer-syntax=",
+        "q=",
+        "0.5",
+        "1e400",
+        "nan",
+        "*",
+        " ",
+        "\\",
+        "undefined",
+        "1.2.840.10008.1.2.4.202",
+        "\xff",
+        "\x00",
+    ]
+)
 
 
 @FUZZ
-@given(st.one_of(st.text(max_size=200), st.lists(ACCEPT_PIECES, max_size=30).map("".join)),
-       st.lists(st.text(max_size=40), max_size=3))
+@given(
+    st.one_of(st.text(max_size=200), st.lists(ACCEPT_PIECES, max_size=30).map("".join)),
+    st.lists(st.text(max_size=40), max_size=3),
+)
 def test_accept(header: str, query: list[str]) -> None:
     for media_range in parse_accept(header, query):
         assert 0 <= media_range.q <= 1
 
 
 # ---- QIDO parameters, run against a real index ------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def index(loop: asyncio.AbstractEventLoop, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Index]:
@@ -69,20 +99,68 @@ def index(loop: asyncio.AbstractEventLoop, tmp_path_factory: pytest.TempPathFact
     loop.run_until_complete(idx.close())
 
 
-KEYS = st.sampled_from([
-    "PatientName", "PatientID", "StudyDate", "StudyTime", "Modality", "ModalitiesInStudy", "SeriesNumber",
-    "InstanceNumber", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "AccessionNumber", "Rows",
-    "BodyPartExamined", "00100010", "0020000D", "00400275.00401001", "limit", "offset", "includefield",
-    "fuzzymatching", "StudyDescription", "PatientBirthDate", "SOPClassesInStudy",
-])
-VALUE_PIECES = st.sampled_from(["*", "?", "-", ",", "\\", "^", "1", "2020", "0101", "1.2.3", "CT", "true",
-                                "all", " ", "%", "_", "'", "18446744073709551616", "-1", "\x00", "é", "="])
+KEYS = st.sampled_from(
+    [
+        "PatientName",
+        "PatientID",
+        "StudyDate",
+        "StudyTime",
+        "Modality",
+        "ModalitiesInStudy",
+        "SeriesNumber",
+        "InstanceNumber",
+        "StudyInstanceUID",
+        "SeriesInstanceUID",
+        "SOPInstanceUID",
+        "AccessionNumber",
+        "Rows",
+        "BodyPartExamined",
+        "00100010",
+        "0020000D",
+        "00400275.00401001",
+        "limit",
+        "offset",
+        "includefield",
+        "fuzzymatching",
+        "StudyDescription",
+        "PatientBirthDate",
+        "SOPClassesInStudy",
+    ]
+)
+VALUE_PIECES = st.sampled_from(
+    [
+        "*",
+        "?",
+        "-",
+        ",",
+        "\\",
+        "^",
+        "1",
+        "2020",
+        "0101",
+        "1.2.3",
+        "CT",
+        "true",
+        "all",
+        " ",
+        "%",
+        "_",
+        "'",
+        "18446744073709551616",
+        "-1",
+        "\x00",
+        "é",
+        "=",
+    ]
+)
 VALUES = st.one_of(st.text(max_size=40), st.lists(VALUE_PIECES, max_size=12).map("".join))
 
 
 @FUZZ
-@given(st.sampled_from(["study", "series", "instance"]),
-       st.lists(st.tuples(st.one_of(KEYS, st.text(max_size=12)), VALUES), max_size=6))
+@given(
+    st.sampled_from(["study", "series", "instance"]),
+    st.lists(st.tuples(st.one_of(KEYS, st.text(max_size=12)), VALUES), max_size=6),
+)
 def test_qido_parameters(loop: asyncio.AbstractEventLoop, index: Index, level: str, params) -> None:
     try:
         query = parse_query(level, params)  # type: ignore[arg-type]
@@ -95,10 +173,25 @@ def test_qido_parameters(loop: asyncio.AbstractEventLoop, index: Index, level: s
 # ---- multipart ---------------------------------------------------------------------------------------
 
 BOUNDARY = "fuzz-boundary"
-BODY_PIECES = st.sampled_from([
-    b"--fuzz-boundary", b"--fuzz-boundary--", b"\r\n", b"\n", b"Content-Type: application/dicom",
-    b"Content-Type:", b": ", b"\r\n\r\n", b"DICM", b"--", b"-", b"\x00" * 8, b"\xff", b" \t", b"Content-Length: 5",
-])
+BODY_PIECES = st.sampled_from(
+    [
+        b"--fuzz-boundary",
+        b"--fuzz-boundary--",
+        b"\r\n",
+        b"\n",
+        b"Content-Type: application/dicom",
+        b"Content-Type:",
+        b": ",
+        b"\r\n\r\n",
+        b"DICM",
+        b"--",
+        b"-",
+        b"\x00" * 8,
+        b"\xff",
+        b" \t",
+        b"Content-Length: 5",
+    ]
+)
 
 
 async def _chunks(body: bytes, cuts: list[int]) -> AsyncIterator[bytes]:
@@ -110,13 +203,16 @@ async def _chunks(body: bytes, cuts: list[int]) -> AsyncIterator[bytes]:
 
 
 @FUZZ
-@given(st.one_of(st.binary(max_size=400), st.lists(BODY_PIECES, max_size=40).map(b"".join)),
-       st.lists(st.integers(min_value=0, max_value=10_000), max_size=5))
+@given(
+    st.one_of(st.binary(max_size=400), st.lists(BODY_PIECES, max_size=40).map(b"".join)),
+    st.lists(st.integers(min_value=0, max_value=10_000), max_size=5),
+)
 def test_multipart(loop: asyncio.AbstractEventLoop, body: bytes, cuts: list[int]) -> None:
     with tempfile.TemporaryDirectory() as tmpdir:
         try:
-            parts = loop.run_until_complete(read_multipart(_chunks(body, cuts), BOUNDARY, tmpdir,
-                                                           max_part_size=1000, max_parts=20))
+            parts = loop.run_until_complete(
+                read_multipart(_chunks(body, cuts), BOUNDARY, tmpdir, max_part_size=1000, max_parts=20)
+            )
         except MultipartError:
             assert not list(Path(tmpdir).iterdir())  # a refused body leaves no file behind
             return
@@ -133,10 +229,13 @@ def test_multipart_content_type(content_type: str) -> None:
 
 # ---- DICOM files -------------------------------------------------------------------------------------
 
+
 @pytest.mark.filterwarnings("ignore::UserWarning")  # pydicom's notes on the damage it reads past
 @FUZZ
-@given(st.lists(st.tuples(st.integers(min_value=0, max_value=len(CT) - 1), st.integers(0, 255)), max_size=12),
-       st.integers(min_value=0, max_value=len(CT)))
+@given(
+    st.lists(st.tuples(st.integers(min_value=0, max_value=len(CT) - 1), st.integers(0, 255)), max_size=12),
+    st.integers(min_value=0, max_value=len(CT)),
+)
 def test_dicom_parsing(changes: list[tuple[int, int]], keep: int) -> None:
     data = bytearray(CT)
     for at, value in changes:
@@ -152,6 +251,7 @@ def test_dicom_parsing(changes: list[tuple[int, int]], keep: int) -> None:
 
 
 # ---- the cutter on a corrupted master ----------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def master() -> bytes:

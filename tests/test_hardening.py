@@ -25,9 +25,14 @@ STOW_TYPE = 'multipart/related; type="application/dicom"; boundary=test-boundary
 
 @pytest.fixture(scope="module")
 def strict(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    srv = Server(tmp_path_factory.mktemp("hardening") / "data", {
-        "DICOMWEB_MAX_UPLOADS_PER_CLIENT": "1", "DICOMWEB_BODY_TIMEOUT": "1", "DICOMWEB_HEADER_TIMEOUT": "1",
-    })
+    srv = Server(
+        tmp_path_factory.mktemp("hardening") / "data",
+        {
+            "DICOMWEB_MAX_UPLOADS_PER_CLIENT": "1",
+            "DICOMWEB_BODY_TIMEOUT": "1",
+            "DICOMWEB_HEADER_TIMEOUT": "1",
+        },
+    )
     yield srv
     srv.stop()
 
@@ -41,10 +46,17 @@ def raw_request(srv: Server, request: bytes, timeout: float = 10) -> bytes:
     return data
 
 
-@pytest.mark.parametrize("query", [
-    f"limit={BIG}", f"offset={BIG}", f"SeriesNumber={BIG}", f"InstanceNumber={BIG}", f"Rows=-{BIG}",
-    f"00200013=1,{BIG}",
-])
+@pytest.mark.parametrize(
+    "query",
+    [
+        f"limit={BIG}",
+        f"offset={BIG}",
+        f"SeriesNumber={BIG}",
+        f"InstanceNumber={BIG}",
+        f"Rows=-{BIG}",
+        f"00200013=1,{BIG}",
+    ],
+)
 def test_integers_beyond_64_bits_are_400(strict: Server, query: str) -> None:
     level = "instances" if "Instance" in query or "Rows" in query or "0020" in query else "series"
     r = httpx.get(f"{strict.root}/{level}?{query}")
@@ -52,9 +64,17 @@ def test_integers_beyond_64_bits_are_400(strict: Server, query: str) -> None:
     assert "64-bit" in r.json()["error"] or "at most" in r.json()["error"]
 
 
-@pytest.mark.parametrize("path", [b"/dicom-web/studies/%FF%FE", b"/dicom-web/studies/%FF%FE/series",
-                                  b"/dicom-web/studies/1.2/series/%C0%AE/metadata", b"/dicom-web/studies/\xff\xfe",
-                                  b"/dicom-web/studies?PatientName=\xff", b"/dicom-web/studies?%FF=1"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        b"/dicom-web/studies/%FF%FE",
+        b"/dicom-web/studies/%FF%FE/series",
+        b"/dicom-web/studies/1.2/series/%C0%AE/metadata",
+        b"/dicom-web/studies/\xff\xfe",
+        b"/dicom-web/studies?PatientName=\xff",
+        b"/dicom-web/studies?%FF=1",
+    ],
+)
 def test_path_bytes_that_are_not_utf8_are_400(strict: Server, path: bytes) -> None:
     answer = raw_request(strict, b"GET " + path + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
     assert answer.startswith(b"HTTP/1.1 400 "), answer[:200]
@@ -76,8 +96,10 @@ def test_absurd_declared_frame_size_is_refused_at_store(strict: Server) -> None:
 
 
 def test_stalled_body_gets_408(strict: Server) -> None:
-    head = (b"POST /dicom-web/studies HTTP/1.1\r\nHost: x\r\nContent-Type: application/dicom\r\n"
-            b"Content-Length: 100000\r\n\r\n")
+    head = (
+        b"POST /dicom-web/studies HTTP/1.1\r\nHost: x\r\nContent-Type: application/dicom\r\n"
+        b"Content-Length: 100000\r\n\r\n"
+    )
     started = time.time()
     answer = raw_request(strict, head + b"DICM" * 10)
     assert answer.startswith(b"HTTP/1.1 408 "), answer[:300]
@@ -93,21 +115,28 @@ def test_slow_headers_are_cut(strict: Server) -> None:
 
 
 def test_concurrent_uploads_per_client_are_capped(strict: Server) -> None:
-    head = (b"POST /dicom-web/studies HTTP/1.1\r\nHost: x\r\nContent-Type: application/dicom\r\n"
-            b"Content-Length: 100000\r\n\r\n")
+    head = (
+        b"POST /dicom-web/studies HTTP/1.1\r\nHost: x\r\nContent-Type: application/dicom\r\n"
+        b"Content-Length: 100000\r\n\r\n"
+    )
     with socket.create_connection(("127.0.0.1", strict.port), timeout=10) as slow:
         slow.sendall(head + b"DICM")  # holds the only upload slot (for up to the 1 s body timeout)
         time.sleep(0.2)
         ct = new_uids((PYDICOM_TEST_FILES / "CT_small.dcm").read_bytes())
-        r = httpx.post(f"{strict.root}/studies", content=multipart_body([ct]), headers={"Content-Type": STOW_TYPE})
+        r = httpx.post(
+            f"{strict.root}/studies", content=multipart_body([ct]), headers={"Content-Type": STOW_TYPE}
+        )
         assert r.status_code == 429, r.text
         assert r.headers["retry-after"] == "1" and "uploads at once" in r.json()["error"]
     time.sleep(1.5)
-    r = httpx.post(f"{strict.root}/studies", content=multipart_body([ct]), headers={"Content-Type": STOW_TYPE})
+    r = httpx.post(
+        f"{strict.root}/studies", content=multipart_body([ct]), headers={"Content-Type": STOW_TYPE}
+    )
     assert r.status_code == 200, r.text
 
 
 # ---- TLS --------------------------------------------------------------------------------------------
+
 
 def self_signed(folder: Path) -> tuple[Path, Path]:
     from cryptography import x509
@@ -118,15 +147,26 @@ def self_signed(folder: Path) -> tuple[Path, Path]:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
     now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
-            .sign(key, hashes.SHA256()))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False
+        )
+        .sign(key, hashes.SHA256())
+    )
     cert_path, key_path = folder / "cert.pem", folder / "key.pem"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
     return cert_path, key_path
 
 

@@ -125,9 +125,16 @@ def people(folder: Path) -> list[ParsedInstance]:
         for n, modality in enumerate(modalities):
             series = generate_uid()
             for k in range(2 if n == 0 else 1):
-                attrs = {"PatientName": name, "PatientID": pid, "AccessionNumber": acc, "StudyDate": date,
-                         "StudyTime": time, "Modality": modality, "SeriesNumber": str(n + 1),
-                         "InstanceNumber": str(k + 1)}
+                attrs = {
+                    "PatientName": name,
+                    "PatientID": pid,
+                    "AccessionNumber": acc,
+                    "StudyDate": date,
+                    "StudyTime": time,
+                    "Modality": modality,
+                    "SeriesNumber": str(n + 1),
+                    "InstanceNumber": str(k + 1),
+                }
                 sop_class = {"MR": MR_CLASS, "SR": SR_CLASS}.get(modality, CT_CLASS)
                 items.append(make_instance(folder, study=study, series=series, sop_class=sop_class, **attrs))
     return items
@@ -151,7 +158,7 @@ async def test_matching_and_order_agree_with_ps34(index: Index, tmp_path: Path) 
         # Paging: any window of the same answer, and the count of what follows it.
         for offset, limit in ((0, 2), (1, 3), (3, 2), (len(expected), 5)):
             page, more = await query(index, **params, offset=str(offset), limit=str(limit))
-            assert uids(page) == expected[offset: offset + limit], (params, offset, limit)
+            assert uids(page) == expected[offset : offset + limit], (params, offset, limit)
             assert more == max(0, len(expected) - offset - limit), (params, offset, limit)
 
 
@@ -171,8 +178,13 @@ async def test_series_and_instances_in_order(index: Index, tmp_path: Path) -> No
 async def _study_values(index: Index, study: str) -> tuple[int, int, str, str] | None:
     S = schema.studies
     async with index.engine.connect() as conn:
-        row = (await conn.execute(select(S.c.num_series, S.c.num_instances, S.c.modalities, S.c.sop_classes)
-                                  .where(S.c.study_uid == study))).first()
+        row = (
+            await conn.execute(
+                select(S.c.num_series, S.c.num_instances, S.c.modalities, S.c.sop_classes).where(
+                    S.c.study_uid == study
+                )
+            )
+        ).first()
     return None if row is None else tuple(row)  # type: ignore[return-value]
 
 
@@ -182,7 +194,9 @@ async def _recounted(index: Index, study: str) -> tuple[int, int, str, str] | No
     async with index.engine.connect() as conn:
         n_inst = (await conn.execute(select(func.count()).where(I.c.study_uid == study))).scalar_one()
         series = (await conn.execute(select(SE.c.modality).where(SE.c.study_uid == study))).scalars().all()
-        classes = (await conn.execute(select(I.c.sop_class_uid).where(I.c.study_uid == study).distinct())).scalars()
+        classes = (
+            await conn.execute(select(I.c.sop_class_uid).where(I.c.study_uid == study).distinct())
+        ).scalars()
         classes = sorted(classes)
     if not n_inst:
         return None
@@ -194,8 +208,10 @@ async def test_study_values_follow_replacements_and_deletes(index: Index, tmp_pa
     ct, mr = generate_uid(), generate_uid()
     sops = [generate_uid() for _ in range(5)]
     items = [make_instance(tmp_path, study=study, series=ct, sop=s, Modality="CT") for s in sops[:3]]
-    items += [make_instance(tmp_path, study=study, series=mr, sop=s, sop_class=MR_CLASS, Modality="MR")
-              for s in sops[3:]]
+    items += [
+        make_instance(tmp_path, study=study, series=mr, sop=s, sop_class=MR_CLASS, Modality="MR")
+        for s in sops[3:]
+    ]
     await index.store(stored(items))
     assert await _study_values(index, study) == (2, 5, "CT\\MR", f"{CT_CLASS}\\{MR_CLASS}")
 
@@ -223,17 +239,28 @@ async def test_study_values_follow_replacements_and_deletes(index: Index, tmp_pa
     assert set(jobs) == {sops[3]}
 
 
-async def test_more_results_count_is_bounded(index: Index, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_more_results_count_is_bounded(
+    index: Index, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(query_module, "MORE_RESULTS_CAP", 3)
     study_uids = await _archive(index, tmp_path)
     n = len(study_uids)
-    for limit, offset, expected, text in ((2, 0, 3, "more than 3"), (n - 3, 0, 3, "3"), (n - 2, 0, 2, "2"),
-                                          (2, n - 4, 2, "2"), (2, n - 6, 3, "more than 3"), (n, 0, 0, "0")):
+    for limit, offset, expected, text in (
+        (2, 0, 3, "more than 3"),
+        (n - 3, 0, 3, "3"),
+        (n - 2, 0, 2, "2"),
+        (2, n - 4, 2, "2"),
+        (2, n - 6, 3, "more than 3"),
+        (n, 0, 0, "0"),
+    ):
         results, more = await query(index, limit=str(limit), offset=str(offset))
         assert len(results) == min(limit, n - offset)
         assert more == expected and (more > 0) == (expected > 0), (limit, offset)
         # What the QIDO handler writes into the Warning header (PS3.18 8.3.4.4).
-        assert f"There are {more} additional results" == f"There are {text} additional results", (limit, offset)
+        assert f"There are {more} additional results" == f"There are {text} additional results", (
+            limit,
+            offset,
+        )
 
 
 async def test_concurrent_writers_keep_study_values(pg_index: Index, tmp_path: Path) -> None:
@@ -243,8 +270,11 @@ async def test_concurrent_writers_keep_study_values(pg_index: Index, tmp_path: P
     other = Index(index.url)
     study = generate_uid()
     series = {m: generate_uid() for m in ("CT", "MR", "US", "CR")}
-    items = [make_instance(tmp_path, study=study, series=series[m], Modality=m, InstanceNumber=str(k))
-             for k in range(12) for m in series]
+    items = [
+        make_instance(tmp_path, study=study, series=series[m], Modality=m, InstanceNumber=str(k))
+        for k in range(12)
+        for m in series
+    ]
     try:
         await index.store(stored(items[:4]))
 
@@ -256,8 +286,12 @@ async def test_concurrent_writers_keep_study_values(pg_index: Index, tmp_path: P
             for p in victims:
                 await ix.delete(study, p.series_uid, p.sop_uid)
 
-        await asyncio.gather(writer(index, items[4::2]), writer(other, items[5::2]),
-                             deleter(other, items[:4:2]), deleter(index, items[1:4:2]))
+        await asyncio.gather(
+            writer(index, items[4::2]),
+            writer(other, items[5::2]),
+            deleter(other, items[:4:2]),
+            deleter(index, items[1:4:2]),
+        )
         assert await _study_values(index, study) == await _recounted(index, study)
         assert (await _study_values(index, study))[1] == len(items) - 4  # type: ignore[index]
     finally:

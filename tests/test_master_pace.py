@@ -103,8 +103,9 @@ async def test_asked_for_series_goes_first_even_while_uploads_arrive(tmp_path: P
             assert time.monotonic() - started < 20
             for outcome in asked[1:]:  # the rest of its series came with it
                 deadline = time.monotonic() + 20
-                while not (await archive.instances(outcome.study_uid, outcome.series_uid,
-                                                   outcome.sop_uid))[0].is_master:
+                while not (await archive.instances(outcome.study_uid, outcome.series_uid, outcome.sop_uid))[
+                    0
+                ].is_master:
                     assert time.monotonic() < deadline
                     await asyncio.sleep(0.05)
             waiting = [(await archive.instances(o.study_uid, o.series_uid, o.sop_uid))[0] for o in others]
@@ -134,7 +135,9 @@ async def test_jobs_are_leased_to_one_replica_at_a_time(tmp_path: Path) -> None:
             await asyncio.sleep(0.6)  # replica a died: its lease runs out
             taken = await index.claim_masters("replica-b:2:y", 10, lease_seconds=30)
             assert {sop for sop, _, _ in taken} == {o.sop_uid for o in new}
-            series = await index.claim_masters("replica-c:3:z", 10, lease_seconds=30, series=[old[0].series_uid])
+            series = await index.claim_masters(
+                "replica-c:3:z", 10, lease_seconds=30, series=[old[0].series_uid]
+            )
             assert series == [], "claimed by b"
         finally:
             await index.close()
@@ -163,8 +166,9 @@ async def test_leases_of_a_dead_process_on_this_host_are_freed_at_start(tmp_path
 def slow_server(tmp_path_factory: pytest.TempPathFactory):
     """A server whose masters cannot keep up: one worker, and a wait of 0 ms before a cut is made on
     the fly."""
-    server = Server(tmp_path_factory.mktemp("pace") / "data",
-                    {"DICOMWEB_WORKERS": "1", "DICOMWEB_MASTER_WAIT_MS": "0"})
+    server = Server(
+        tmp_path_factory.mktemp("pace") / "data", {"DICOMWEB_WORKERS": "1", "DICOMWEB_MASTER_WAIT_MS": "0"}
+    )
     try:
         yield server
     finally:
@@ -175,8 +179,9 @@ def test_cuts_right_after_store_are_answered_and_labelled(slow_server: Server) -
     """Every cut asked for right after a burst of uploads gets 200 (from the master or encoded on the
     fly), labelled .91, never 503; /layers may say 503 with Retry-After while the master is made."""
     study, series = generate_uid(), generate_uid()
-    data = [new_uids((PYDICOM_DATA / "693_UNCR.dcm").read_bytes(), study=study, series=series)
-            for _ in range(12)]
+    data = [
+        new_uids((PYDICOM_DATA / "693_UNCR.dcm").read_bytes(), study=study, series=series) for _ in range(12)
+    ]
     with httpx.Client(base_url=slow_server.root, timeout=60) as client:
         response = stow(client, data)
         assert response.status_code == 200, response.text

@@ -85,13 +85,15 @@ async def test_master_structure_and_fidelity(tmp_path: Path) -> None:
         raw = ds["PixelData"]
         bot, fragments = parse_fragments(raw.value, 0)
         assert len(fragments) == 1 and bot == [0]
-        codestream = raw.value[fragments[0][0]: fragments[0][0] + fragments[0][1]]
+        codestream = raw.value[fragments[0][0] : fragments[0][0] + fragments[0][1]]
         head = info(codestream)
         assert head.layers >= 5 and head.plt and head.reversible
         assert head.precision == original.BitsStored and head.signed == (original.PixelRepresentation == 1)
         assert -(-max(head.width, head.height) // (1 << head.levels)) <= 64
         assert np.array_equal(ds.pixel_array, original.pixel_array)
-        found = await archive.index.fidelity(original.StudyInstanceUID, original.SeriesInstanceUID, outcome.sop_uid)
+        found = await archive.index.fidelity(
+            original.StudyInstanceUID, original.SeriesInstanceUID, outcome.sop_uid
+        )
         assert found is not None and found[1] is not None
         (frame,) = orjson.loads(found[1])
         sizes = [step["bytes"] for step in frame["layers"]]
@@ -110,6 +112,7 @@ async def test_forced_failure_keeps_instance_as_received(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fault: str
 ) -> None:
     if fault == "encoder":
+
         def broken_encoder(*args, **kwargs):
             raise RuntimeError("simulated encoder crash")
 
@@ -132,7 +135,10 @@ async def test_forced_failure_keeps_instance_as_received(
             assert ("encoder failure" in state[1]) if fault == "encoder" else ("does not decode" in state[1])
         # Ingest left the checksum to the master queue, which computed it when it kept the file.
         checksums = {sop: sha for sop, _, sha, _, _ in await archive.index.checksums()}
-        assert checksums == {o.sop_uid: hashlib.sha256(p.read_bytes()).hexdigest() for p, o in zip(paths, outcomes, strict=True)}
+        assert checksums == {
+            o.sop_uid: hashlib.sha256(p.read_bytes()).hexdigest()
+            for p, o in zip(paths, outcomes, strict=True)
+        }
         assert (await verify_archive(archive)).ok
         assert not list((archive.settings.tmp_dir).glob("*.dcm")), "no master file left behind"
     finally:
@@ -161,7 +167,9 @@ def test_masters_name_this_server_as_their_writer(server: Server, client: httpx.
 
 def test_implementation_identity_is_well_formed() -> None:
     uid = IMPLEMENTATION_CLASS_UID
-    assert uid == generate_uid(prefix=PYDICOM_ROOT_UID, entropy_srcs=["dicomweb-progressive", "Implementation Class UID"])
+    assert uid == generate_uid(
+        prefix=PYDICOM_ROOT_UID, entropy_srcs=["dicomweb-progressive", "Implementation Class UID"]
+    )
     assert pydicom.uid.UID(uid).is_valid and len(uid) <= 64  # PS3.5 9.1
     name = IMPLEMENTATION_VERSION_NAME
     assert 1 <= len(name) <= 16 and name.isascii() and "\\" not in name  # SH (PS3.5 6.2)
@@ -217,7 +225,9 @@ async def test_lossy_and_non_image_objects_are_kept_as_received(tmp_path: Path) 
             assert await archive.index.job_state(outcome.sop_uid) == ("kept", reason)
         report = await verify_archive(archive)
         assert report.ok and report.masters == 0
-        assert sorted(report.kept) == sorted((o.sop_uid, r) for o, r in zip(outcomes, KEPT.values(), strict=True))
+        assert sorted(report.kept) == sorted(
+            (o.sop_uid, r) for o, r in zip(outcomes, KEPT.values(), strict=True)
+        )
         assert report.kept_reasons == {reason: 1 for reason in KEPT.values()}
     finally:
         await archive.close()
@@ -259,8 +269,11 @@ def test_status_counts_what_is_kept_per_reason(tmp_path: Path) -> None:
             [us] = client.get("/instances", params={"SOPClassUID": "1.2.840.10008.5.1.4.1.1.6.1"}).json()
             url = us["00081190"]["Value"][0]
             assert client.get(url + "/layers").status_code == 200
-            for accept, params in (("image/jp2", {"layers": "1"}), ("image/jp2", {"fsiz": "100,100"}),
-                                   ("image/jphc", {})):
+            for accept, params in (
+                ("image/jp2", {"layers": "1"}),
+                ("image/jp2", {"fsiz": "100,100"}),
+                ("image/jphc", {}),
+            ):
                 response = client.get(url + "/frames/1", params=params, headers={"Accept": accept})
                 assert response.status_code == 200, (accept, params, response.text)
     finally:
@@ -324,5 +337,3 @@ def test_event_loop_stays_responsive_while_masters_are_made(server: Server, clie
     deadline = time.time() + 120
     while client.get("/status").json()["pending_masters"] and time.time() < deadline:
         time.sleep(0.2)
-
-

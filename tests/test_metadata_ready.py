@@ -51,7 +51,9 @@ def test_ready_body_follows_every_change(client: httpx.Client, replica: httpx.Cl
     plain_ts = {i["00020010"]["Value"][0] for i in client.get(url, headers=PLAIN).json() if "00020010" in i}
     assert ts == plain_ts
     # Replaced with other attributes, through the other process.
-    changed = new_uids(raw, study=study, series=series, sop=sops[0], InstanceNumber="1", SeriesDescription="changed")
+    changed = new_uids(
+        raw, study=study, series=series, sop=sops[0], InstanceNumber="1", SeriesDescription="changed"
+    )
     assert stow(replica, [changed]).status_code == 200
     body = client.get(url, headers=GZIP).json()
     assert {i["0008103E"]["Value"][0] for i in body if i["00080018"]["Value"][0] == sops[0]} == {"changed"}

@@ -30,7 +30,10 @@ from tests.test_postgres import postgres  # noqa: F401 - the module's temporary 
 @pytest.fixture(params=["sqlite", "postgres"])
 async def two_urls(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[tuple[str, str]]:
     if request.param == "sqlite":
-        yield f"sqlite+aiosqlite:///{tmp_path / 'old.sqlite'}", f"sqlite+aiosqlite:///{tmp_path / 'new.sqlite'}"
+        yield (
+            f"sqlite+aiosqlite:///{tmp_path / 'old.sqlite'}",
+            f"sqlite+aiosqlite:///{tmp_path / 'new.sqlite'}",
+        )
     else:
         server = request.getfixturevalue("postgres")
         yield await new_postgres_database(server), await new_postgres_database(server)
@@ -47,17 +50,30 @@ class OldIndex:
         now = time.time()
         studies = {p.study_uid: {**p.study_row, "updated_at": now} for p, _, _ in items}
         series = {p.series_uid: p.series_row for p, _, _ in items}
-        instances = {p.sop_uid: {**p.instance_row, "blob_key": key, "size": size, "created_at": now}
-                     for p, key, size in items}
+        instances = {
+            p.sop_uid: {**p.instance_row, "blob_key": key, "size": size, "created_at": now}
+            for p, key, size in items
+        }
         for uid, row in studies.items():
             mine = [p for p, _, _ in items if p.study_uid == uid]
-            row.update(num_instances=len(mine), num_series=len({p.series_uid for p in mine}),
-                       modalities="\\".join(sorted({p.series_row["modality"] for p in mine} - {""})),
-                       sop_classes="\\".join(sorted({p.sop_class_uid for p in mine})))
+            row.update(
+                num_instances=len(mine),
+                num_series=len({p.series_uid for p in mine}),
+                modalities="\\".join(sorted({p.series_row["modality"] for p in mine} - {""})),
+                sop_classes="\\".join(sorted({p.sop_class_uid for p in mine})),
+            )
         for uid, row in series.items():
             row["num_instances"] = sum(1 for p, _, _ in items if p.series_uid == uid)
-        jobs = [{"sop_uid": p.sop_uid, "blob_key": key, "state": "kept", "reason": p.kept_reason,
-                 "updated_at": now} for p, key, _ in items]
+        jobs = [
+            {
+                "sop_uid": p.sop_uid,
+                "blob_key": key,
+                "state": "kept",
+                "reason": p.kept_reason,
+                "updated_at": now,
+            }
+            for p, key, _ in items
+        ]
         engine = create_async_engine(self.url)
         async with engine.begin() as conn:
             await conn.run_sync(schema_v1.metadata.create_all)
@@ -72,8 +88,12 @@ def _differences(conn: Any) -> list[Any]:
     """What separates the database from storage/schema.py (PostgreSQL's optional trigram indexes aside)."""
     context = MigrationContext.configure(conn, opts={"compare_type": False})
     diffs = compare_metadata(context, schema.metadata)
-    return [d for d in diffs if not (d[0] == "remove_index" and d[1].name.endswith("_trgm"))
-            and not (d[0] == "remove_table" and d[1].name == "alembic_version")]
+    return [
+        d
+        for d in diffs
+        if not (d[0] == "remove_index" and d[1].name.endswith("_trgm"))
+        and not (d[0] == "remove_table" and d[1].name == "alembic_version")
+    ]
 
 
 async def _check_schema(index: Index) -> None:
@@ -81,8 +101,11 @@ async def _check_schema(index: Index) -> None:
         assert await conn.run_sync(_differences) == []
         assert await conn.run_sync(migrations.current) == migrations.head()
         # Alembic does not compare an index's column order (ASC/DESC): the study list's index, by hand.
-        sql = ("SELECT sql FROM sqlite_master WHERE name = 'ix_studies_date_order'" if index.is_sqlite
-               else "SELECT indexdef FROM pg_indexes WHERE indexname = 'ix_studies_date_order'")
+        sql = (
+            "SELECT sql FROM sqlite_master WHERE name = 'ix_studies_date_order'"
+            if index.is_sqlite
+            else "SELECT indexdef FROM pg_indexes WHERE indexname = 'ix_studies_date_order'"
+        )
         definition = (await conn.exec_driver_sql(sql)).scalar_one()
     assert "study_date DESC, study_time DESC, study_uid" in definition.replace('"', ""), definition
 
@@ -105,13 +128,16 @@ async def test_old_archive_is_carried_forward(two_urls: tuple[str, str], tmp_pat
         assert len(everything) == len(PEOPLE)
         for params in QUERIES:
             for paging in ({}, {"limit": "3", "offset": "2"}):
-                assert await query(migrated, **params, **paging) == await query(fresh, **params, **paging), params
+                assert await query(migrated, **params, **paging) == await query(fresh, **params, **paging), (
+                    params
+                )
         for level in ("series", "instance"):
             assert await query(migrated, level, limit="1000") == await query(fresh, level, limit="1000")
         # The migrated archive keeps working: a study stored and deleted, the lower-cased name matched.
         study = generate_uid()
-        await migrated.store(stored([make_instance(tmp_path, study=study, PatientName="New^Patient",
-                                                   Modality="CT")]))
+        await migrated.store(
+            stored([make_instance(tmp_path, study=study, PatientName="New^Patient", Modality="CT")])
+        )
         (found,), _ = await query(migrated, PatientName="NEW*")
         assert found["0020000D"]["Value"] == [study] and found["00201208"]["Value"] == [1]
         assert len(await migrated.delete(study)) == 1

@@ -459,7 +459,8 @@ def test_multipart_content_type() -> None:
         'multipart/related; type="application/dicom"; boundary=abc'
     )
     assert multipart_content_type("a b", "application/octet-stream", "1.2.840.10008.1.2.1") == (
-        'multipart/related; type="application/octet-stream"; transfer-syntax=1.2.840.10008.1.2.1; boundary="a b"'
+        'multipart/related; type="application/octet-stream"; '
+        'transfer-syntax=1.2.840.10008.1.2.1; boundary="a b"'
     )
 
 
@@ -497,9 +498,11 @@ async def test_each_part_is_handed_over_as_soon_as_it_is_complete(tmp_path: Path
         nonlocal consumed
         for i in range(0, len(data), 4096):
             consumed = i + 4096
-            yield data[i:i + 4096]
+            yield data[i : i + 4096]
 
-    parts = await read_multipart(stream(), B, str(tmp_path), on_part=lambda p: seen.append((p.size, consumed)))
+    parts = await read_multipart(
+        stream(), B, str(tmp_path), on_part=lambda p: seen.append((p.size, consumed))
+    )
     assert [size for size, _ in seen] == [len(p) for p in payloads]
     # The first part was handed over long before the body ended.
     assert seen[0][1] < len(data) // 2

@@ -23,8 +23,19 @@ from tests.conftest import PYDICOM_TEST_FILES, Server, new_uids, stow
 
 CHECKOUT = Path(__file__).resolve().parents[1]
 # Not copied into the build: local environments, installed browser assets, caches.
-IGNORED = shutil.ignore_patterns(".git", ".venv", "node_modules", ".ohif", "__pycache__", "*.egg-info",
-                                 "build", ".pytest_cache", ".ruff_cache", ".mypy_cache", "dicomweb-data")
+IGNORED = shutil.ignore_patterns(
+    ".git",
+    ".venv",
+    "node_modules",
+    ".ohif",
+    "__pycache__",
+    "*.egg-info",
+    "build",
+    ".pytest_cache",
+    ".ruff_cache",
+    ".mypy_cache",
+    "dicomweb-data",
+)
 
 
 @pytest.fixture(scope="module")
@@ -36,12 +47,24 @@ def plain_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     venv = root / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     pip = subprocess.run(
-        [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check", str(source)],
-        check=False, capture_output=True, text=True,
+        [
+            str(venv / "bin" / "python"),
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--disable-pip-version-check",
+            str(source),
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
     )
     assert pip.returncode == 0, pip.stderr[-3000:]
     # Nothing from the test extras leaked in: this is what a user has.
-    probe = subprocess.run([str(venv / "bin" / "python"), "-c", "import pytest"], check=False, capture_output=True)
+    probe = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", "import pytest"], check=False, capture_output=True
+    )
     assert probe.returncode != 0, "pytest is importable in the plain venv"
     return venv
 
@@ -51,8 +74,13 @@ def plain_server(plain_venv: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     """`dicomweb serve` from the plain venv, started in an empty folder (not the checkout)."""
     elsewhere = tmp_path_factory.mktemp("elsewhere")
     # An empty per-user data folder: a developer's own npm assets must not change what this test sees.
-    server = Server(elsewhere / "data", {"XDG_DATA_HOME": str(elsewhere / "xdg")},
-                    program=[str(plain_venv / "bin" / "dicomweb")], cwd=elsewhere, start_timeout=60)
+    server = Server(
+        elsewhere / "data",
+        {"XDG_DATA_HOME": str(elsewhere / "xdg")},
+        program=[str(plain_venv / "bin" / "dicomweb")],
+        cwd=elsewhere,
+        start_timeout=60,
+    )
     yield server.base
     server.stop()
 
@@ -76,8 +104,18 @@ def test_plain_install_makes_masters_and_cuts(plain_server: str) -> None:
         assert cut.content[:4] == b"\xff\x4f\xff\x51"  # a J2K codestream: SOC then SIZ
 
 
-VIEWER_PAGES = ("", "index.html", "app.js", "loader.js", "net.js", "render.js", "decoder.js", "decode-worker.js",
-                "style.css", "config.js")
+VIEWER_PAGES = (
+    "",
+    "index.html",
+    "app.js",
+    "loader.js",
+    "net.js",
+    "render.js",
+    "decoder.js",
+    "decode-worker.js",
+    "style.css",
+    "config.js",
+)
 
 
 def test_plain_install_serves_the_viewer_pages_from_anywhere(plain_server: str) -> None:

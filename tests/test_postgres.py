@@ -36,7 +36,9 @@ from tests.conftest import (
 def _pg_bin() -> Path:
     found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
     if not found:
-        pytest.fail("PostgreSQL server binaries are missing: run `apt-get install postgresql` (scripts/test.sh does)")
+        pytest.fail(
+            "PostgreSQL server binaries are missing: run `apt-get install postgresql` (scripts/test.sh does)"
+        )
     return Path(found[-1]).parent
 
 
@@ -56,20 +58,43 @@ def postgres() -> Iterator[str]:
         shutil.chown(base, "postgres")
         shutil.chown(sock, "postgres")
     port = free_port()
-    init = subprocess.run(_as_postgres([str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust"]),
-                          check=False, capture_output=True, text=True)
+    init = subprocess.run(
+        _as_postgres([str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust"]),
+        check=False,
+        capture_output=True,
+        text=True,
+    )
     assert init.returncode == 0, init.stderr
-    subprocess.run(_as_postgres([
-        str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(base / "log"), "-w", "start", "-o",
-        f"-p {port} -k {sock} -c listen_addresses=127.0.0.1 -c fsync=off",
-    ]), check=True, capture_output=True)
+    subprocess.run(
+        _as_postgres(
+            [
+                str(bin_dir / "pg_ctl"),
+                "-D",
+                str(data),
+                "-l",
+                str(base / "log"),
+                "-w",
+                "start",
+                "-o",
+                f"-p {port} -k {sock} -c listen_addresses=127.0.0.1 -c fsync=off",
+            ]
+        ),
+        check=True,
+        capture_output=True,
+    )
     try:
-        subprocess.run([str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "dicomweb"],
-                       check=True, capture_output=True)
+        subprocess.run(
+            [str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "dicomweb"],
+            check=True,
+            capture_output=True,
+        )
         yield f"postgresql+asyncpg://postgres@127.0.0.1:{port}/dicomweb"
     finally:
-        subprocess.run(_as_postgres([str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"]),
-                       check=False, capture_output=True)
+        subprocess.run(
+            _as_postgres([str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"]),
+            check=False,
+            capture_output=True,
+        )
         shutil.rmtree(base, ignore_errors=True)
 
 
@@ -83,10 +108,25 @@ def pg_client(postgres: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 
 def test_store_search_retrieve_delete(pg_client: httpx.Client) -> None:
     study, ct_series = generate_uid(), generate_uid()
-    ct = [new_uids((PYDICOM_DATA / "693_UNCR.dcm").read_bytes(), study=study, series=ct_series, PatientName="Doe^John",
-                   PatientID="PG-1", StudyDate="20200615", InstanceNumber=str(i)) for i in range(3)]
-    mr = new_uids((PYDICOM_TEST_FILES / "MR_small.dcm").read_bytes(), study=study, PatientName="Doe^John",
-                  PatientID="PG-1", StudyDate="20200615")
+    ct = [
+        new_uids(
+            (PYDICOM_DATA / "693_UNCR.dcm").read_bytes(),
+            study=study,
+            series=ct_series,
+            PatientName="Doe^John",
+            PatientID="PG-1",
+            StudyDate="20200615",
+            InstanceNumber=str(i),
+        )
+        for i in range(3)
+    ]
+    mr = new_uids(
+        (PYDICOM_TEST_FILES / "MR_small.dcm").read_bytes(),
+        study=study,
+        PatientName="Doe^John",
+        PatientID="PG-1",
+        StudyDate="20200615",
+    )
     r = stow(pg_client, [*ct, mr], study=study)
     assert r.status_code == 200, r.text
     assert stow(pg_client, [ct[0]]).status_code == 200  # the same instance again: one copy

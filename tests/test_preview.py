@@ -22,11 +22,23 @@ def step(layers: int, fraction: float, psnr: float | None, total: int = 1000) ->
 
 
 def test_rule() -> None:
-    ct = [step(1, 0.027, 46.1), step(2, 0.136, 65.3), step(3, 0.271, 75.9), step(4, 0.541, 83.1),
-          step(5, 1, None), step(6, 1, None)]
+    ct = [
+        step(1, 0.027, 46.1),
+        step(2, 0.136, 65.3),
+        step(3, 0.271, 75.9),
+        step(4, 0.541, 83.1),
+        step(5, 1, None),
+        step(6, 1, None),
+    ]
     assert preview_layers(ct) == 2  # the fewest layers reaching 60 dB within a fifth of the bytes
-    cr = [step(1, 0.010, 45.4), step(2, 0.049, 48.4), step(3, 0.098, 50.8), step(4, 0.197, 55.7),
-          step(5, 0.393, 66.5), step(6, 1, None)]
+    cr = [
+        step(1, 0.010, 45.4),
+        step(2, 0.049, 48.4),
+        step(3, 0.098, 50.8),
+        step(4, 0.197, 55.7),
+        step(5, 0.393, 66.5),
+        step(6, 1, None),
+    ]
     assert preview_layers(cr) == 4  # 60 dB is out of budget: the most layers within it
     assert preview_layers([step(1, 0.5, 40.0), step(2, 1, None)]) == 1  # at least one layer
     assert preview_layers([step(1, 1, None), step(2, 1, None)]) is None  # lossless at once: no preview
@@ -69,8 +81,10 @@ def test_layers_preview_is_the_cut_the_rule_picks(client: httpx.Client, name: st
 def test_series_recommendation(client: httpx.Client) -> None:
     study, series = generate_uid(), generate_uid()
     raw = (PYDICOM_DATA / "693_UNCR.dcm").read_bytes()
-    urls = [stored_instance(client, new_uids(raw, study=study, series=series, InstanceNumber=str(i)))
-            for i in (1, 2)]
+    urls = [
+        stored_instance(client, new_uids(raw, study=study, series=series, InstanceNumber=str(i)))
+        for i in (1, 2)
+    ]
     for url in urls:
         wait_for_master(client, url)
     r = client.get(f"/studies/{study}/series/{series}/layers")

@@ -24,8 +24,10 @@ class Stored:
         data = new_uids((PYDICOM_DATA / name).read_bytes(), study=generate_uid())
         self.ds = pydicom.dcmread(io.BytesIO(data))
         assert stow(client, [data]).status_code == 200
-        self.url = (f"/studies/{self.ds.StudyInstanceUID}/series/{self.ds.SeriesInstanceUID}"
-                    f"/instances/{self.ds.SOPInstanceUID}")
+        self.url = (
+            f"/studies/{self.ds.StudyInstanceUID}/series/{self.ds.SeriesInstanceUID}"
+            f"/instances/{self.ds.SOPInstanceUID}"
+        )
         deadline = time.time() + 120
         while (r := client.get(self.url + "/layers")).status_code == 503 and time.time() < deadline:
             time.sleep(0.1)
@@ -39,7 +41,9 @@ def stored(request: pytest.FixtureRequest, client: httpx.Client) -> Stored:
     return Stored(client, request.param)
 
 
-def frame(client: httpx.Client, stored: Stored, headers: dict[str, str] = JP2, **params: str) -> httpx.Response:
+def frame(
+    client: httpx.Client, stored: Stored, headers: dict[str, str] = JP2, **params: str
+) -> httpx.Response:
     return client.get(stored.url + "/frames/1", params=params, headers=headers)
 
 
@@ -59,8 +63,9 @@ def test_no_parameters_give_the_master(client: httpx.Client, stored: Stored) -> 
     whole = frame(client, stored)
     assert whole.status_code == 200
     assert whole.headers["content-type"] == "image/jp2; transfer-syntax=1.2.840.10008.1.2.4.90"
-    stored_form = parse_multipart(client.get(stored.url + "/frames/1",
-                                             headers={"Accept": "multipart/related; type=image/jp2"}))[0][1]
+    stored_form = parse_multipart(
+        client.get(stored.url + "/frames/1", headers={"Accept": "multipart/related; type=image/jp2"})
+    )[0][1]
     assert whole.content == stored_form
     all_layers = frame(client, stored, layers=str(len(stored.layers["layers"])))
     assert all_layers.content == whole.content
@@ -101,7 +106,9 @@ def test_fsiz_picks_the_smallest_level_at_least_that_big(client: httpx.Client, s
     head = info(frame(client, stored, fsiz="256,256").content)
     assert head.width >= min(256, cols) and head.height >= min(256, rows)
     assert math.ceil(head.width / 2) < 256 or math.ceil(head.height / 2) < 256 or head.levels == 0
-    assert (info(frame(client, stored, fsiz="100000,100000").content).width) == cols  # none smaller: full size
+    assert (
+        info(frame(client, stored, fsiz="100000,100000").content).width
+    ) == cols  # none smaller: full size
 
 
 def test_htj2k_rpcl_with_exact_part_header(client: httpx.Client, stored: Stored) -> None:
@@ -110,7 +117,7 @@ def test_htj2k_rpcl_with_exact_part_header(client: httpx.Client, stored: Stored)
     assert r.status_code == 200
     assert b"\r\nContent-Type: image/jphc; transfer-syntax=1.2.840.10008.1.2.4.202\r\n\r\n" in r.content
     assert int(r.headers["content-length"]) == len(r.content)
-    (_, body), = parse_multipart(r)
+    ((_, body),) = parse_multipart(r)
     head = info(body)
     assert head.htj2k and head.tlm and head.progression == "RPCL"
     assert np.array_equal(decode_htj2k(body).reshape(stored.pixels.shape), stored.pixels)
@@ -138,23 +145,34 @@ def test_etag_and_304(client: httpx.Client, stored: Stored) -> None:
     assert frame(client, stored, {**JP2, "If-None-Match": etag}, layers="1").status_code == 304
     other = frame(client, stored, layers="2")
     assert other.headers["etag"] != etag
-    multi = client.get(stored.url + "/frames/1", params={"layers": "1"},
-                       headers={"Accept": "multipart/related; type=image/jp2"})
-    again = client.get(stored.url + "/frames/1", params={"layers": "1"},
-                       headers={"Accept": "multipart/related; type=image/jp2"})
+    multi = client.get(
+        stored.url + "/frames/1",
+        params={"layers": "1"},
+        headers={"Accept": "multipart/related; type=image/jp2"},
+    )
+    again = client.get(
+        stored.url + "/frames/1",
+        params={"layers": "1"},
+        headers={"Accept": "multipart/related; type=image/jp2"},
+    )
     assert multi.content == again.content and multi.headers["etag"] == again.headers["etag"]
 
 
-@pytest.mark.parametrize("accept", [
-    'multipart/related; type="image/jp2"',
-    "multipart/related; type=image/jp2; transfer-syntax=1.2.840.10008.1.2.4.91",
-    'multipart/related; type="application/octet-stream"; transfer-syntax="*"',
-    "multipart/related; type=application/octet-stream; transfer-syntax=*; transfer-syntax=*",
-    "undefined",
-    "image/jp2",
-])
+@pytest.mark.parametrize(
+    "accept",
+    [
+        'multipart/related; type="image/jp2"',
+        "multipart/related; type=image/jp2; transfer-syntax=1.2.840.10008.1.2.4.91",
+        'multipart/related; type="application/octet-stream"; transfer-syntax="*"',
+        "multipart/related; type=application/octet-stream; transfer-syntax=*; transfer-syntax=*",
+        "undefined",
+        "image/jp2",
+    ],
+)
 def test_accept_variants_with_a_cut(client: httpx.Client, stored: Stored, accept: str) -> None:
-    r = client.get(stored.url + "/frames/1", params={"layers": "1", "fsiz": "64,64"}, headers={"Accept": accept})
+    r = client.get(
+        stored.url + "/frames/1", params={"layers": "1", "fsiz": "64,64"}, headers={"Accept": accept}
+    )
     if accept == "undefined":
         # The default is uncompressed, which a cut cannot be.
         assert r.status_code == 406 and "cut" in r.json()["error"]
@@ -172,7 +190,9 @@ def test_accept_query_parameter(client: httpx.Client, stored: Stored) -> None:
 def test_bad_parameters(client: httpx.Client, stored: Stored) -> None:
     for params in ({"layers": "0"}, {"layers": "x"}, {"fsiz": "10"}, {"fsiz": "a,b"}, {"fsiz": "0,5"}):
         assert frame(client, stored, **params).status_code == 400
-    r = client.get(stored.url + "/frames/1", params={"layers": "1"}, headers={"Accept": "application/octet-stream"})
+    r = client.get(
+        stored.url + "/frames/1", params={"layers": "1"}, headers={"Accept": "application/octet-stream"}
+    )
     assert r.status_code == 406
 
 
@@ -226,15 +246,19 @@ def test_whole_master_frames_end_with_eoc(client: httpx.Client, masters: list[St
             assert single.headers["content-type"] == "image/jp2; transfer-syntax=1.2.840.10008.1.2.4.90"
             assert single.content == codestream
             assert int(single.headers["content-length"]) == len(codestream)
-            for accept in ("multipart/related; type=image/jp2",
-                           'multipart/related; type="application/octet-stream"; transfer-syntax=*'):
+            for accept in (
+                "multipart/related; type=image/jp2",
+                'multipart/related; type="application/octet-stream"; transfer-syntax=*',
+            ):
                 [(headers, body)] = parse_multipart(client.get(url, headers={"Accept": accept}))
                 assert headers["content-type"] == "image/jp2; transfer-syntax=1.2.840.10008.1.2.4.90"
                 assert body == codestream
     assert padded, "no master fragment had a pad byte: the test shows nothing"
 
 
-def test_whole_frame_range_and_etag_agree_without_the_pad(client: httpx.Client, masters: list[Stored]) -> None:
+def test_whole_frame_range_and_etag_agree_without_the_pad(
+    client: httpx.Client, masters: list[Stored]
+) -> None:
     for image in masters:
         whole = client.get(image.url + "/frames/1", headers=JP2)
         size = len(whole.content)
@@ -243,9 +267,13 @@ def test_whole_frame_range_and_etag_agree_without_the_pad(client: httpx.Client, 
         assert tail.status_code == 206
         assert tail.content == EOC
         assert tail.headers["content-range"] == f"bytes {size - 2}-{size - 1}/{size}"
-        assert client.get(image.url + "/frames/1", headers={**JP2, "Range": f"bytes={size}-"}).status_code == 416
-        pieces = [client.get(image.url + "/frames/1", headers={**JP2, "Range": r}).content
-                  for r in ("bytes=0-999", "bytes=1000-")]
+        assert (
+            client.get(image.url + "/frames/1", headers={**JP2, "Range": f"bytes={size}-"}).status_code == 416
+        )
+        pieces = [
+            client.get(image.url + "/frames/1", headers={**JP2, "Range": r}).content
+            for r in ("bytes=0-999", "bytes=1000-")
+        ]
         assert b"".join(pieces) == whole.content
         again = client.get(image.url + "/frames/1", headers={**JP2, "If-None-Match": whole.headers["etag"]})
         assert again.status_code == 304

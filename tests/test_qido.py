@@ -40,17 +40,49 @@ NUM_SERIES_INSTANCES = "00201209"
 
 # PS3.18 Table 6.7.1-2, 6.7.1-2a and 6.7.1-2b: attributes returned without includefield.
 STUDY_DEFAULTS = (
-    "00080005", "00080020", "00080030", "00080050", "00080056", "00080061", "00080090", "00080201",
-    "00081190", "00100010", "00100020", "00100030", "00100040", "0020000D", "00200010", "00201206",
+    "00080005",
+    "00080020",
+    "00080030",
+    "00080050",
+    "00080056",
+    "00080061",
+    "00080090",
+    "00080201",
+    "00081190",
+    "00100010",
+    "00100020",
+    "00100030",
+    "00100040",
+    "0020000D",
+    "00200010",
+    "00201206",
     "00201208",
 )
 SERIES_DEFAULTS = (
-    "00080005", "00080060", "00080201", "0008103E", "00081190", "0020000E", "00200011", "00201209",
-    "00400244", "00400245", "00400275",
+    "00080005",
+    "00080060",
+    "00080201",
+    "0008103E",
+    "00081190",
+    "0020000E",
+    "00200011",
+    "00201209",
+    "00400244",
+    "00400245",
+    "00400275",
 )
 INSTANCE_DEFAULTS = (
-    "00080005", "00080016", "00080018", "00080056", "00080201", "00081190", "00200013", "00280010",
-    "00280011", "00280100", "00280008",
+    "00080005",
+    "00080016",
+    "00080018",
+    "00080056",
+    "00080201",
+    "00081190",
+    "00200013",
+    "00280010",
+    "00280011",
+    "00280100",
+    "00280008",
 )
 # Defaults the server computes, so they are there whatever the stored data holds.
 STUDY_COMPUTED = ("00080061", "00081190", "0020000D", "00201206", "00201208")
@@ -135,8 +167,13 @@ class TwoSeriesStudy:
 def store_two_series_study(client: httpx.Client, pid: str | None = None) -> TwoSeriesStudy:
     pid = pid or unique_pid()
     st = TwoSeriesStudy(pid, generate_uid(), generate_uid(), generate_uid())
-    common = {"study": st.study, "PatientID": pid, "PatientName": "Two^Series", "StudyDate": "20200615",
-              "StudyTime": "101500"}
+    common = {
+        "study": st.study,
+        "PatientID": pid,
+        "PatientName": "Two^Series",
+        "StudyDate": "20200615",
+        "StudyTime": "101500",
+    }
     files = [
         new_uids(CT_SMALL, series=st.ct_series, InstanceNumber="1", **common),
         new_uids(CT_SMALL, series=st.ct_series, InstanceNumber="2", **common),
@@ -149,6 +186,7 @@ def store_two_series_study(client: httpx.Client, pid: str | None = None) -> TwoS
 
 
 # ---- the six resources -------------------------------------------------------------------------------
+
 
 def test_search_all_studies(client: httpx.Client) -> None:
     st = store_two_series_study(client)
@@ -196,6 +234,7 @@ def test_series_of_study_filtered_by_modality(client: httpx.Client) -> None:
 
 
 # ---- single value and UID list matching ---------------------------------------------------------------
+
 
 def test_single_value_match(client: httpx.Client) -> None:
     pid = unique_pid()
@@ -277,6 +316,7 @@ def test_empty_matching_key_is_universal_and_returned(
 
 # ---- wildcards ------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize(
     ("pattern", "matches"),
     [
@@ -327,6 +367,7 @@ def test_wildcard_characters_of_sql_are_literal(client: httpx.Client) -> None:
 
 # ---- fuzzy matching --------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize(
     ("pattern", "fuzzy", "matches"),
     [
@@ -352,6 +393,7 @@ def test_fuzzy_matching(client: httpx.Client, pattern: str, fuzzy: str | None, m
 
 # ---- dates, times and date-times ---------------------------------------------------------------------
 
+
 @pytest.fixture
 def dated_studies(client: httpx.Client) -> tuple[str, dict[str, str]]:
     """Three studies of one patient: label -> study UID."""
@@ -359,7 +401,9 @@ def dated_studies(client: httpx.Client) -> tuple[str, dict[str, str]]:
     when = {"early": ("20191231", "080000"), "mid": ("20200615", "123000"), "late": ("20210101", "180000")}
     uids = {}
     for label, (date, time) in when.items():
-        uids[label] = store_one(client, CT_SMALL, PatientID=pid, StudyDate=date, StudyTime=time).StudyInstanceUID
+        uids[label] = store_one(
+            client, CT_SMALL, PatientID=pid, StudyDate=date, StudyTime=time
+        ).StudyInstanceUID
     return pid, uids
 
 
@@ -382,14 +426,19 @@ def dated_studies(client: httpx.Client) -> tuple[str, dict[str, str]]:
     ],
 )
 def test_date_and_time_ranges(
-    client: httpx.Client, dated_studies: tuple[str, dict[str, str]], attribute: str, query: str,
+    client: httpx.Client,
+    dated_studies: tuple[str, dict[str, str]],
+    attribute: str,
+    query: str,
     expected: set[str],
 ) -> None:
     pid, uids = dated_studies
     assert study_uids(client, PatientID=pid, **{attribute: query}) == {uids[label] for label in expected}
 
 
-def test_study_date_and_time_combined(client: httpx.Client, dated_studies: tuple[str, dict[str, str]]) -> None:
+def test_study_date_and_time_combined(
+    client: httpx.Client, dated_studies: tuple[str, dict[str, str]]
+) -> None:
     pid, uids = dated_studies
     found = study_uids(client, PatientID=pid, StudyDate="20190101-20201231", StudyTime="-100000")
     assert found == {uids["early"]}
@@ -430,14 +479,27 @@ def test_datetime_range_without_index_column(client: httpx.Client, query: str, e
 
 # ---- attributes without an index column ---------------------------------------------------------------
 
+
 @pytest.fixture
 def two_places(client: httpx.Client) -> tuple[str, Dataset, Dataset]:
     """Two studies of one patient that differ in series- and instance-level attributes only."""
     pid = unique_pid()
-    chest = store_one(client, CT_SMALL, PatientID=pid, InstitutionName="QIDO GENERAL",
-                      BodyPartExamined="CHEST", ImageType="ORIGINAL\\PRIMARY\\AXIAL")
-    head = store_one(client, CT_SMALL, PatientID=pid, InstitutionName="OTHER PLACE",
-                     BodyPartExamined="HEAD", ImageType="DERIVED\\SECONDARY")
+    chest = store_one(
+        client,
+        CT_SMALL,
+        PatientID=pid,
+        InstitutionName="QIDO GENERAL",
+        BodyPartExamined="CHEST",
+        ImageType="ORIGINAL\\PRIMARY\\AXIAL",
+    )
+    head = store_one(
+        client,
+        CT_SMALL,
+        PatientID=pid,
+        InstitutionName="OTHER PLACE",
+        BodyPartExamined="HEAD",
+        ImageType="DERIVED\\SECONDARY",
+    )
     return pid, chest, head
 
 
@@ -455,7 +517,10 @@ def two_places(client: httpx.Client) -> tuple[str, Dataset, Dataset]:
     ],
 )
 def test_series_match_on_unindexed_attributes(
-    client: httpx.Client, two_places: tuple[str, Dataset, Dataset], params: dict[str, str], expected: str | None
+    client: httpx.Client,
+    two_places: tuple[str, Dataset, Dataset],
+    params: dict[str, str],
+    expected: str | None,
 ) -> None:
     pid, chest, head = two_places
     results = search(client, "/series", {"PatientID": pid, **params})
@@ -475,7 +540,10 @@ def test_series_match_on_unindexed_attributes(
     ],
 )
 def test_instance_match_on_unindexed_attributes(
-    client: httpx.Client, two_places: tuple[str, Dataset, Dataset], params: dict[str, str], expected: str | None
+    client: httpx.Client,
+    two_places: tuple[str, Dataset, Dataset],
+    params: dict[str, str],
+    expected: str | None,
 ) -> None:
     pid, chest, head = two_places
     results = search(client, "/instances", {"PatientID": pid, **params})
@@ -483,7 +551,9 @@ def test_instance_match_on_unindexed_attributes(
     assert uids_of(results, SOP_UID) == wanted
 
 
-def test_unindexed_match_inside_a_study(client: httpx.Client, two_places: tuple[str, Dataset, Dataset]) -> None:
+def test_unindexed_match_inside_a_study(
+    client: httpx.Client, two_places: tuple[str, Dataset, Dataset]
+) -> None:
     _pid, chest, _head = two_places
     assert search(client, f"/studies/{chest.StudyInstanceUID}/series", {"BodyPartExamined": "HEAD"}) == []
     results = search(client, f"/studies/{chest.StudyInstanceUID}/instances", {"InstitutionName": "QIDO*"})
@@ -491,6 +561,7 @@ def test_unindexed_match_inside_a_study(client: httpx.Client, two_places: tuple[
 
 
 # ---- includefield --------------------------------------------------------------------------------------
+
 
 def test_study_description_needs_includefield(client: httpx.Client) -> None:
     pid = unique_pid()
@@ -505,7 +576,11 @@ def test_study_description_needs_includefield(client: httpx.Client) -> None:
 @pytest.mark.parametrize(
     "params",
     [
-        [("includefield", "InstitutionName"), ("includefield", "00080070"), ("includefield", "SliceThickness")],
+        [
+            ("includefield", "InstitutionName"),
+            ("includefield", "00080070"),
+            ("includefield", "SliceThickness"),
+        ],
         [("includefield", "InstitutionName,00080070,SliceThickness")],
         [("includefield", "InstitutionName, 00080070"), ("includefield", "00180050")],
     ],
@@ -542,6 +617,7 @@ def test_includefield_all_at_study_level_keeps_computed_attributes(client: httpx
 
 # ---- paging ------------------------------------------------------------------------------------------
 
+
 @pytest.fixture
 def five_studies(client: httpx.Client) -> tuple[str, set[str]]:
     pid = unique_pid()
@@ -549,12 +625,17 @@ def five_studies(client: httpx.Client) -> tuple[str, set[str]]:
     return pid, {ds.StudyInstanceUID for ds in store(client, *files)}
 
 
-def test_limit_and_offset_page_through_everything(client: httpx.Client, five_studies: tuple[str, set[str]]) -> None:
+def test_limit_and_offset_page_through_everything(
+    client: httpx.Client, five_studies: tuple[str, set[str]]
+) -> None:
     pid, uids = five_studies
     pages = []
     for offset in (0, 2, 4):
-        pages.append(uids_of(search(client, "/studies", {"PatientID": pid, "limit": "2", "offset": str(offset)}),
-                             STUDY_UID))
+        pages.append(
+            uids_of(
+                search(client, "/studies", {"PatientID": pid, "limit": "2", "offset": str(offset)}), STUDY_UID
+            )
+        )
     assert [len(p) for p in pages] == [2, 2, 1]
     assert set().union(*pages) == uids
 
@@ -566,8 +647,15 @@ def test_offset_past_the_end_is_empty(client: httpx.Client, five_studies: tuple[
 
 @pytest.mark.parametrize(
     ("limit", "offset", "cut"),
-    [("2", "0", True), ("2", "2", True), ("2", "4", False), ("4", "0", True), ("5", "0", False),
-     ("10", "0", False), (None, None, False)],
+    [
+        ("2", "0", True),
+        ("2", "2", True),
+        ("2", "4", False),
+        ("4", "0", True),
+        ("5", "0", False),
+        ("10", "0", False),
+        (None, None, False),
+    ],
 )
 def test_warning_header_only_when_results_are_cut(
     client: httpx.Client, five_studies: tuple[str, set[str]], limit: str | None, offset: str | None, cut: bool
@@ -598,6 +686,7 @@ def test_warning_header_on_unindexed_match(
 
 
 # ---- returned attributes -------------------------------------------------------------------------------
+
 
 def _expected_defaults(defaults: tuple[str, ...], computed: tuple[str, ...], ds: Dataset) -> set[str]:
     # Attributes without a value are left out of results.
@@ -654,12 +743,31 @@ def test_unscoped_instance_search_describes_study_and_series(client: httpx.Clien
 # PS3.18 10.6.3.3.1 (Table 10.6.3-3): the Study attributes, returned with every result of a search for
 # all series or all instances; Retrieve URL aside, as each result has its own.
 STUDY_VALUES = {
-    "PatientName": "Parent^Attributes", "PatientBirthDate": "19700101", "PatientSex": "F",
-    "StudyDate": "20210304", "StudyTime": "101112", "AccessionNumber": "ACC-PARENT", "StudyID": "SID7",
+    "PatientName": "Parent^Attributes",
+    "PatientBirthDate": "19700101",
+    "PatientSex": "F",
+    "StudyDate": "20210304",
+    "StudyTime": "101112",
+    "AccessionNumber": "ACC-PARENT",
+    "StudyID": "SID7",
     "ReferringPhysicianName": "Referrer^Ruth",
 }
-STUDY_RESULT_TAGS = ("00080020", "00080030", "00080050", "00080056", "00080061", "00080090", "00100010",
-                     "00100020", "00100030", "00100040", "0020000D", "00200010", "00201206", "00201208")
+STUDY_RESULT_TAGS = (
+    "00080020",
+    "00080030",
+    "00080050",
+    "00080056",
+    "00080061",
+    "00080090",
+    "00100010",
+    "00100020",
+    "00100030",
+    "00100040",
+    "0020000D",
+    "00200010",
+    "00201206",
+    "00201208",
+)
 # PS3.18 10.6.3.3.2 (Table 10.6.3-4): the Series attributes, returned with instances of any series.
 SERIES_RESULT_TAGS = ("00080060", "0008103E", "0020000E", "00200011", "00201209", "00400244", "00400245")
 
@@ -668,8 +776,11 @@ def store_parent_study(client: httpx.Client) -> TwoSeriesStudy:
     pid = unique_pid("PARENT")
     st = TwoSeriesStudy(pid, generate_uid(), generate_uid(), generate_uid())
     common = {"study": st.study, "PatientID": pid, **STUDY_VALUES}
-    series = {"SeriesDescription": "Parent series", "PerformedProcedureStepStartDate": "20210304",
-              "PerformedProcedureStepStartTime": "101500"}
+    series = {
+        "SeriesDescription": "Parent series",
+        "PerformedProcedureStepStartDate": "20210304",
+        "PerformedProcedureStepStartTime": "101500",
+    }
     stored = store(
         client,
         new_uids(CT_SMALL, series=st.ct_series, SeriesNumber="3", InstanceNumber="1", **series, **common),
@@ -740,7 +851,9 @@ def test_instances_of_a_study_carry_their_series_attributes(client: httpx.Client
 
 def test_parent_attributes_with_a_matching_key_on_the_parent(client: httpx.Client) -> None:
     st = store_parent_study(client)
-    results = search(client, "/series", {"AccessionNumber": STUDY_VALUES["AccessionNumber"], "PatientID": st.pid})
+    results = search(
+        client, "/series", {"AccessionNumber": STUDY_VALUES["AccessionNumber"], "PatientID": st.pid}
+    )
     assert len(results) == 2
     for result in results:
         assert_study_attributes(result, st)
@@ -767,13 +880,19 @@ def test_attributes_without_a_value_are_left_out(client: httpx.Client, path: str
     pid = unique_pid("EMPTY")
     store_one(client, NO_MODALITY, PatientID=pid)
     store_one(client, CT_SMALL, PatientID=pid, AccessionNumber="")
-    for params in ({"PatientID": pid}, {"PatientID": pid, "includefield": "all"},
-                   {"PatientID": pid, "AccessionNumber": "", "Modality": "", "ModalitiesInStudy": ""}):
+    for params in (
+        {"PatientID": pid},
+        {"PatientID": pid, "includefield": "all"},
+        {"PatientID": pid, "AccessionNumber": "", "Modality": "", "ModalitiesInStudy": ""},
+    ):
         results = search(client, path, params)
         assert len(results) == 2
         for result in results:
-            empty = [tag for tag, element in result.items()
-                     if not element.get("Value") and "BulkDataURI" not in element and "InlineBinary" not in element]
+            empty = [
+                tag
+                for tag, element in result.items()
+                if not element.get("Value") and "BulkDataURI" not in element and "InlineBinary" not in element
+            ]
             assert not empty, f"attributes without a value in {path}: {empty}"
             assert "00080050" not in result
     [study] = [r for r in search(client, "/studies", {"PatientID": pid}) if "00080061" not in r]
@@ -781,6 +900,7 @@ def test_attributes_without_a_value_are_left_out(client: httpx.Client, path: str
 
 
 # ---- computed attributes ----------------------------------------------------------------------------
+
 
 def test_study_counts_and_modalities(client: httpx.Client) -> None:
     st = store_two_series_study(client)
@@ -799,8 +919,10 @@ def test_series_related_instances(client: httpx.Client) -> None:
 
 def test_counts_follow_later_stores(client: httpx.Client) -> None:
     st = store_two_series_study(client)
-    store(client, new_uids(MR_SMALL, study=st.study, series=st.mr_series, PatientID=st.pid,
-                           PatientName="Two^Series"))
+    store(
+        client,
+        new_uids(MR_SMALL, study=st.study, series=st.mr_series, PatientID=st.pid, PatientName="Two^Series"),
+    )
     [study] = search(client, "/studies", {"PatientID": st.pid})
     assert int(value(study, NUM_STUDY_INSTANCES)) == 4
     mr = search(client, f"/studies/{st.study}/series", {"SeriesInstanceUID": st.mr_series})
@@ -836,6 +958,7 @@ def test_modalities_in_study_match_returns_all_modalities(client: httpx.Client) 
 
 
 # ---- RetrieveURL ----------------------------------------------------------------------------------------
+
 
 def test_retrieve_urls_are_absolute(client: httpx.Client, server: Server) -> None:
     st = store_two_series_study(client)
@@ -880,14 +1003,19 @@ MALFORMED: list[tuple[str, dict[str, str], str]] = [
 
 
 @pytest.mark.parametrize(
-    ("path", "params", "mention"), MALFORMED, ids=[f"{path}?{urlencode(params)}" for path, params, _ in MALFORMED]
+    ("path", "params", "mention"),
+    MALFORMED,
+    ids=[f"{path}?{urlencode(params)}" for path, params, _ in MALFORMED],
 )
-def test_malformed_query_is_400(client: httpx.Client, path: str, params: dict[str, str], mention: str) -> None:
+def test_malformed_query_is_400(
+    client: httpx.Client, path: str, params: dict[str, str], mention: str
+) -> None:
     assert_bad_request(client.get(path, params=params), mention)
 
 
 @pytest.mark.parametrize(
-    "path", ["/studies/not-a-uid/series", "/studies/not-a-uid/instances", "/studies/1.2.3/series/x.y/instances"]
+    "path",
+    ["/studies/not-a-uid/series", "/studies/not-a-uid/instances", "/studies/1.2.3/series/x.y/instances"],
 )
 def test_malformed_uid_in_path_is_400(client: httpx.Client, path: str) -> None:
     assert_bad_request(client.get(path), "UID")
@@ -948,8 +1076,14 @@ def test_ohif_study_list_query(client: httpx.Client) -> None:
 
 def test_ohif_includefields_are_returned(client: httpx.Client) -> None:
     pid = unique_pid()
-    store_one(client, CT_SMALL, PatientID=pid, StudyDescription="OHIF Study", PatientBirthDate="19700101",
-              ReferringPhysicianName="Referring^Rita")
+    store_one(
+        client,
+        CT_SMALL,
+        PatientID=pid,
+        StudyDescription="OHIF Study",
+        PatientBirthDate="19700101",
+        ReferringPhysicianName="Referring^Rita",
+    )
     query = OHIF_STUDY_LIST + f"&PatientID={pid}"
     [result] = search(client, query, headers={"Accept": DICOM_JSON})
     assert value(result, "00081030") == "OHIF Study"
@@ -972,6 +1106,7 @@ def test_json_accept_variants(client: httpx.Client) -> None:
 
 
 # ---- compression -----------------------------------------------------------------------------------
+
 
 def test_gzip_when_asked(client: httpx.Client) -> None:
     pid = unique_pid()

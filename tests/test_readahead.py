@@ -78,7 +78,9 @@ def test_uncompressed_frame_starts_decoding_the_rest(client: httpx.Client) -> No
 def test_frames_received_uncompressed_are_kept_for_their_master(client: httpx.Client) -> None:
     study, series = generate_uid(), generate_uid()
     raw = (PYDICOM_DATA / "693_UNCR.dcm").read_bytes()
-    files = [shifted(raw, 3 * i, study=study, series=series, InstanceNumber=str(i + 1)) for i in range(SLICES)]
+    files = [
+        shifted(raw, 3 * i, study=study, series=series, InstanceNumber=str(i + 1)) for i in range(SLICES)
+    ]
     before = client.get("/status").json()["masters_with_uncompressed_frames_kept"]
     assert stow(client, files).status_code == 200
     wait_for_masters(client)

@@ -96,6 +96,7 @@ def size_of(content: bytes) -> tuple[int, int]:
 
 # ---- references, computed independently of storage/render.py ----------------------------------------
 
+
 def first_value(value: object) -> float:
     return float(value[0] if isinstance(value, pydicom.multival.MultiValue) else value)
 
@@ -132,10 +133,13 @@ def reference_range(ds: pydicom.Dataset) -> np.ndarray:
 def assert_close(got: np.ndarray, want: np.ndarray, tolerance: int = 1) -> None:
     assert got.shape == want.shape
     diff = np.abs(got.astype(np.int64) - want.astype(np.int64))
-    assert diff.max() <= tolerance, f"max difference {diff.max()} at {np.unravel_index(diff.argmax(), diff.shape)}"
+    assert diff.max() <= tolerance, (
+        f"max difference {diff.max()} at {np.unravel_index(diff.argmax(), diff.shape)}"
+    )
 
 
 # ---- data: stored once, used after their masters are made ------------------------------------------
+
 
 @dataclass
 class Stored:
@@ -159,9 +163,14 @@ def data(client: httpx.Client) -> Stored:
     study = generate_uid()
     first, second = generate_uid(), generate_uid()
     # Stored in an order that differs from the display order, which the server must restore.
-    later = store(client, copy_of("693_UNCR.dcm", study=study, series=second, SeriesNumber="2", InstanceNumber="1"))
+    later = store(
+        client, copy_of("693_UNCR.dcm", study=study, series=second, SeriesNumber="2", InstanceNumber="1")
+    )
     series_one = [
-        store(client, copy_of("693_UNCR.dcm", study=study, series=first, SeriesNumber="1", InstanceNumber=str(n)))
+        store(
+            client,
+            copy_of("693_UNCR.dcm", study=study, series=first, SeriesNumber="1", InstanceNumber=str(n)),
+        )
         for n in (3, 1, 2)
     ]
     series_one.sort(key=lambda i: int(i.ds.InstanceNumber))
@@ -187,6 +196,7 @@ def data(client: httpx.Client) -> Stored:
 
 
 # ---- sizes -----------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize(
     ("which", "viewport", "expected"),
@@ -221,10 +231,14 @@ def test_colour_images_render_in_colour(client: httpx.Client, data: Stored) -> N
 
 # ---- grey-level pipeline ---------------------------------------------------------------------------
 
-@pytest.mark.parametrize("window", [None, (40, 400, "linear"), (-600, 1500, "linear"), (40, 80, "linear-exact"),
-                                    (40, 400, "sigmoid")])
-def test_ct_windowing_matches_reference(client: httpx.Client, data: Stored,
-                                        window: tuple[float, float, str] | None) -> None:
+
+@pytest.mark.parametrize(
+    "window",
+    [None, (40, 400, "linear"), (-600, 1500, "linear"), (40, 80, "linear-exact"), (40, 400, "sigmoid")],
+)
+def test_ct_windowing_matches_reference(
+    client: httpx.Client, data: Stored, window: tuple[float, float, str] | None
+) -> None:
     """693_UNCR: signed 14-bit, RescaleIntercept -1024, dataset window 40/100."""
     params = {"viewport": "512,512"}
     if window:
@@ -239,8 +253,9 @@ def test_window_function_defaults_to_linear(client: httpx.Client, data: Stored) 
 
 
 @pytest.mark.parametrize("window", [None, (12000, 20000, "linear")])
-def test_monochrome1_cr_is_inverted(client: httpx.Client, data: Stored,
-                                    window: tuple[float, float, str] | None) -> None:
+def test_monochrome1_cr_is_inverted(
+    client: httpx.Client, data: Stored, window: tuple[float, float, str] | None
+) -> None:
     """RG1_UNCR is MONOCHROME1 (15-bit, window 15000/30000): low values render bright."""
     assert data.cr.ds.PhotometricInterpretation == "MONOCHROME1"
     params = {"viewport": "1841,1955"}
@@ -287,7 +302,9 @@ def test_enhanced_ct_uses_its_functional_groups(client: httpx.Client) -> None:
     shared = ds.SharedFunctionalGroupsSequence[0]
     frame = ds.PerFrameFunctionalGroupsSequence[1]
     groups = (frame, shared)
-    rescale = next(g.PixelValueTransformationSequence[0] for g in groups if "PixelValueTransformationSequence" in g)
+    rescale = next(
+        g.PixelValueTransformationSequence[0] for g in groups if "PixelValueTransformationSequence" in g
+    )
     voi = next(g.FrameVOILUTSequence[0] for g in groups if "FrameVOILUTSequence" in g)
     flat = Dataset()
     flat.PhotometricInterpretation = ds.PhotometricInterpretation
@@ -298,6 +315,7 @@ def test_enhanced_ct_uses_its_functional_groups(client: httpx.Client) -> None:
 
 
 # ---- colour ----------------------------------------------------------------------------------------
+
 
 def test_palette_colour(client: httpx.Client, data: Stored) -> None:
     ds = data.palette.ds
@@ -321,6 +339,7 @@ def test_lossy_multiframe_jpeg_frame(client: httpx.Client, data: Stored) -> None
 
 # ---- source region (viewport vw,vh,sx,sy,sw,sh) -----------------------------------------------------
 
+
 def test_region_is_cut_then_scaled(client: httpx.Client, data: Stored) -> None:
     full = reference_grey(data.ct.ds)
     exact = client.get(data.ct.url + "/rendered", params={"viewport": "200,100,10,20,200,100"}, headers=PNG)
@@ -339,6 +358,7 @@ def test_negative_region_size_flips(client: httpx.Client, data: Stored) -> None:
 
 # ---- thumbnails ------------------------------------------------------------------------------------
 
+
 def test_thumbnails_of_every_level(client: httpx.Client, data: Stored) -> None:
     study = f"/studies/{data.study}"
     middle = data.series_one[1]  # InstanceNumber 2 of the series numbered 1
@@ -354,7 +374,9 @@ def test_thumbnails_of_every_level(client: httpx.Client, data: Stored) -> None:
 
 
 @pytest.mark.parametrize("which", ["ct", "cr", "us", "palette", "multiframe", "lossy", "mlut", "vlut", "ybr"])
-def test_thumbnails_fit_the_default_and_given_viewport(client: httpx.Client, data: Stored, which: str) -> None:
+def test_thumbnails_fit_the_default_and_given_viewport(
+    client: httpx.Client, data: Stored, which: str
+) -> None:
     image = getattr(data, which)
     width, height = image.size
     for viewport, box in ((None, 128), ("64,64", 64)):
@@ -375,8 +397,10 @@ def test_jpeg_thumbnail_of_a_master_skips_layers_png_does_not(client: httpx.Clie
     assert client.get(data.cr.url + "/layers").status_code == 200
     jpeg = [client.get(data.cr.url + suffix, params=params).content for suffix in ("/thumbnail", "/rendered")]
     assert jpeg[0] != jpeg[1] and size_of(jpeg[0]) == size_of(jpeg[1])
-    png = [client.get(data.cr.url + suffix, params=params, headers=PNG).content
-           for suffix in ("/thumbnail", "/rendered")]
+    png = [
+        client.get(data.cr.url + suffix, params=params, headers=PNG).content
+        for suffix in ("/thumbnail", "/rendered")
+    ]
     assert png[0] == png[1]
 
 
@@ -389,6 +413,7 @@ def test_thumbnail_looks_like_the_full_rendering(client: httpx.Client, data: Sto
 
 
 # ---- collections and frames ------------------------------------------------------------------------
+
 
 def test_study_rendered_is_multipart_in_display_order(client: httpx.Client, data: Stored) -> None:
     r = client.get(f"/studies/{data.study}/rendered", params={"viewport": "64,64"})
@@ -404,8 +429,11 @@ def test_study_rendered_is_multipart_in_display_order(client: httpx.Client, data
 
 def test_series_rendered_png_parts(client: httpx.Client, data: Stored) -> None:
     series = data.series_one[0].url.split("/instances/")[0]
-    r = client.get(series + "/rendered", params={"viewport": "32,32"},
-                   headers={"Accept": 'multipart/related; type="image/png"'})
+    r = client.get(
+        series + "/rendered",
+        params={"viewport": "32,32"},
+        headers={"Accept": 'multipart/related; type="image/png"'},
+    )
     parts = parse_multipart(r)
     assert len(parts) == 3 and all(h["content-type"] == "image/png" for h, _ in parts)
 
@@ -431,8 +459,11 @@ def test_frames_rendered(client: httpx.Client, data: Stored) -> None:
 
 def test_many_frames_stream_in_order(client: httpx.Client, data: Stored) -> None:
     """120 frames: more than are rendered before answering, so most are rendered while streaming."""
-    r = client.get(data.lossy.url + "/rendered", params={"viewport": "40,40"},
-                   headers={"Accept": "multipart/related; type=image/jpeg"})
+    r = client.get(
+        data.lossy.url + "/rendered",
+        params={"viewport": "40,40"},
+        headers={"Accept": "multipart/related; type=image/jpeg"},
+    )
     assert r.status_code == 200
     parts = parse_multipart(r)
     assert [h["content-location"].rsplit("/", 2)[1] for h, _ in parts] == [str(n) for n in range(1, 121)]
@@ -447,6 +478,7 @@ def test_multiframe_instance_is_its_first_frame_or_all_frames(client: httpx.Clie
 
 
 # ---- negotiation, parameters and errors ------------------------------------------------------------
+
 
 @pytest.mark.parametrize(
     ("headers", "params", "expected"),
@@ -467,8 +499,15 @@ def test_accept(client: httpx.Client, data: Stored, headers: dict, params: dict,
     assert r.headers["content-type"] == expected
 
 
-@pytest.mark.parametrize("accept", ["application/dicom", "image/gif", "application/octet-stream",
-                                    'multipart/related; type="application/dicom"'])
+@pytest.mark.parametrize(
+    "accept",
+    [
+        "application/dicom",
+        "image/gif",
+        "application/octet-stream",
+        'multipart/related; type="application/dicom"',
+    ],
+)
 def test_unavailable_media_type_is_406(client: httpx.Client, data: Stored, accept: str) -> None:
     assert client.get(data.ct.url + "/rendered", headers={"Accept": accept}).status_code == 406
     assert client.get(data.ct.url + "/thumbnail", headers={"Accept": accept}).status_code == 406
@@ -477,11 +516,23 @@ def test_unavailable_media_type_is_406(client: httpx.Client, data: Stored, accep
 @pytest.mark.parametrize(
     "params",
     [
-        {"viewport": "0,10"}, {"viewport": "a,b"}, {"viewport": "10"}, {"viewport": "10,10,1,2,3"},
-        {"viewport": "10,10,-1,0,5,5"}, {"viewport": "10,10,0,0,0,5"}, {"viewport": "10,10,600,0,10,10"},
-        {"window": "40"}, {"window": "40,0"}, {"window": "40,0.5,linear"}, {"window": "a,b"},
-        {"window": "40,400,cubic"}, {"window": "40,-1,sigmoid"}, {"window": "nan,400"},
-        {"quality": "0"}, {"quality": "101"}, {"quality": "high"},
+        {"viewport": "0,10"},
+        {"viewport": "a,b"},
+        {"viewport": "10"},
+        {"viewport": "10,10,1,2,3"},
+        {"viewport": "10,10,-1,0,5,5"},
+        {"viewport": "10,10,0,0,0,5"},
+        {"viewport": "10,10,600,0,10,10"},
+        {"window": "40"},
+        {"window": "40,0"},
+        {"window": "40,0.5,linear"},
+        {"window": "a,b"},
+        {"window": "40,400,cubic"},
+        {"window": "40,-1,sigmoid"},
+        {"window": "nan,400"},
+        {"quality": "0"},
+        {"quality": "101"},
+        {"quality": "high"},
     ],
 )
 def test_bad_parameters_are_400(client: httpx.Client, data: Stored, params: dict) -> None:
@@ -516,8 +567,15 @@ def test_undecodable_image(client: httpx.Client) -> None:
     """JPEG-lossy.dcm (12-bit extended JPEG) has no working decoder here."""
     study, series = generate_uid(), generate_uid()
     good = store(client, copy_of("693_UNCR.dcm", study=study, series=series, InstanceNumber="1"))
-    bad = store(client, new_uids((PYDICOM_TEST_FILES / "JPEG-lossy.dcm").read_bytes(), study=study, series=series,
-                                 InstanceNumber="2"))
+    bad = store(
+        client,
+        new_uids(
+            (PYDICOM_TEST_FILES / "JPEG-lossy.dcm").read_bytes(),
+            study=study,
+            series=series,
+            InstanceNumber="2",
+        ),
+    )
     r = client.get(bad.url + "/rendered")
     assert r.status_code == 406 and "cannot decode" in r.json()["error"]
     r = client.get(f"/studies/{study}/series/{series}/rendered", params={"viewport": "32,32"})
@@ -536,7 +594,10 @@ def test_unknown_and_malformed(client: httpx.Client, data: Stored) -> None:
 
 # ---- caching ---------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("suffix", ["/rendered?viewport=100,100", "/thumbnail", "/frames/1/rendered?window=0,100"])
+
+@pytest.mark.parametrize(
+    "suffix", ["/rendered?viewport=100,100", "/thumbnail", "/frames/1/rendered?window=0,100"]
+)
 def test_etag_and_304(client: httpx.Client, data: Stored, suffix: str) -> None:
     url = data.ct.url + suffix
     first, second = client.get(url), client.get(url)
@@ -555,7 +616,10 @@ def test_etag_follows_the_parameters(client: httpx.Client, data: Stored) -> None
     tags = {
         client.get(data.ct.url + "/rendered", params=params, headers=headers).headers["etag"]
         for params, headers in [
-            ({}, {}), ({"viewport": "64,64"}, {}), ({"window": "0,100"}, {}), ({"quality": "50"}, {}),
+            ({}, {}),
+            ({"viewport": "64,64"}, {}),
+            ({"window": "0,100"}, {}),
+            ({"quality": "50"}, {}),
             ({}, PNG),
         ]
     }
@@ -568,6 +632,7 @@ def test_identical_multipart_requests_give_identical_bytes(client: httpx.Client,
 
 
 # ---- while the master is pending, and after -------------------------------------------------------
+
 
 def test_rendering_while_pending_and_after(tmp_path: Path) -> None:
     """One master worker, busy with two big CRs: the CT stays as received meanwhile. (No /layers probe
@@ -611,12 +676,23 @@ def test_rendering_while_pending_and_after(tmp_path: Path) -> None:
 
 # ---- the level and layer rules of storage/render.py ------------------------------------------------
 
+
 @pytest.mark.parametrize(
     ("viewport", "drop"),
-    [((1841, 1955), 0), ((1000, 1000), 0), ((921, 978), 1), ((256, 256), 2), ((128, 128), 3), ((100, 100), 4), ((60, 60), 5),
-     ((10, 10), 5)],
+    [
+        ((1841, 1955), 0),
+        ((1000, 1000), 0),
+        ((921, 978), 1),
+        ((256, 256), 2),
+        ((128, 128), 3),
+        ((100, 100), 4),
+        ((60, 60), 5),
+        ((10, 10), 5),
+    ],
 )
-def test_resolution_level_is_the_smallest_not_smaller_than_the_output(viewport: tuple[int, int], drop: int) -> None:
+def test_resolution_level_is_the_smallest_not_smaller_than_the_output(
+    viewport: tuple[int, int], drop: int
+) -> None:
     """RG1 (1841 x 1955, 5 levels): level D is ceil(size / 2^D); never decode below the output size."""
     geometry = fit(1841, 1955, Viewport(*viewport))
     assert resolution_level(geometry, levels=5) == drop
@@ -630,6 +706,8 @@ def test_resolution_level_is_the_smallest_not_smaller_than_the_output(viewport: 
 def test_quality_layers_rule() -> None:
     errors = (1676, 875, 581, 319, 102, 0)  # RG1's measured ladder
     assert quality_layers(errors, None) is None  # unknown gain: every layer
-    assert quality_layers(errors, 255 / 29999) == 5  # its own window (30000): layer 4 errs 2.7 levels, 5 errs 0.9
+    assert (
+        quality_layers(errors, 255 / 29999) == 5
+    )  # its own window (30000): layer 4 errs 2.7 levels, 5 errs 0.9
     assert quality_layers(errors, 255 / 100) is None  # a narrow window needs them all
     assert quality_layers(errors, 255 / 10**6) == 1

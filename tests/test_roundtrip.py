@@ -28,11 +28,22 @@ CHANGED_BY_DECODING = {"PixelData", "PhotometricInterpretation", "PlanarConfigur
 # fails the test, so a regression that starts refusing valid files cannot hide as a skip.
 EXPECTED_REFUSALS: dict[str, str] = {
     # pydicom's fragments and test snippets: no Study, Series or SOP Instance UID, or a malformed one.
-    **{name: "missing StudyInstanceUID" for name in (
-        "JPEGLSNearLossless_08.dcm", "JPEGLSNearLossless_16.dcm", "SC_rgb_jls_lossy_line.dcm",
-        "SC_rgb_jls_lossy_sample.dcm", "UN_sequence.dcm", "empty_charset_LEI.dcm", "meta_missing_tsyntax.dcm",
-        "nested_priv_SQ.dcm", "no_meta_group_length.dcm", "priv_SQ.dcm", "emri_small_jpeg_2k_lossless_too_short.dcm",
-    )},
+    **{
+        name: "missing StudyInstanceUID"
+        for name in (
+            "JPEGLSNearLossless_08.dcm",
+            "JPEGLSNearLossless_16.dcm",
+            "SC_rgb_jls_lossy_line.dcm",
+            "SC_rgb_jls_lossy_sample.dcm",
+            "UN_sequence.dcm",
+            "empty_charset_LEI.dcm",
+            "meta_missing_tsyntax.dcm",
+            "nested_priv_SQ.dcm",
+            "no_meta_group_length.dcm",
+            "priv_SQ.dcm",
+            "emri_small_jpeg_2k_lossless_too_short.dcm",
+        )
+    },
     "bad_sequence.dcm": "malformed StudyInstanceUID",
     "no_meta.dcm": "no DICM prefix and no SOP Instance UID",
     # Damaged on purpose: pixel data longer than the file, an IS value that is no number.
@@ -57,8 +68,11 @@ def read(path_or_bytes, *, force: bool = False) -> pydicom.Dataset | None:
             return None
     if force and "TransferSyntaxUID" not in ds.file_meta:
         ds.file_meta.TransferSyntaxUID = (
-            ExplicitVRBigEndian if not ds.is_little_endian
-            else ImplicitVRLittleEndian if ds.is_implicit_VR else ExplicitVRLittleEndian
+            ExplicitVRBigEndian
+            if not ds.is_little_endian
+            else ImplicitVRLittleEndian
+            if ds.is_implicit_VR
+            else ExplicitVRLittleEndian
         )
     return ds
 
@@ -69,7 +83,10 @@ def has_part10_header(data: bytes) -> bool:
 
 def storable(ds: pydicom.Dataset) -> bool:
     try:
-        uids = [str(ds.get(k, "")) for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")]
+        uids = [
+            str(ds.get(k, ""))
+            for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
+        ]
     except Exception:  # noqa: BLE001
         return False
     return all(u and is_valid_uid(u) for u in uids)
@@ -188,12 +205,14 @@ def check_first_frame(
         return
     r = client.get(url + "/frames/1")
     assert r.status_code == 200, r.text
-    (headers, body), = parse_multipart(r)
+    ((headers, body),) = parse_multipart(r)
     assert headers["content-type"].startswith("application/octet-stream")
     if original.file_meta.TransferSyntaxUID in ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1") and not is_master:
         # Native little endian: the frame is exactly the stored bytes (no masking, no conversion).
         assert body == original.PixelData[: len(body)]
-        assert len(body) == array[0].nbytes if int(original.get("NumberOfFrames", 1) or 1) > 1 else array.nbytes
+        assert (
+            len(body) == array[0].nbytes if int(original.get("NumberOfFrames", 1) or 1) > 1 else array.nbytes
+        )
     elif original.get("PhotometricInterpretation", "") in ("RGB", "MONOCHROME1", "MONOCHROME2"):
         frames = int(original.get("NumberOfFrames", 1) or 1)
         first = array[0] if frames > 1 else array

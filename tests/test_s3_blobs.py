@@ -43,12 +43,19 @@ def aws_env(monkeypatch: pytest.MonkeyPatch, s3_endpoint: str) -> dict[str, str]
 
 
 def s3_client(endpoint: str):
-    return boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=S3_CREDENTIALS["AWS_ACCESS_KEY_ID"],
-                        aws_secret_access_key=S3_CREDENTIALS["AWS_SECRET_ACCESS_KEY"], region_name="us-east-1")
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        aws_access_key_id=S3_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=S3_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+        region_name="us-east-1",
+    )
 
 
 def store_at(endpoint: str, tmp: Path, prefix: str, **options) -> S3BlobStore:
-    settings = Settings(data_dir=tmp, blob_url=f"s3://{BUCKET}/{prefix}", s3_endpoint=endpoint, s3_region="us-east-1")
+    settings = Settings(
+        data_dir=tmp, blob_url=f"s3://{BUCKET}/{prefix}", s3_endpoint=endpoint, s3_region="us-east-1"
+    )
     return S3BlobStore.from_settings(settings, **options)
 
 
@@ -58,7 +65,9 @@ def random_file(path: Path, size: int) -> bytes:
     return data
 
 
-async def test_put_ranged_reads_stream_and_delete(aws_env: dict[str, str], s3_endpoint: str, tmp_path: Path) -> None:
+async def test_put_ranged_reads_stream_and_delete(
+    aws_env: dict[str, str], s3_endpoint: str, tmp_path: Path
+) -> None:
     store = store_at(s3_endpoint, tmp_path, "unit-ranges")
     await store.check(write=True)
     src = tmp_path / "in.dcm"
@@ -89,7 +98,9 @@ async def test_put_ranged_reads_stream_and_delete(aws_env: dict[str, str], s3_en
     assert list((tmp_path / "tmp").iterdir()) == []
 
 
-async def test_put_files_reports_each_outcome(aws_env: dict[str, str], s3_endpoint: str, tmp_path: Path) -> None:
+async def test_put_files_reports_each_outcome(
+    aws_env: dict[str, str], s3_endpoint: str, tmp_path: Path
+) -> None:
     store = store_at(s3_endpoint, tmp_path, "unit-many")
     items = []
     for i in range(10):
@@ -99,11 +110,16 @@ async def test_put_files_reports_each_outcome(aws_env: dict[str, str], s3_endpoi
     results = await store.put_files(items)
     assert results[:10] == [1000 + i for i in range(10)]
     assert isinstance(results[10], FileNotFoundError)
-    keys = {o["Key"] for o in s3_client(s3_endpoint).list_objects_v2(Bucket=BUCKET, Prefix="unit-many/")["Contents"]}
+    keys = {
+        o["Key"]
+        for o in s3_client(s3_endpoint).list_objects_v2(Bucket=BUCKET, Prefix="unit-many/")["Contents"]
+    }
     assert keys == {f"unit-many/cd/1.2/1.2.{i}.dcm" for i in range(10)}
 
 
-async def test_large_object_goes_up_in_parts(aws_env: dict[str, str], s3_endpoint: str, tmp_path: Path) -> None:
+async def test_large_object_goes_up_in_parts(
+    aws_env: dict[str, str], s3_endpoint: str, tmp_path: Path
+) -> None:
     store = store_at(s3_endpoint, tmp_path, "unit-multipart", part_size=5 << 20)
     src = tmp_path / "big.dcm"
     data = random_file(src, (12 << 20) + 3)
@@ -111,7 +127,7 @@ async def test_large_object_goes_up_in_parts(aws_env: dict[str, str], s3_endpoin
     head = s3_client(s3_endpoint).head_object(Bucket=BUCKET, Key="unit-multipart/ef/9.9/9.9.9.dcm")
     assert head["ETag"].strip('"').endswith("-3")  # S3's mark of an object completed from 3 parts
     assert head["ContentLength"] == len(data)
-    assert await store.read("ef/9.9/9.9.9.dcm", (5 << 20) - 2, 4) == data[(5 << 20) - 2:(5 << 20) + 2]
+    assert await store.read("ef/9.9/9.9.9.dcm", (5 << 20) - 2, 4) == data[(5 << 20) - 2 : (5 << 20) + 2]
     assert b"".join([p async for p in store.chunks("ef/9.9/9.9.9.dcm")]) == data
 
 
@@ -151,14 +167,18 @@ class FailingParts(BaseHTTPRequestHandler):
         pass
 
 
-async def test_failed_upload_leaves_no_object(aws_env: dict[str, str], s3_endpoint: str, tmp_path: Path) -> None:
+async def test_failed_upload_leaves_no_object(
+    aws_env: dict[str, str], s3_endpoint: str, tmp_path: Path
+) -> None:
     host, port = s3_endpoint.removeprefix("http://").split(":")
     handler = type("Handler", (FailingParts,), {"upstream": (host, int(port))})
     proxy = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=proxy.serve_forever, daemon=True)
     thread.start()
     try:
-        store = store_at(f"http://127.0.0.1:{proxy.server_address[1]}", tmp_path, "unit-failed", part_size=5 << 20)
+        store = store_at(
+            f"http://127.0.0.1:{proxy.server_address[1]}", tmp_path, "unit-failed", part_size=5 << 20
+        )
         src = tmp_path / "big.dcm"
         random_file(src, 11 << 20)
         results = await store.put_files([("aa/1.5/1.5.1.dcm", src)])
@@ -186,9 +206,16 @@ def test_keys_are_checked() -> None:
 
 # ---- the server on S3: start-up checks and readiness --------------------------------------------------
 
+
 def serve(data: Path, env: dict[str, str], timeout: float = 90) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "dicomweb", "serve", "--port", str(free_port()), "--data", str(data)],
-                          env={**os.environ, **env}, capture_output=True, text=True, timeout=timeout, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "dicomweb", "serve", "--port", str(free_port()), "--data", str(data)],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 @pytest.mark.parametrize("case", ["missing bucket", "unreachable endpoint", "malformed URL"])
@@ -204,8 +231,11 @@ def test_bad_blob_store_stops_serve_with_one_line(case: str, s3_endpoint: str, t
     lines = done.stderr.strip().splitlines()
     assert done.returncode == (2 if case == "malformed URL" else 1), done.stderr
     assert len(lines) == 1, done.stderr
-    expected = {"missing bucket": "no such bucket", "unreachable endpoint": "cannot connect",
-                "malformed URL": "not an S3 bucket name"}[case]
+    expected = {
+        "missing bucket": "no such bucket",
+        "unreachable endpoint": "cannot connect",
+        "malformed URL": "not an S3 bucket name",
+    }[case]
     assert expected in lines[0]
 
 
@@ -217,8 +247,13 @@ def test_wrong_credentials_stop_serve(tmp_path: Path) -> None:
     port = free_port()
     env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "0"}
     with (base / "log").open("wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                                stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
     try:
         for _ in range(300):
             try:
@@ -228,8 +263,14 @@ def test_wrong_credentials_stop_serve(tmp_path: Path) -> None:
                 import time
 
                 time.sleep(0.1)
-        done = serve(tmp_path / "data", {**S3_CREDENTIALS, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
-                                         "DICOMWEB_BLOB_URL": f"s3://{BUCKET}/x"})
+        done = serve(
+            tmp_path / "data",
+            {
+                **S3_CREDENTIALS,
+                "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+                "DICOMWEB_BLOB_URL": f"s3://{BUCKET}/x",
+            },
+        )
     finally:
         kill_group(proc.pid)
     assert done.returncode == 1, done.stderr
@@ -252,11 +293,16 @@ def test_readiness_follows_the_bucket(tmp_path: Path) -> None:
             wait_for_masters(client)
             listed = s3_client(endpoint).list_objects_v2(Bucket=BUCKET, Prefix="ready/")["Contents"]
             keys = [o["Key"] for o in listed if "/_readiness/" not in o["Key"]]
-            # The master and (for DELETE_GRACE_SECONDS, for requests that already looked it up) the received object.
+            # The master and (for DELETE_GRACE_SECONDS, for requests that already looked it up) the received
+            # object.
             assert 1 <= len(keys) <= 2 and all(k.endswith(".dcm") for k in keys)
-            verify = subprocess.run([sys.executable, "-m", "dicomweb", "verify", "--quiet", "--data",
-                                     str(tmp_path / "data")], env={**os.environ, **env}, capture_output=True,
-                                    text=True, check=False)
+            verify = subprocess.run(
+                [sys.executable, "-m", "dicomweb", "verify", "--quiet", "--data", str(tmp_path / "data")],
+                env={**os.environ, **env},
+                capture_output=True,
+                text=True,
+                check=False,
+            )
             assert verify.returncode == 0 and "1 master(s) decoded bit-exact" in verify.stdout, verify.stdout
             kill_group(proc.pid)
             r = httpx.get(f"{server.base}/readyz", timeout=30)

@@ -47,7 +47,12 @@ def test_store_returns_references_and_retrieve_urls(client: httpx.Client) -> Non
     for item in body["00081199"]["Value"]:
         url = item["00081190"]["Value"][0]
         assert url.startswith("http://127.0.0.1:")
-        assert client.get(url, headers={"Accept": "multipart/related; type=application/dicom; transfer-syntax=*"}).status_code == 200
+        assert (
+            client.get(
+                url, headers={"Accept": "multipart/related; type=application/dicom; transfer-syntax=*"}
+            ).status_code
+            == 200
+        )
 
 
 def test_single_part_application_dicom(client: httpx.Client) -> None:
@@ -60,8 +65,11 @@ def test_single_part_application_dicom(client: httpx.Client) -> None:
 def test_unquoted_parameters_and_study_in_url(client: httpx.Client) -> None:
     study = generate_uid()
     body = multipart_body([new_uids(CT, study=study)], boundary="abc")
-    r = client.post(f"/studies/{study}", content=body,
-                    headers={"Content-Type": "multipart/related; boundary=abc; type=application/dicom"})
+    r = client.post(
+        f"/studies/{study}",
+        content=body,
+        headers={"Content-Type": "multipart/related; boundary=abc; type=application/dicom"},
+    )
     assert r.status_code == 200
 
 
@@ -121,12 +129,20 @@ def test_wrong_media_type_is_415(client: httpx.Client) -> None:
     r = client.post("/studies", content=b"{}", headers={"Content-Type": "application/json"})
     assert r.status_code == 415
     assert "error" in r.json()
-    r = client.post("/studies", content=b"x", headers={"Content-Type": 'multipart/related; type="application/dicom+xml"; boundary=x'})
+    r = client.post(
+        "/studies",
+        content=b"x",
+        headers={"Content-Type": 'multipart/related; type="application/dicom+xml"; boundary=x'},
+    )
     assert r.status_code == 415
 
 
 def test_missing_boundary_is_400(client: httpx.Client) -> None:
-    r = client.post("/studies", content=multipart_body([CT]), headers={"Content-Type": 'multipart/related; type="application/dicom"'})
+    r = client.post(
+        "/studies",
+        content=multipart_body([CT]),
+        headers={"Content-Type": 'multipart/related; type="application/dicom"'},
+    )
     assert r.status_code == 400
     assert "boundary" in r.json()["error"]
 
@@ -172,7 +188,7 @@ def test_absurd_declared_sizes(client: httpx.Client, server) -> None:
     data = bytearray(new_uids(CT))
     i = data.rfind(b"\xe0\x7f\x10\x00")
     assert i > 0
-    data[i + 8: i + 12] = (0xFFFFFFF0).to_bytes(4, "little")
+    data[i + 8 : i + 12] = (0xFFFFFFF0).to_bytes(4, "little")
     r = stow(client, [bytes(data)])
     assert r.status_code == 409
     assert failed(r.json())[0]["00081197"]["Value"][0] == 0xC000

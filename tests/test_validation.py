@@ -1,5 +1,5 @@
-"""What others will check: stored masters, cuts and HTJ2K frames, validated and decoded with tools that are not
-this server's, on the WG04 images (pydicom-data) and pydicom's own.
+"""What others will check: stored masters, cuts and HTJ2K frames, validated and decoded with tools that are
+not this server's, on the WG04 images (pydicom-data) and pydicom's own.
 
 - `dciodvfy` (Debian dicom3tools) validates each master against its IOD; `gdcminfo` (Debian libgdcm-tools)
   reads it, checks its codestreams are lossless, and reports its findings. Both run on the input too, and
@@ -35,15 +35,32 @@ from tests.samples import sample
 
 # Debian packages of the command-line tools; jpylyzer comes from PyPI (the test extras) and runs as
 # `python -m jpylyzer`, whatever PATH holds.
-TOOLS = {"dciodvfy": "dicom3tools", "gdcminfo": "libgdcm-tools", "gdcmconv": "libgdcm-tools",
-         "opj_decompress": "libopenjp2-tools"}
+TOOLS = {
+    "dciodvfy": "dicom3tools",
+    "gdcminfo": "libgdcm-tools",
+    "gdcmconv": "libgdcm-tools",
+    "opj_decompress": "libopenjp2-tools",
+}
 # WG04 images (uncompressed and reference lossless JPEG 2000, colour included) and pydicom's: RLE, JPEG
 # Lossless, JPEG-LS lossless, multi-frame, palette (plain and segmented), overlays, planar RGB, 16-bit RGB.
 IMAGES = [
-    "693_UNCR.dcm", "693_J2KR.dcm", "MR2_UNCR.dcm", "RG3_UNCR.dcm", "US1_UNCR.dcm", "US1_J2KR.dcm",
-    "CT_small.dcm", "MR_small.dcm", "emri_small_RLE.dcm", "emri_small_jpeg_ls_lossless.dcm", "JPEG-LL.dcm",
-    "JPGLosslessP14SV1_1s_1f_8b.dcm", "OBXXXX1A.dcm", "gdcm-US-ALOKA-16.dcm",
-    "MR-SIEMENS-DICOM-WithOverlays.dcm", "color-pl.dcm", "SC_rgb_rle_16bit.dcm",
+    "693_UNCR.dcm",
+    "693_J2KR.dcm",
+    "MR2_UNCR.dcm",
+    "RG3_UNCR.dcm",
+    "US1_UNCR.dcm",
+    "US1_J2KR.dcm",
+    "CT_small.dcm",
+    "MR_small.dcm",
+    "emri_small_RLE.dcm",
+    "emri_small_jpeg_ls_lossless.dcm",
+    "JPEG-LL.dcm",
+    "JPGLosslessP14SV1_1s_1f_8b.dcm",
+    "OBXXXX1A.dcm",
+    "gdcm-US-ALOKA-16.dcm",
+    "MR-SIEMENS-DICOM-WithOverlays.dcm",
+    "color-pl.dcm",
+    "SC_rgb_rle_16bit.dcm",
 ]
 STORED = {"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'}
 J2K_WHOLE, J2K_CUT = "1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91"
@@ -56,16 +73,20 @@ def tool(name: str) -> list[str]:
         assert importlib.util.find_spec("jpylyzer"), "jpylyzer is not installed: pip install -e '.[test]'"
         return [sys.executable, "-m", "jpylyzer"]
     path = shutil.which(name)
-    assert path, f"{name} is not installed: apt-get install {TOOLS[name]} (see the README's test dependencies)"
+    assert path, (
+        f"{name} is not installed: apt-get install {TOOLS[name]} (see the README's test dependencies)"
+    )
     return [path]
 
 
 def run(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*tool(str(args[0])), *map(str, args[1:])], capture_output=True, text=True, timeout=300,
-                          check=False)
+    return subprocess.run(
+        [*tool(str(args[0])), *map(str, args[1:])], capture_output=True, text=True, timeout=300, check=False
+    )
 
 
 # ---- findings of the DICOM validators --------------------------------------------------------------------
+
 
 def dciodvfy_errors(path: Path) -> set[str]:
     """dciodvfy's "Error - ..." lines (its warnings are advice: not counted)."""
@@ -78,7 +99,9 @@ def gdcm_findings(path: Path) -> tuple[set[str], str]:
     done = run("gdcminfo", "--check-compression", "-E", "-W", path)
     assert done.returncode == 0, f"gdcminfo cannot read {path.name}: {done.stdout}{done.stderr}"
     out = done.stdout + done.stderr
-    findings = {re.sub(r", line \d+", "", line) for line in out.splitlines() if line.startswith(("Error", "Warning"))}
+    findings = {
+        re.sub(r", line \d+", "", line) for line in out.splitlines() if line.startswith(("Error", "Warning"))
+    }
     verdict = re.search(r"Encapsulated Stream was found to be: (\w+)", out)
     return findings, verdict.group(1) if verdict else ""
 
@@ -139,6 +162,7 @@ def jpylyzer_failures(codestream: bytes, work: Path, fmt: str) -> list[str]:
 
 # ---- the images, stored once ------------------------------------------------------------------------------
 
+
 @dataclass
 class Stored:
     name: str
@@ -164,14 +188,18 @@ def stored(client: httpx.Client, tmp_path_factory: pytest.TempPathFactory) -> di
         ds = pydicom.dcmread(io.BytesIO(data))
         url = f"/studies/{study}/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}"
         (work / f"in-{name}").write_bytes(data)
-        out[name] = Stored(name, work / f"in-{name}", work / f"master-{name}", url,
-                           int(ds.get("NumberOfFrames", 1) or 1))
+        out[name] = Stored(
+            name, work / f"in-{name}", work / f"master-{name}", url, int(ds.get("NumberOfFrames", 1) or 1)
+        )
     response = stow(client, [p.input_path.read_bytes() for p in out.values()])
     assert response.status_code == 200, response.text
     wait_for_masters(client)
     for image in out.values():
         [(headers, body)] = parse_multipart(client.get(image.url, headers=STORED))
-        assert headers["content-type"] == f"application/dicom; transfer-syntax={J2K_WHOLE}", (image.name, headers)
+        assert headers["content-type"] == f"application/dicom; transfer-syntax={J2K_WHOLE}", (
+            image.name,
+            headers,
+        )
         image.master_path.write_bytes(body)
     return out
 
@@ -187,7 +215,9 @@ def frame(client: httpx.Client, image: Stored, number: int, accept: str, **param
     return response.content, response.headers["content-type"].split("transfer-syntax=")[-1]
 
 
-# ---- masters: DICOM validators ------------------------------------------------------------------------------
+# ---- masters: DICOM validators
+# ------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("name", IMAGES)
 def test_dciodvfy_finds_no_new_error_in_the_master(stored: dict[str, Stored], name: str) -> None:
@@ -206,7 +236,9 @@ def test_gdcm_reads_the_master_as_lossless_with_no_new_finding(stored: dict[str,
 
 
 @pytest.mark.parametrize("name", IMAGES)
-def test_gdcm_decodes_the_master_to_the_original_pixels(stored: dict[str, Stored], name: str, work: Path) -> None:
+def test_gdcm_decodes_the_master_to_the_original_pixels(
+    stored: dict[str, Stored], name: str, work: Path
+) -> None:
     image = stored[name]
     decoded = gdcm_decode(image.master_path, work)
     original = pydicom.dcmread(image.input_path).pixel_array
@@ -215,9 +247,11 @@ def test_gdcm_decodes_the_master_to_the_original_pixels(stored: dict[str, Stored
 
 # ---- frames: whole, cut and HTJ2K -----------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("name", IMAGES)
-def test_whole_frames_are_valid_and_decode_to_the_original(client: httpx.Client, stored: dict[str, Stored],
-                                                           name: str, work: Path) -> None:
+def test_whole_frames_are_valid_and_decode_to_the_original(
+    client: httpx.Client, stored: dict[str, Stored], name: str, work: Path
+) -> None:
     image = stored[name]
     for number in range(1, image.frames + 1):
         codestream, ts = frame(client, image, number, "image/jp2")
@@ -240,8 +274,9 @@ def cut_requests(levels: list[dict[str, int]], layers: int) -> list[tuple[int, i
 
 
 @pytest.mark.parametrize("name", IMAGES)
-def test_cuts_are_valid_and_decode_like_the_master_reduced(client: httpx.Client, stored: dict[str, Stored],
-                                                           name: str, work: Path) -> None:
+def test_cuts_are_valid_and_decode_like_the_master_reduced(
+    client: httpx.Client, stored: dict[str, Stored], name: str, work: Path
+) -> None:
     image = stored[name]
     ladder = client.get(image.url + "/layers").json()["frames"][0]
     whole, _ = frame(client, image, 1, "image/jp2")
@@ -255,8 +290,9 @@ def test_cuts_are_valid_and_decode_like_the_master_reduced(client: httpx.Client,
 
 
 @pytest.mark.parametrize("name", IMAGES)
-def test_htj2k_frames_are_valid_and_decode_losslessly(client: httpx.Client, stored: dict[str, Stored],
-                                                      name: str, work: Path) -> None:
+def test_htj2k_frames_are_valid_and_decode_losslessly(
+    client: httpx.Client, stored: dict[str, Stored], name: str, work: Path
+) -> None:
     image = stored[name]
     levels = client.get(image.url + "/layers").json()["frames"][0]["levels"]
     whole, ts = frame(client, image, 1, "image/jphc")
@@ -268,4 +304,7 @@ def test_htj2k_frames_are_valid_and_decode_losslessly(client: httpx.Client, stor
         codestream, ts = frame(client, image, 1, "image/jphc", fsiz=f"{level['columns']},{level['rows']}")
         assert ts == HT_CUT
         assert not (failed := jpylyzer_failures(codestream, work, "jhc")), (name, drop, failed)
-        assert np.array_equal(opj_decode(codestream, work), opj_decode(whole, work, reduce=drop)), (name, drop)
+        assert np.array_equal(opj_decode(codestream, work), opj_decode(whole, work, reduce=drop)), (
+            name,
+            drop,
+        )

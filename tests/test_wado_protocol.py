@@ -30,8 +30,14 @@ J2K_CT = (PYDICOM_DATA / "693_J2KR.dcm").read_bytes()
 EMRI = (PYDICOM_DATA / "emri_small.dcm").read_bytes()
 EMRI_J2K = (PYDICOM_DATA / "emri_small_jpeg_2k_lossless.dcm").read_bytes()
 # Parametrized tests name their source file (bytes would make enormous test ids).
-SOURCES = {"CT_small": CT_SMALL, "MR_small": MR_SMALL, "JPEG-lossy": JPEG_LOSSY, "693_J2KR": J2K_CT,
-           "emri_small": EMRI, "emri_small_j2k": EMRI_J2K}
+SOURCES = {
+    "CT_small": CT_SMALL,
+    "MR_small": MR_SMALL,
+    "JPEG-lossy": JPEG_LOSSY,
+    "693_J2KR": J2K_CT,
+    "emri_small": EMRI,
+    "emri_small_j2k": EMRI_J2K,
+}
 
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
 IMPLICIT_LE = "1.2.840.10008.1.2"
@@ -48,6 +54,7 @@ ACCEPT_FRAMES_AS_STORED = f'multipart/related; type="{OCTET}"; transfer-syntax=*
 
 
 # ---- helpers -----------------------------------------------------------------------------------------
+
 
 @dataclass
 class Stored:
@@ -139,7 +146,7 @@ def native_frames(source: bytes) -> list[bytes]:
     ds = read(source)
     n = int(ds.get("NumberOfFrames", 1) or 1)
     size = len(ds.PixelData) // n
-    return [ds.PixelData[i * size:(i + 1) * size] for i in range(n)]
+    return [ds.PixelData[i * size : (i + 1) * size] for i in range(n)]
 
 
 def decoded_frames(source: bytes) -> list[bytes]:
@@ -201,6 +208,7 @@ def store_study_of_three(client: httpx.Client) -> StudyOfThree:
 
 
 # ---- instance, series and study retrieval --------------------------------------------------------------
+
 
 def test_retrieve_instance_default(client: httpx.Client) -> None:
     inst = store_one(client, CT_SMALL)
@@ -284,7 +292,7 @@ ACCEPT_CASES: list[tuple[str | None, str]] = [
     (f"{ACCEPT_DICOM}; transfer-syntax={JPEG_BASELINE}, {ACCEPT_DICOM_AS_STORED}; q=0.1", J2K_LOSSLESS),
     (f"application/json, {ACCEPT_DICOM_AS_STORED}; q=0.5", J2K_LOSSLESS),
     (f"{ACCEPT_DICOM_AS_STORED}; q=0, {ACCEPT_DICOM}", EXPLICIT_LE),
-    (f"MULTIPART/RELATED; TYPE=\"APPLICATION/DICOM\"; TRANSFER-SYNTAX={J2K_LOSSLESS}", J2K_LOSSLESS),
+    (f'MULTIPART/RELATED; TYPE="APPLICATION/DICOM"; TRANSFER-SYNTAX={J2K_LOSSLESS}', J2K_LOSSLESS),
 ]
 
 
@@ -329,8 +337,9 @@ def test_part_content_type_names_the_transfer_syntax(client: httpx.Client) -> No
 
 def test_series_of_mixed_syntaxes_as_stored(client: httpx.Client) -> None:
     study, series = generate_uid(), generate_uid()
-    stored = upload(client, new_uids(CT_SMALL, study=study, series=series),
-                    new_uids(J2K_CT, study=study, series=series))
+    stored = upload(
+        client, new_uids(CT_SMALL, study=study, series=series), new_uids(J2K_CT, study=study, series=series)
+    )
     parts = dicom_parts(get(client, stored[0].series_url, ACCEPT_DICOM_AS_STORED))
     by_sop = {read(body).SOPInstanceUID: (ts, body) for ts, body in parts}
     assert by_sop == {
@@ -375,8 +384,11 @@ def test_series_with_an_undecodable_instance_is_not_a_broken_200(client: httpx.C
     # The first instance decodes, the second (JPEG-lossy.dcm) does not: the answer must not be a 200
     # whose multipart body breaks off after the first part.
     study, series = generate_uid(), generate_uid()
-    stored = upload(client, new_uids(J2K_CT, study=study, series=series, InstanceNumber="1"),
-                    new_uids(JPEG_LOSSY, study=study, series=series, InstanceNumber="2"))
+    stored = upload(
+        client,
+        new_uids(J2K_CT, study=study, series=series, InstanceNumber="1"),
+        new_uids(JPEG_LOSSY, study=study, series=series, InstanceNumber="2"),
+    )
     try:
         response = client.get(f"/studies/{study}/series/{series}")
     except httpx.HTTPError as exc:
@@ -422,6 +434,7 @@ def test_content_length_present_for_stored_bytes(client: httpx.Client) -> None:
 
 
 # ---- metadata ------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize(("level", "count"), [("study", 3), ("series", 2), ("instance", 1)])
 def test_metadata_levels(client: httpx.Client, level: str, count: int) -> None:
@@ -509,11 +522,33 @@ def test_metadata_attributes_equal_the_uploaded_file(client: httpx.Client) -> No
     got = Dataset.from_json(item, bulk_data_uri_handler=lambda *_args: b"")
     original = inst.ds
     for keyword in (
-        "PatientName", "PatientID", "PatientSex", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID",
-        "SOPClassUID", "StudyDate", "StudyTime", "Modality", "InstitutionName", "Manufacturer", "ImageType",
-        "Rows", "Columns", "BitsAllocated", "PixelRepresentation", "PixelSpacing", "SliceThickness",
-        "ImagePositionPatient", "ImageOrientationPatient", "RescaleIntercept", "RescaleSlope", "KVP",
-        "InstanceNumber", "SeriesNumber", "OtherPatientIDsSequence",
+        "PatientName",
+        "PatientID",
+        "PatientSex",
+        "StudyInstanceUID",
+        "SeriesInstanceUID",
+        "SOPInstanceUID",
+        "SOPClassUID",
+        "StudyDate",
+        "StudyTime",
+        "Modality",
+        "InstitutionName",
+        "Manufacturer",
+        "ImageType",
+        "Rows",
+        "Columns",
+        "BitsAllocated",
+        "PixelRepresentation",
+        "PixelSpacing",
+        "SliceThickness",
+        "ImagePositionPatient",
+        "ImageOrientationPatient",
+        "RescaleIntercept",
+        "RescaleSlope",
+        "KVP",
+        "InstanceNumber",
+        "SeriesNumber",
+        "OtherPatientIDsSequence",
     ):
         assert got[keyword].value == original[keyword].value, keyword
         assert got[keyword].VR == original[keyword].VR, keyword
@@ -532,6 +567,7 @@ def test_metadata_of_every_element_round_trips(client: httpx.Client) -> None:
 
 
 # ---- frames --------------------------------------------------------------------------------------------
+
 
 def frame_parts(response: httpx.Response) -> list[tuple[str, dict[str, str], bytes]]:
     assert response.status_code == 200, response.text
@@ -602,8 +638,9 @@ def test_frames_in_their_stored_media_type(client: httpx.Client, accept: str) ->
     parts = frame_parts(get(client, f"{inst.url}/frames/1,2", accept))
     streams = codestreams(inst.data)
     assert [body for _, _, body in parts] == streams[:2]
-    assert all(media == "image/jp2" and params.get("transfer-syntax") == J2K_LOSSLESS
-               for media, params, _ in parts)
+    assert all(
+        media == "image/jp2" and params.get("transfer-syntax") == J2K_LOSSLESS for media, params, _ in parts
+    )
 
 
 def test_frame_list_with_encoded_commas(client: httpx.Client) -> None:
@@ -652,7 +689,10 @@ def test_single_frame_single_part_in_stored_media_type(client: httpx.Client) -> 
     ("accept", "expected_media"),
     [
         (f'multipart/related; type="image/jp2"; q=0.5, multipart/related; type="{OCTET}"; q=0.9', OCTET),
-        (f'multipart/related; type="image/jp2"; q=0.9, multipart/related; type="{OCTET}"; q=0.5', "image/jp2"),
+        (
+            f'multipart/related; type="image/jp2"; q=0.9, multipart/related; type="{OCTET}"; q=0.5',
+            "image/jp2",
+        ),
     ],
 )
 def test_frames_follow_q_values(client: httpx.Client, accept: str, expected_media: str) -> None:
@@ -679,7 +719,9 @@ def test_frames_in_unavailable_media_type_is_406(client: httpx.Client) -> None:
 def test_frames_as_jpeg_2000_right_after_store_wait_for_the_master(client: httpx.Client) -> None:
     """Uncompressed when stored: JPEG 2000 needs the master, which the request hurries and waits for."""
     inst = store_one(client, EMRI)
-    [(media, params, body)] = frame_parts(get(client, f"{inst.url}/frames/1", 'multipart/related; type="image/jp2"'))
+    [(media, params, body)] = frame_parts(
+        get(client, f"{inst.url}/frames/1", 'multipart/related; type="image/jp2"')
+    )
     assert media == "image/jp2" and params.get("transfer-syntax") == J2K_LOSSLESS
     assert body[:2] == b"\xff\x4f"
 
@@ -701,19 +743,35 @@ def without_pixels(source: bytes) -> bytes:
 # Frame lists that are the client's error (PS3.18 8.3.1: positive integers separated by commas), with a
 # word the reason must contain. "1 2" must not become frame 12, nor a digit of another script a frame.
 BAD_FRAME_LISTS = [
-    ("0", "start at 1"), ("00", "start at 1"), ("1,0", "start at 1"), ("-1", "start at 1"), ("2,-3", "start at 1"),
-    ("-0", "start at 1"), ("1,,3", "empty"), (",1", "empty"), ("1,", "empty"), (",", "empty"), ("%20", "empty"),
-    ("1.5", "not a frame number"), ("1e0", "not a frame number"), ("+1", "not a frame number"),
-    ("0x1", "not a frame number"), ("abc", "not a frame number"), ("1;2", "not a frame number"),
-    ("1%202", "not a frame number"), ("%D9%A3", "not a frame number"), ("%C2%B2", "not a frame number"),
+    ("0", "start at 1"),
+    ("00", "start at 1"),
+    ("1,0", "start at 1"),
+    ("-1", "start at 1"),
+    ("2,-3", "start at 1"),
+    ("-0", "start at 1"),
+    ("1,,3", "empty"),
+    (",1", "empty"),
+    ("1,", "empty"),
+    (",", "empty"),
+    ("%20", "empty"),
+    ("1.5", "not a frame number"),
+    ("1e0", "not a frame number"),
+    ("+1", "not a frame number"),
+    ("0x1", "not a frame number"),
+    ("abc", "not a frame number"),
+    ("1;2", "not a frame number"),
+    ("1%202", "not a frame number"),
+    ("%D9%A3", "not a frame number"),
+    ("%C2%B2", "not a frame number"),
     ("1,two", "not a frame number"),
 ]
 
 
 @pytest.mark.parametrize("suffix", ["", "/rendered", "/thumbnail"])
 @pytest.mark.parametrize(("frames", "reason"), BAD_FRAME_LISTS)
-def test_malformed_frame_list_is_400(client: httpx.Client, emri: Stored, frames: str, reason: str,
-                                     suffix: str) -> None:
+def test_malformed_frame_list_is_400(
+    client: httpx.Client, emri: Stored, frames: str, reason: str, suffix: str
+) -> None:
     response = client.get(f"{emri.url}/frames/{frames}{suffix}")
     assert_error(response, 400)
     assert reason in response.json()["error"], response.json()["error"]
@@ -733,13 +791,19 @@ def test_frame_out_of_range_is_404(client: httpx.Client, emri: Stored, frames: s
     assert_error(client.get(f"{emri.url}/frames/{frames}{suffix}"), 404)
 
 
-@pytest.mark.parametrize(("params", "status"), [
-    ({"layers": "\u00b2"}, 400), ({"fsiz": "\u0663,1"}, 400), ({"layers": "0"}, 400),
-    # A huge layer count means all layers: not a master yet (or not a cut), so no uncompressed answer.
-    ({"layers": "9" * 5000}, 406),
-])
-def test_progressive_parameters_with_odd_digits(client: httpx.Client, emri: Stored, params: dict,
-                                                status: int) -> None:
+@pytest.mark.parametrize(
+    ("params", "status"),
+    [
+        ({"layers": "\u00b2"}, 400),
+        ({"fsiz": "\u0663,1"}, 400),
+        ({"layers": "0"}, 400),
+        # A huge layer count means all layers: not a master yet (or not a cut), so no uncompressed answer.
+        ({"layers": "9" * 5000}, 406),
+    ],
+)
+def test_progressive_parameters_with_odd_digits(
+    client: httpx.Client, emri: Stored, params: dict, status: int
+) -> None:
     response = client.get(f"{emri.url}/frames/1", params=params, headers={"Accept": "image/jp2"})
     if status == 406:
         assert response.status_code in (200, 406, 503), response.text
@@ -759,6 +823,7 @@ def test_frames_of_unknown_instance_is_404(client: httpx.Client) -> None:
 
 
 # ---- unknown and malformed resources -------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("suffix", ["", "/metadata"])
 def test_unknown_resources_are_404(client: httpx.Client, suffix: str) -> None:
@@ -784,11 +849,14 @@ def test_malformed_uid_in_path_is_400(client: httpx.Client, url: str) -> None:
 
 # ---- stable bytes ----------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize(
     ("suffix", "accept"),
     [("", None), ("", ACCEPT_DICOM_AS_STORED), ("/frames/1,2", None), ("/frames/1", ACCEPT_FRAMES_AS_STORED)],
 )
-def test_repeated_requests_give_identical_bytes(client: httpx.Client, suffix: str, accept: str | None) -> None:
+def test_repeated_requests_give_identical_bytes(
+    client: httpx.Client, suffix: str, accept: str | None
+) -> None:
     inst = store_one(client, EMRI_J2K)
     first = get(client, inst.url + suffix, accept)
     second = get(client, inst.url + suffix, accept)
@@ -806,6 +874,7 @@ def test_repeated_series_requests_give_identical_bytes(client: httpx.Client) -> 
 
 
 # ---- delete --------------------------------------------------------------------------------------------
+
 
 def _qido_sops(client: httpx.Client, study: str) -> set[str]:
     response = client.get("/instances", params={"StudyInstanceUID": study})
@@ -874,6 +943,7 @@ def test_store_after_delete(client: httpx.Client) -> None:
 
 # ---- dicomweb-client -----------------------------------------------------------------------------------
 
+
 @pytest.fixture
 def dwc(server: Server) -> DICOMwebClient:
     return DICOMwebClient(url=server.root)
@@ -907,7 +977,9 @@ def test_dwc_store_and_search(dwc: DICOMwebClient, stored_by_dwc: tuple[str, lis
     assert int(_tag_value(found, "00201208")) == 3
     series = dwc.search_for_series(study_instance_uid=study)
     assert {_tag_value(s, "0020000E") for s in series} == {ds.SeriesInstanceUID for ds in datasets}
-    instances = dwc.search_for_instances(study_instance_uid=study, series_instance_uid=datasets[0].SeriesInstanceUID)
+    instances = dwc.search_for_instances(
+        study_instance_uid=study, series_instance_uid=datasets[0].SeriesInstanceUID
+    )
     assert {_tag_value(i, "00080018") for i in instances} == {ds.SOPInstanceUID for ds in datasets[:2]}
     everything = dwc.search_for_instances(search_filters={"PatientID": pid})
     assert {_tag_value(i, "00080018") for i in everything} == {ds.SOPInstanceUID for ds in datasets}
@@ -918,8 +990,9 @@ def test_dwc_retrieve_instance(dwc: DICOMwebClient, stored_by_dwc: tuple[str, li
     original = datasets[2]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        got = dwc.retrieve_instance(original.StudyInstanceUID, original.SeriesInstanceUID,
-                                    original.SOPInstanceUID)
+        got = dwc.retrieve_instance(
+            original.StudyInstanceUID, original.SeriesInstanceUID, original.SOPInstanceUID
+        )
     # The client warns when a response is not the multipart/related the standard asks for.
     assert not [w for w in caught if "compliant" in str(w.message)]
     assert got.SOPInstanceUID == original.SOPInstanceUID
@@ -943,31 +1016,43 @@ def test_dwc_retrieve_instance_frames(dwc: DICOMwebClient, stored_by_dwc: tuple[
     _pid, datasets = stored_by_dwc
     mr = datasets[2]
     frames = dwc.retrieve_instance_frames(
-        mr.StudyInstanceUID, mr.SeriesInstanceUID, mr.SOPInstanceUID, frame_numbers=[1, 3, 5],
+        mr.StudyInstanceUID,
+        mr.SeriesInstanceUID,
+        mr.SOPInstanceUID,
+        frame_numbers=[1, 3, 5],
         media_types=((OCTET, "*"),),
     )
     size = len(mr.PixelData) // 10
-    assert frames == [mr.PixelData[i * size:(i + 1) * size] for i in (0, 2, 4)]
+    assert frames == [mr.PixelData[i * size : (i + 1) * size] for i in (0, 2, 4)]
 
 
 def test_dwc_retrieve_compressed_frames_as_stored(dwc: DICOMwebClient, client: httpx.Client) -> None:
     inst = store_one(client, EMRI_J2K)
-    frames = dwc.retrieve_instance_frames(inst.study, inst.series, inst.sop, frame_numbers=[2, 9],
-                                          media_types=((OCTET, "*"),))
+    frames = dwc.retrieve_instance_frames(
+        inst.study, inst.series, inst.sop, frame_numbers=[2, 9], media_types=((OCTET, "*"),)
+    )
     streams = codestreams(inst.data)
     assert frames == [streams[1], streams[8]]
 
 
 def test_dwc_search_with_fuzzy_matching_fields_and_paging(dwc: DICOMwebClient, client: httpx.Client) -> None:
     pid = f"DWC-{uuid.uuid4().hex.upper()}"
-    uids = {store_one(client, CT_SMALL, PatientID=pid, PatientName="Doe^John",
-                      StudyDescription="DWC fields").study for _ in range(3)}
-    found = dwc.search_for_studies(fuzzymatching=True, fields=["StudyDescription"],
-                                   search_filters={"PatientID": pid, "PatientName": "joh"})
+    uids = {
+        store_one(
+            client, CT_SMALL, PatientID=pid, PatientName="Doe^John", StudyDescription="DWC fields"
+        ).study
+        for _ in range(3)
+    }
+    found = dwc.search_for_studies(
+        fuzzymatching=True,
+        fields=["StudyDescription"],
+        search_filters={"PatientID": pid, "PatientName": "joh"},
+    )
     assert {_tag_value(r, "0020000D") for r in found} == uids
     assert all(_tag_value(r, "00081030") == "DWC fields" for r in found)
-    pages = [dwc.search_for_studies(limit=2, offset=offset, search_filters={"PatientID": pid})
-             for offset in (0, 2)]
+    pages = [
+        dwc.search_for_studies(limit=2, offset=offset, search_filters={"PatientID": pid}) for offset in (0, 2)
+    ]
     assert [len(p) for p in pages] == [2, 1]
     assert {_tag_value(r, "0020000D") for page in pages for r in page} == uids
     everything = dwc.search_for_studies(limit=1, get_remaining=True, search_filters={"PatientID": pid})
@@ -981,7 +1066,9 @@ def test_dwc_retrieve_series_and_metadata_of_instance(
     first = datasets[0]
     series = dwc.retrieve_series(first.StudyInstanceUID, first.SeriesInstanceUID)
     assert {ds.SOPInstanceUID for ds in series} == {ds.SOPInstanceUID for ds in datasets[:2]}
-    meta = dwc.retrieve_instance_metadata(first.StudyInstanceUID, first.SeriesInstanceUID, first.SOPInstanceUID)
+    meta = dwc.retrieve_instance_metadata(
+        first.StudyInstanceUID, first.SeriesInstanceUID, first.SOPInstanceUID
+    )
     assert _tag_value(meta, "00080018") == first.SOPInstanceUID
 
 

@@ -2,9 +2,9 @@
 (float64, no pydicom windowing), after each frame's Rescale Slope and Intercept (PS3.3 C.11.1), those of the
 frame's functional groups for multi-frame images (PS3.3 C.7.6.16.2.9).
 
-Every 8-bit output pixel (PNG, full size, so neither JPEG nor resampling moves it) must be within 1 of the exact
-value y of the formula, with y_min = 0 and y_max = 255; MONOCHROME1 shows 255 - y. Each case is checked on the
-instance as received and again once its master is made.
+Every 8-bit output pixel (PNG, full size, so neither JPEG nor resampling moves it) must be within 1 of the
+exact value y of the formula, with y_min = 0 and y_max = 255; MONOCHROME1 shows 255 - y. Each case is checked
+on the instance as received and again once its master is made.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ PNG = {"Accept": "image/png"}
 
 
 # ---- the standard's formulas ------------------------------------------------------------------------
+
 
 def linear(x: np.ndarray, c: float, w: float) -> np.ndarray:
     """C.11.2.1.2.1: if x <= c - 0.5 - (w-1)/2, y = y_min; else if x > c - 0.5 + (w-1)/2, y = y_max;
@@ -59,12 +60,19 @@ def sigmoid(x: np.ndarray, c: float, w: float) -> np.ndarray:
 
 
 FUNCTIONS: dict[str, Callable[[np.ndarray, float, float], np.ndarray]] = {
-    "linear": linear, "linear-exact": linear_exact, "sigmoid": sigmoid,
+    "linear": linear,
+    "linear-exact": linear_exact,
+    "sigmoid": sigmoid,
 }
 
 
-def expected(stored: np.ndarray, slope: float, intercept: float, window: tuple[float, float, str],
-             monochrome1: bool = False) -> np.ndarray:
+def expected(
+    stored: np.ndarray,
+    slope: float,
+    intercept: float,
+    window: tuple[float, float, str],
+    monochrome1: bool = False,
+) -> np.ndarray:
     x = stored.astype(np.float64) * slope + intercept  # C.11.1.1.2: the Modality LUT is the rescale
     y = FUNCTIONS[window[2]](x, window[0], window[1])
     return 255.0 - y if monochrome1 else y
@@ -74,11 +82,13 @@ def assert_within_one(got: np.ndarray, exact: np.ndarray, what: str) -> None:
     assert got.shape == exact.shape, (what, got.shape, exact.shape)
     diff = np.abs(got.astype(np.float64) - exact)
     worst = np.unravel_index(int(diff.argmax()), diff.shape)
-    assert diff.max() <= 1.0, (f"{what}: off by {diff.max():.3f} at {worst}: got {got[worst]}, "
-                               f"exact {exact[worst]:.4f}")
+    assert diff.max() <= 1.0, (
+        f"{what}: off by {diff.max():.3f} at {worst}: got {got[worst]}, exact {exact[worst]:.4f}"
+    )
 
 
 # ---- the images -----------------------------------------------------------------------------------
+
 
 @dataclass
 class Image_:
@@ -90,7 +100,9 @@ def store(client: httpx.Client, data: bytes) -> Image_:
     ds = pydicom.dcmread(io.BytesIO(data))
     response = stow(client, [data])
     assert response.status_code == 200, response.text
-    return Image_(ds, f"/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}")
+    return Image_(
+        ds, f"/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}"
+    )
 
 
 def save(ds: Dataset) -> bytes:
@@ -101,8 +113,18 @@ def save(ds: Dataset) -> bytes:
 
 # Per frame: (slope, intercept). Fractional values, one negative slope and one large intercept, so a
 # rescale that is skipped, shared between frames or computed in low precision shows.
-FRAME_RESCALES = [(1.0, 0.0), (0.5, -100.25), (2.0, 1000.0), (0.37, 12.5), (1.25, -32768.0), (-1.0, 4095.0),
-                  (3.0, 0.0), (0.1, -3.3), (1.0, 100000.0), (4.5, -2.25)]
+FRAME_RESCALES = [
+    (1.0, 0.0),
+    (0.5, -100.25),
+    (2.0, 1000.0),
+    (0.37, 12.5),
+    (1.25, -32768.0),
+    (-1.0, 4095.0),
+    (3.0, 0.0),
+    (0.1, -3.3),
+    (1.0, 100000.0),
+    (4.5, -2.25),
+]
 
 
 def enhanced_multiframe(top_level_rescale: bool) -> bytes:
@@ -118,7 +140,11 @@ def enhanced_multiframe(top_level_rescale: bool) -> bytes:
     per_frame = []
     for slope, intercept in FRAME_RESCALES:
         transform = Dataset()
-        transform.RescaleSlope, transform.RescaleIntercept, transform.RescaleType = str(slope), str(intercept), "US"
+        transform.RescaleSlope, transform.RescaleIntercept, transform.RescaleType = (
+            str(slope),
+            str(intercept),
+            "US",
+        )
         group = Dataset()
         group.PixelValueTransformationSequence = Sequence([transform])
         per_frame.append(group)
@@ -155,10 +181,19 @@ def frame_pixels(ds: Dataset, number: int) -> np.ndarray:
 
 
 CT_WINDOWS = [
-    (40.0, 400.0, "linear"), (40.5, 1.0, "linear"), (-1000.25, 2.0, "linear"), (1023.7, 3.3, "linear"),
-    (300.0, 0.5, "linear-exact"), (35.7, 80.3, "linear-exact"), (40.0, 1e-3, "linear-exact"),
-    (0.0, 4000.0, "sigmoid"), (50.0, 0.25, "sigmoid"), (-3000.0, 10.0, "sigmoid"), (1e6, 10.0, "linear"),
-    (-2048.0, 65536.0, "linear"), (12.125, 7.75, "linear"),
+    (40.0, 400.0, "linear"),
+    (40.5, 1.0, "linear"),
+    (-1000.25, 2.0, "linear"),
+    (1023.7, 3.3, "linear"),
+    (300.0, 0.5, "linear-exact"),
+    (35.7, 80.3, "linear-exact"),
+    (40.0, 1e-3, "linear-exact"),
+    (0.0, 4000.0, "sigmoid"),
+    (50.0, 0.25, "sigmoid"),
+    (-3000.0, 10.0, "sigmoid"),
+    (1e6, 10.0, "linear"),
+    (-2048.0, 65536.0, "linear"),
+    (12.125, 7.75, "linear"),
 ]
 
 
@@ -176,8 +211,11 @@ def test_ct_window_functions(client: httpx.Client, images: dict[str, Image_], wi
     check_ct(client, images["ct"], window, "master")
 
 
-@pytest.mark.parametrize("window", [(15000.0, 30000.0, "linear"), (12000.5, 2.0, "linear-exact"),
-                                    (16000.0, 5000.0, "sigmoid")], ids=str)
+@pytest.mark.parametrize(
+    "window",
+    [(15000.0, 30000.0, "linear"), (12000.5, 2.0, "linear-exact"), (16000.0, 5000.0, "sigmoid")],
+    ids=str,
+)
 def test_monochrome1_cr(client: httpx.Client, images: dict[str, Image_], window) -> None:
     """RG1_UNCR: MONOCHROME1, 15 bits: the output is 255 - y."""
     ds = images["cr"].ds
@@ -188,14 +226,20 @@ def test_monochrome1_cr(client: httpx.Client, images: dict[str, Image_], window)
     assert_within_one(rendered(client, images["cr"].url + "/rendered", window), exact, f"CR {window}")
 
 
-MULTIFRAME_WINDOWS = [None, (600.0, 1200.0, "linear"), (0.0, 50.0, "linear-exact"), (2000.0, 800.0, "sigmoid"),
-                      (100100.0, 300.0, "linear")]
+MULTIFRAME_WINDOWS = [
+    None,
+    (600.0, 1200.0, "linear"),
+    (0.0, 50.0, "linear-exact"),
+    (2000.0, 800.0, "sigmoid"),
+    (100100.0, 300.0, "linear"),
+]
 
 
 @pytest.mark.parametrize("which", ["enhanced", "enhanced_top"])
 @pytest.mark.parametrize("window", MULTIFRAME_WINDOWS, ids=str)
-def test_each_frame_with_its_own_rescale(client: httpx.Client, images: dict[str, Image_], which: str,
-                                         window: tuple[float, float, str] | None) -> None:
+def test_each_frame_with_its_own_rescale(
+    client: httpx.Client, images: dict[str, Image_], which: str, window: tuple[float, float, str] | None
+) -> None:
     """Per-frame Pixel Value Transformation (functional groups), with the shared Frame VOI LUT when no window
     is asked for; a top-level rescale does not apply where the frame has its own."""
     image = images[which]
@@ -215,12 +259,17 @@ def test_every_frame_of_the_instance_as_multipart(client: httpx.Client, images: 
 
     image = images["enhanced"]
     window = (0.0, 50.0, "linear-exact")
-    response = client.get(image.url + "/rendered", params={"window": "0,50,linear-exact"},
-                          headers={"Accept": 'multipart/related; type="image/png"'})
+    response = client.get(
+        image.url + "/rendered",
+        params={"window": "0,50,linear-exact"},
+        headers={"Accept": 'multipart/related; type="image/png"'},
+    )
     assert response.status_code == 200, response.text
     parts = parse_multipart(response)
     assert len(parts) == len(FRAME_RESCALES)
-    for number, ((_headers, body), (slope, intercept)) in enumerate(zip(parts, FRAME_RESCALES, strict=True), 1):
+    for number, ((_headers, body), (slope, intercept)) in enumerate(
+        zip(parts, FRAME_RESCALES, strict=True), 1
+    ):
         got = np.asarray(Image.open(io.BytesIO(body)))
         exact = expected(frame_pixels(image.ds, number), slope, intercept, window)
         assert_within_one(got, exact, f"multipart frame {number}")

@@ -319,7 +319,7 @@ def without_padding(stream: bytes) -> bytes:
     end = len(stream)
     while end > 2 and len(stream) - end < _MAX_PADDING and stream[end - 1] == 0:
         end -= 1
-    if end == len(stream) or stream[end - 2:end] != END_MARKER:
+    if end == len(stream) or stream[end - 2 : end] != END_MARKER:
         return stream
     return stream[:end]
 
@@ -329,7 +329,6 @@ def levels_to_drop(width: int, height: int, levels: int, min_width: int, min_hei
     height stays at least min_width x min_height (level D of a side n has ceil(n / 2^D) samples,
     ISO 15444-1 B.5)."""
     drop = 0
-    while (drop < levels and -(-width >> (drop + 1)) >= min_width
-           and -(-height >> (drop + 1)) >= min_height):
+    while drop < levels and -(-width >> (drop + 1)) >= min_width and -(-height >> (drop + 1)) >= min_height:
         drop += 1
     return drop

@@ -38,7 +38,9 @@ class LayerFidelity:
 THREADED_SAMPLES = 1 << 20
 
 
-def fidelity_ladder(codestream: bytes, original: np.ndarray, *, whole_verified: bool = False) -> list[LayerFidelity]:
+def fidelity_ladder(
+    codestream: bytes, original: np.ndarray, *, whole_verified: bool = False
+) -> list[LayerFidelity]:
     """Measure every layer prefix of ``codestream`` against ``original`` pixels. With `whole_verified`
     (the caller decoded every layer and found the original exactly), the last prefix is not decoded
     again: it is lossless."""
@@ -59,11 +61,13 @@ def fidelity_ladder(codestream: bytes, original: np.ndarray, *, whole_verified: 
         diff = decoded.astype(np.int32) - reference
         error = int(np.abs(diff).max()) if original.size else 0
         mse = float(np.mean(np.square(diff, dtype=np.float64))) if original.size else 0.0
-        ladder.append(LayerFidelity(
-            layers=layers,
-            bytes=len(part),
-            psnr=math.inf if mse == 0 else 10.0 * math.log10(peak * peak / mse),
-            max_error=error,
-            lossless=error == 0,
-        ))
+        ladder.append(
+            LayerFidelity(
+                layers=layers,
+                bytes=len(part),
+                psnr=math.inf if mse == 0 else 10.0 * math.log10(peak * peak / mse),
+                max_error=error,
+                lossless=error == 0,
+            )
+        )
     return ladder

@@ -70,7 +70,7 @@ def original_frames(ds: Dataset, path: Path, only: int | None = None) -> list[np
         if len(data) < size * nframes:
             raise MasterNotPossible("pixel data is shorter than its frames")
         planar = int(ds.get("PlanarConfiguration", 0) or 0)
-        buffers = [(data[i * size: (i + 1) * size], planar) for i in indices]
+        buffers = [(data[i * size : (i + 1) * size], planar) for i in indices]
     else:
         decoder = get_decoder(UID(ts))
         for i in indices:
@@ -102,9 +102,11 @@ def _levels(codestream: bytes) -> list[dict[str, int]]:
 
 def _encoding(source: Dataset) -> dict[str, Any]:
     """encode_master's arguments for the frames of `source`."""
-    return {"bits_stored": int(source.get("BitsStored", source.BitsAllocated)),
-            "signed": int(source.get("PixelRepresentation", 0) or 0) == 1,
-            "color": int(source.get("SamplesPerPixel", 1) or 1) == 3}
+    return {
+        "bits_stored": int(source.get("BitsStored", source.BitsAllocated)),
+        "signed": int(source.get("PixelRepresentation", 0) or 0) == 1,
+        "color": int(source.get("SamplesPerPixel", 1) or 1) == 3,
+    }
 
 
 def provisional_codestream(received: Path, number: int, fsiz: tuple[int, int] | None = None) -> bytes:
@@ -151,7 +153,9 @@ def make_master(received: Path, work_dir: Path, *, bulk_data_threshold: int = 10
     if sum(len(c) + 8 for c in codestreams) < BOT_LIMIT:
         ds.PixelData = encapsulate(codestreams, has_bot=True)
     else:
-        ds.PixelData, ds.ExtendedOffsetTable, ds.ExtendedOffsetTableLengths = encapsulate_extended(codestreams)
+        ds.PixelData, ds.ExtendedOffsetTable, ds.ExtendedOffsetTableLengths = encapsulate_extended(
+            codestreams
+        )
     ds["PixelData"].VR = "OB"
     ds["PixelData"].is_undefined_length = True
     ds.file_meta.TransferSyntaxUID = UID(J2K_LOSSLESS)
@@ -184,11 +188,22 @@ def _verify(path: Path, parsed: ParsedInstance, originals: list[np.ndarray]) -> 
     with open(path, "rb") as fh:
         for number, (pieces, original) in enumerate(zip(parsed.frames, originals, strict=True), start=1):
             codestream = frame_from_file(fh, pieces)
-            decoded = decode(codestream, threads=(os.cpu_count() or 1) if original.size >= THREADED_SAMPLES else 1)
+            decoded = decode(
+                codestream, threads=(os.cpu_count() or 1) if original.size >= THREADED_SAMPLES else 1
+            )
             if decoded.shape != original.shape or not np.array_equal(decoded, original):
-                raise VerificationFailed(f"frame {number} of the master does not decode to the original pixels")
+                raise VerificationFailed(
+                    f"frame {number} of the master does not decode to the original pixels"
+                )
             ladder = [step.to_dict() for step in fidelity_ladder(codestream, original, whole_verified=True)]
             head = _levels(codestream)
-            ladders.append({"number": number, "rows": head[0]["rows"], "columns": head[0]["columns"],
-                            "levels": head, "layers": ladder})
+            ladders.append(
+                {
+                    "number": number,
+                    "rows": head[0]["rows"],
+                    "columns": head[0]["columns"],
+                    "levels": head,
+                    "layers": ladder,
+                }
+            )
     return ladders

@@ -88,8 +88,13 @@ class Progress:
 
 
 class MasterQueue:
-    def __init__(self, index: Index, blobs: BlobStore, settings: Settings,
-                 on_master: Callable[[str, str], Awaitable[None]] | None = None) -> None:
+    def __init__(
+        self,
+        index: Index,
+        blobs: BlobStore,
+        settings: Settings,
+        on_master: Callable[[str, str], Awaitable[None]] | None = None,
+    ) -> None:
         self.index = index
         # Told (received blob key, master blob key) when a master has replaced a received file.
         self.on_master = on_master
@@ -229,10 +234,15 @@ class MasterQueue:
         """Warn when the backlog grew at every one of the last samples (one a minute)."""
         self._samples.append(count)
         grew = len(self._samples) == GROWTH_SAMPLES and all(
-            b > a for a, b in zip(self._samples, list(self._samples)[1:], strict=False))
+            b > a for a, b in zip(self._samples, list(self._samples)[1:], strict=False)
+        )
         if grew:
-            log.warning("the master backlog keeps growing: %d instances wait (was %d %d minutes ago)",
-                        count, self._samples[0], GROWTH_SAMPLES - 1)
+            log.warning(
+                "the master backlog keeps growing: %d instances wait (was %d %d minutes ago)",
+                count,
+                self._samples[0],
+                GROWTH_SAMPLES - 1,
+            )
 
     async def drain(self) -> None:
         """Wait until no job is pending or running (for the import command and tests)."""
@@ -360,8 +370,10 @@ class MasterQueue:
         async with blobs.local_file(key) as path:
             try:
                 master = await loop.run_in_executor(
-                    pool, functools.partial(make_master, bulk_data_threshold=settings.bulk_data_threshold),
-                    path, settings.tmp_dir,
+                    pool,
+                    functools.partial(make_master, bulk_data_threshold=settings.bulk_data_threshold),
+                    path,
+                    settings.tmp_dir,
                 )
             except MasterNotPossible as exc:
                 log.info("instance %s kept as received: %s", sop, exc)

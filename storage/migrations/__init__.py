@@ -1,4 +1,5 @@
-"""Alembic migrations of the index: ``upgrade`` brings any archive to the current schema (``storage/schema.py``).
+"""Alembic migrations of the index: ``upgrade`` brings any archive to the current schema
+(``storage/schema.py``).
 
 Run by ``Index.create()`` at every start, on the open connection and in one transaction (DDL is
 transactional on PostgreSQL and SQLite). Archives made before migrations existed (the tables of revision

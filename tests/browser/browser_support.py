@@ -47,8 +47,10 @@ class PageLog:
         return [r for r in self.responses if not 200 <= r[1] < 300]
 
     def summary(self) -> str:
-        return (f"{len(self.responses)} DICOMweb responses; bad: {self.bad_responses()[:10]}; "
-                f"failed: {self.failed[:10]}; console errors: {self.console[-10:]}")
+        return (
+            f"{len(self.responses)} DICOMweb responses; bad: {self.bad_responses()[:10]}; "
+            f"failed: {self.failed[:10]}; console errors: {self.console[-10:]}"
+        )
 
 
 def uncompressed_frame_sha256(url: str) -> str:

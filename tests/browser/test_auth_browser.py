@@ -31,12 +31,19 @@ def issuer() -> Iterator[Issuer]:
 
 @pytest.fixture(scope="module")
 def secured(tmp_path_factory: pytest.TempPathFactory, issuer: Issuer) -> Iterator[tuple[Server, str, str]]:
-    srv = Server(tmp_path_factory.mktemp("browser-auth") / "data",
-                 {"DICOMWEB_OIDC_ISSUER": issuer.url, "DICOMWEB_OIDC_AUDIENCE": AUDIENCE})
+    srv = Server(
+        tmp_path_factory.mktemp("browser-auth") / "data",
+        {"DICOMWEB_OIDC_ISSUER": issuer.url, "DICOMWEB_OIDC_AUDIENCE": AUDIENCE},
+    )
     study, series = generate_uid(), generate_uid()
-    files = [new_uids((PYDICOM_DATA / "693_UNCR.dcm").read_bytes(), study=study, series=series, InstanceNumber="1"),
-             new_uids((PYDICOM_TEST_FILES / "CT_small.dcm").read_bytes(), study=study, series=series,
-                      InstanceNumber="2")]
+    files = [
+        new_uids(
+            (PYDICOM_DATA / "693_UNCR.dcm").read_bytes(), study=study, series=series, InstanceNumber="1"
+        ),
+        new_uids(
+            (PYDICOM_TEST_FILES / "CT_small.dcm").read_bytes(), study=study, series=series, InstanceNumber="2"
+        ),
+    ]
     token = issuer.token(scope="dicomweb.read dicomweb.write dicomweb.admin")
     with httpx.Client(base_url=srv.root, timeout=120, headers={"Authorization": f"Bearer {token}"}) as client:
         for f in files:
@@ -54,15 +61,25 @@ def page_log(chromium: Any, secured: tuple[Server, str, str]) -> Iterator[tuple[
     context = chromium.new_context(viewport={"width": 1280, "height": 800})
     page = context.new_page()
     log = PageLog(secured[0].root)
-    page.on("response", lambda r: log.responses.append((r.url, r.status, r.headers.get("content-type", "")))
-            if r.url.startswith(log.root) else None)
-    page.on("requestfailed", lambda r: log.failed.append((r.url, r.failure or "")) if r.url.startswith(log.root) else None)
+    page.on(
+        "response",
+        lambda r: (
+            log.responses.append((r.url, r.status, r.headers.get("content-type", "")))
+            if r.url.startswith(log.root)
+            else None
+        ),
+    )
+    page.on(
+        "requestfailed",
+        lambda r: log.failed.append((r.url, r.failure or "")) if r.url.startswith(log.root) else None,
+    )
     yield page, log
     context.close()
 
 
-def test_ohif_loads_a_study_with_a_bearer_token(page_log: tuple[Any, PageLog], secured: tuple[Server, str, str],
-                                                issuer: Issuer) -> None:
+def test_ohif_loads_a_study_with_a_bearer_token(
+    page_log: tuple[Any, PageLog], secured: tuple[Server, str, str], issuer: Issuer
+) -> None:
     srv, study, _ = secured
     page, log = page_log
     page.context.add_init_script(NO_TOUR)
@@ -75,7 +92,9 @@ def test_ohif_loads_a_study_with_a_bearer_token(page_log: tuple[Any, PageLog], s
     assert "token=" not in page.url  # OHIF takes it out of the address bar
 
 
-def test_ohif_without_a_token_gets_nothing(page_log: tuple[Any, PageLog], secured: tuple[Server, str, str]) -> None:
+def test_ohif_without_a_token_gets_nothing(
+    page_log: tuple[Any, PageLog], secured: tuple[Server, str, str]
+) -> None:
     srv, study, _ = secured
     page, log = page_log
     page.context.add_init_script(NO_TOUR)
@@ -86,17 +105,22 @@ def test_ohif_without_a_token_gets_nothing(page_log: tuple[Any, PageLog], secure
     assert log.responses and all(status == 401 for _, status, _ in log.responses), log.summary()
 
 
-def test_viewer_demo_with_a_token(page_log: tuple[Any, PageLog], secured: tuple[Server, str, str],
-                                  issuer: Issuer) -> None:
+def test_viewer_demo_with_a_token(
+    page_log: tuple[Any, PageLog], secured: tuple[Server, str, str], issuer: Issuer
+) -> None:
     srv, study, series = secured
     page, log = page_log
-    page.goto(f"{srv.base}/viewer-demo/?{urlencode({'token': issuer.token(), 'study': study, 'series': series})}")
+    page.goto(
+        f"{srv.base}/viewer-demo/?{urlencode({'token': issuer.token(), 'study': study, 'series': series})}"
+    )
     condition = "s.view === 'viewer' && s.done && !!s.pixelsSha256"
     try:
-        page.wait_for_function(f"() => {{ const s = window.viewerState; return !!s && ({condition}); }}",
-                               timeout=60_000)
+        page.wait_for_function(
+            f"() => {{ const s = window.viewerState; return !!s && ({condition}); }}", timeout=60_000
+        )
     except Exception as exc:
-        raise AssertionError(f"{exc}: {json.dumps(page.evaluate('window.viewerState'))[:1500]}; "
-                             f"{log.summary()}") from exc
+        raise AssertionError(
+            f"{exc}: {json.dumps(page.evaluate('window.viewerState'))[:1500]}; {log.summary()}"
+        ) from exc
     assert "token=" not in page.url
     assert not log.bad_responses(), log.summary()

@@ -14,7 +14,9 @@ from tests.conftest import Server
 # OHIF's onboarding tour would cover the viewport in screenshots: mark it as already shown.
 NO_TOUR = "localStorage.setItem('shownTours', JSON.stringify(['basicViewerTour']));"
 # Everything but the viewport canvas hidden, so a screenshot holds only the pixels OHIF drew.
-CANVAS_ONLY = "* { visibility: hidden !important; } canvas.cornerstone-canvas { visibility: visible !important; }"
+CANVAS_ONLY = (
+    "* { visibility: hidden !important; } canvas.cornerstone-canvas { visibility: visible !important; }"
+)
 
 
 def canvas_spread(page: Any) -> float:
@@ -62,10 +64,14 @@ def wait_for_study_list(page: Any, studies: Studies) -> None:
     deadline = time.time() + 90
     while page.locator(STUDY_ROWS).count() != n:
         if page.get_by_text(CONNECTION_ERROR).count():
-            raise AssertionError(f"OHIF's study list says {CONNECTION_ERROR!r}: {page.inner_text('body')[:500]}")
+            raise AssertionError(
+                f"OHIF's study list says {CONNECTION_ERROR!r}: {page.inner_text('body')[:500]}"
+            )
         if time.time() > deadline:
-            raise AssertionError(f"the study list shows {page.locator(STUDY_ROWS).count()} of {n} studies: "
-                                 f"{page.inner_text('body')[:800]}")
+            raise AssertionError(
+                f"the study list shows {page.locator(STUDY_ROWS).count()} of {n} studies: "
+                f"{page.inner_text('body')[:800]}"
+            )
         page.wait_for_timeout(250)
     assert page.locator('button[aria-label="Rows per page"]').inner_text().endswith(f"of {n}")
     for name in studies.names:
@@ -88,8 +94,9 @@ def frame_responses(log: PageLog) -> list[tuple[str, int, str]]:
 
 
 @pytest.mark.parametrize("mount", ["/ohif", "/ohif-progressive"])
-def test_ohif_study_list_shows_every_study(open_page: Any, browser_server: Server, studies: Studies,
-                                           shots: Path, mount: str) -> None:
+def test_ohif_study_list_shows_every_study(
+    open_page: Any, browser_server: Server, studies: Studies, shots: Path, mount: str
+) -> None:
     """Including one without Modality (its ModalitiesInStudy has no value), which must not break the list."""
     page, log = open_page(1280, 800)
     page.context.add_init_script(NO_TOUR)
@@ -101,7 +108,9 @@ def test_ohif_study_list_shows_every_study(open_page: Any, browser_server: Serve
 
 
 @pytest.mark.parametrize("mount", ["/ohif", "/ohif-single"])
-def test_ohif_draws_ct(open_page: Any, browser_server: Server, studies: Studies, shots: Path, mount: str) -> None:
+def test_ohif_draws_ct(
+    open_page: Any, browser_server: Server, studies: Studies, shots: Path, mount: str
+) -> None:
     page, log = open_in_ohif(open_page, browser_server, studies.ct_study, mount)
     if mount == "/ohif-single":
         screenshot(page, shots, "ohif-ct.png")
@@ -115,7 +124,9 @@ def test_ohif_draws_ct(open_page: Any, browser_server: Server, studies: Studies,
     assert bool(cuts) == (mount == "/ohif"), frames
 
 
-def test_ohif_progressive_gets_htj2k(open_page: Any, browser_server: Server, studies: Studies, shots: Path) -> None:
+def test_ohif_progressive_gets_htj2k(
+    open_page: Any, browser_server: Server, studies: Studies, shots: Path
+) -> None:
     page, log = open_in_ohif(open_page, browser_server, studies.ct_study, "/ohif-progressive")
     screenshot(page, shots, "ohif-progressive-ct.png")
     assert not log.bad_responses() and not log.failed, log.summary()
@@ -125,9 +136,12 @@ def test_ohif_progressive_gets_htj2k(open_page: Any, browser_server: Server, stu
 
 
 @pytest.mark.parametrize("mount", ["/ohif", "/ohif-single", "/ohif-progressive"])
-def test_ohif_draws_lossy_original(open_page: Any, browser_server: Server, studies: Studies, mount: str) -> None:
-    """A JPEG baseline original has no master, so no HTJ2K and no cut: the progressive site's Accept list falls
-    back to the frame as stored, and /ohif/'s `layers=preview` stage gets the frame as stored too (200)."""
+def test_ohif_draws_lossy_original(
+    open_page: Any, browser_server: Server, studies: Studies, mount: str
+) -> None:
+    """A JPEG baseline original has no master, so no HTJ2K and no cut: the progressive site's Accept list
+    falls back to the frame as stored, and /ohif/'s `layers=preview` stage gets the frame as stored too (200).
+    """
     _, log = open_in_ohif(open_page, browser_server, studies.lossy_study, mount)
     assert not log.bad_responses() and not log.failed, log.summary()
     frames = frame_responses(log)

@@ -1,7 +1,7 @@
-"""OHIF at /ohif/ loads each slice in two retrieve stages: a quality-layer cut of the master (`layers=preview`,
-marked LOSSY), then the lossless master. The test holds every lossless request back (Playwright route
-interception, no sleeps) to see the lossy stage on screen, then lets them through and compares what OHIF
-shows with the server's uncompressed frames."""
+"""OHIF at /ohif/ loads each slice in two retrieve stages: a quality-layer cut of the master
+(`layers=preview`, marked LOSSY), then the lossless master. The test holds every lossless request back
+(Playwright route interception, no sleeps) to see the lossy stage on screen, then lets them through and
+compares what OHIF shows with the server's uncompressed frames."""
 
 from __future__ import annotations
 
@@ -55,7 +55,7 @@ SET_SLICE = """(index) => {
 
 
 def frame_kind(url: str) -> str | None:
-    """"lossy" for the first stage's request, "lossless" for the final one, None for anything else."""
+    """ "lossy" for the first stage's request, "lossless" for the final one, None for anything else."""
     if "/frames/" not in url:
         return None
     layers = parse_qs(urlparse(url).query).get("layers")
@@ -86,8 +86,9 @@ def expected_pixels(server: Server, studies: Studies, sop: str, state: dict[str,
     return stored
 
 
-def test_ohif_lossy_stage_first_then_lossless(open_page: Any, browser_server: Server, studies: Studies,
-                                              shots: Path) -> None:
+def test_ohif_lossy_stage_first_then_lossless(
+    open_page: Any, browser_server: Server, studies: Studies, shots: Path
+) -> None:
     page, log = open_page(1280, 800)
     page.context.add_init_script(NO_TOUR)
     order: list[tuple[str, str]] = []  # (kind, sop) of every frame request, in the order they were made
@@ -116,8 +117,9 @@ def test_ohif_lossy_stage_first_then_lossless(open_page: Any, browser_server: Se
             route.continue_()
 
     def shown(index: int, quality: int) -> Any:
-        return lambda: ((s := page.evaluate(VIEWPORT_STATE)) and s["index"] == index
-                        and s["quality"] == quality and s)
+        return lambda: (
+            (s := page.evaluate(VIEWPORT_STATE)) and s["index"] == index and s["quality"] == quality and s
+        )
 
     def check_lossless(index: int) -> None:
         state = wait_for(page, f"slice {index} lossless", shown(index, FULL))
@@ -147,8 +149,11 @@ def test_ohif_lossy_stage_first_then_lossless(open_page: Any, browser_server: Se
     screenshot(page, shots, "ohif-stage-lossless.png")
 
     # OHIF's stack prefetch then loads the other slices with the first retrieve stage: cuts only.
-    wait_for(page, "every slice prefetched as a cut",
-             lambda: {sop for kind, sop in answered if kind == "lossy"} >= set(studies.ct_sops))
+    wait_for(
+        page,
+        "every slice prefetched as a cut",
+        lambda: {sop for kind, sop in answered if kind == "lossy"} >= set(studies.ct_sops),
+    )
     assert {sop for kind, sop in order if kind == "lossless"} == {first}, order
     # Every other slice, once shown: lossy (its lossless request held back), then the master's pixels.
     for index in range(1, len(studies.ct_sops)):
@@ -200,7 +205,9 @@ VOLUME_SLICE = """([volumeId, k]) => {
 }"""
 
 
-def test_ohif_mpr_volume_stages(open_page: Any, browser_server: Server, studies: Studies, shots: Path) -> None:
+def test_ohif_mpr_volume_stages(
+    open_page: Any, browser_server: Server, studies: Studies, shots: Path
+) -> None:
     """The volume viewports (MPR) load through the interleaved stages with this server's retrieve options:
     cuts first for some slices (LOSSY while the lossless requests are held), then every slice lossless."""
     page, log = open_page(1280, 800)
@@ -222,8 +229,12 @@ def test_ohif_mpr_volume_stages(open_page: Any, browser_server: Server, studies:
     page.on("request", on_request)
     page.route("**/frames/**", hold_lossless)
     page.goto(f"{browser_server.base}/ohif/viewer?StudyInstanceUIDs={studies.ct_study}&hangingprotocolId=mpr")
-    state = wait_for(page, "a volume with a lossy slice", lambda: (
-        (s := page.evaluate(VOLUME_STATE)) and LOSSY in s["cachedFrames"] and s), timeout=90)
+    state = wait_for(
+        page,
+        "a volume with a lossy slice",
+        lambda: (s := page.evaluate(VOLUME_STATE)) and LOSSY in s["cachedFrames"] and s,
+        timeout=90,
+    )
     wait_for(page, "a lossless request (held)", lambda: held)
     state = page.evaluate(VOLUME_STATE)
     assert FULL not in state["cachedFrames"], state  # every lossless request is held
@@ -232,16 +243,27 @@ def test_ohif_mpr_volume_stages(open_page: Any, browser_server: Server, studies:
     for route in held:
         route.continue_()
     held.clear()
-    state = wait_for(page, "every slice of the volume lossless", lambda: (
-        (s := page.evaluate(VOLUME_STATE)) and all(q == FULL for q in s["cachedFrames"]) and s), timeout=90)
+    state = wait_for(
+        page,
+        "every slice of the volume lossless",
+        lambda: (s := page.evaluate(VOLUME_STATE)) and all(q == FULL for q in s["cachedFrames"]) and s,
+        timeout=90,
+    )
     wait_until_quiet(page, log)
     screenshot(page, shots, "ohif-mpr-lossless.png")
     for k, image_id in enumerate(state["imageIds"]):
         sop = sop_of(image_id)
         voxels = np.asarray(page.evaluate(VOLUME_SLICE, [state["volumeId"], k]), dtype=np.float64)
-        meta = httpx.get(f"{browser_server.root}/studies/{studies.ct_study}/series/{studies.ct_series}"
-                         f"/instances/{sop}/metadata", timeout=30).json()[0]
-        rescale = {"scaled": True, "slope": meta["00281053"]["Value"][0], "intercept": meta["00281052"]["Value"][0]}
+        meta = httpx.get(
+            f"{browser_server.root}/studies/{studies.ct_study}/series/{studies.ct_series}"
+            f"/instances/{sop}/metadata",
+            timeout=30,
+        ).json()[0]
+        rescale = {
+            "scaled": True,
+            "slope": meta["00281053"]["Value"][0],
+            "intercept": meta["00281052"]["Value"][0],
+        }
         # The volume holds modality values: Rescale Slope and Intercept applied while decoding.
         assert np.array_equal(voxels, expected_pixels(browser_server, studies, sop, rescale)), f"slice {k}"
     lossy = [sop for kind, sop in order if kind == "lossy"]

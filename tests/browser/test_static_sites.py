@@ -57,7 +57,7 @@ def test_ohif_mount(site: httpx.Client, mount: str) -> None:
     assert '__webpack_require__.p = "/";' not in app.text  # chunks load from the mount, not the root
     config = site.get(mount + "/app-config.js").text
     assert f'"routerBasename": "{mount}"' in config
-    assert "window.location.origin + \"/dicom-web\"" in config
+    assert 'window.location.origin + "/dicom-web"' in config
     progressive = "image/jphc; transfer-syntax=1.2.840.10008.1.2.4.202" in config
     assert progressive == (mount == "/ohif-progressive")
     if progressive:  # instances without a master (lossy originals) come as stored instead
@@ -70,8 +70,13 @@ def test_ohif_mount(site: httpx.Client, mount: str) -> None:
 def test_landing_page(site: httpx.Client) -> None:
     page = site.get("/")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
-    for link in ('href="viewer-demo/"', 'href="ohif/"', 'href="ohif-single/"', 'href="ohif-progressive/"',
-                 'href="dicom-web/studies"'):
+    for link in (
+        'href="viewer-demo/"',
+        'href="ohif/"',
+        'href="ohif-single/"',
+        'href="ohif-progressive/"',
+        'href="dicom-web/studies"',
+    ):
         assert link in page.text, link
     assert "not installed" not in page.text
 
@@ -95,7 +100,9 @@ def test_missing_assets_say_how_to_install(tmp_path: Path) -> None:
             assert "not installed" in site.get("/").text
 
             dist.mkdir()
-            (dist / "index.html").write_text('<script>window.PUBLIC_URL="/";</script><script src="/app.js"></script>')
+            (dist / "index.html").write_text(
+                '<script>window.PUBLIC_URL="/";</script><script src="/app.js"></script>'
+            )
             codec_dir = assets / static_sites.CODEC_SUBDIR
             codec_dir.mkdir(parents=True)
             (codec_dir / "openjpegwasm_decode.js").write_text("// decoder")
@@ -118,10 +125,15 @@ def test_versions_in_step() -> None:
 def test_package_ships_every_module_and_the_viewer_pages() -> None:
     """pyproject.toml lists the packages by hand (to map viewer-demo/web into the package): none forgotten."""
     setuptools = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
-    modules = {str(p.parent.relative_to(REPO)).replace("/", ".")
-               for top in ("dicomweb", "storage") for p in (REPO / top).rglob("__init__.py")}
+    modules = {
+        str(p.parent.relative_to(REPO)).replace("/", ".")
+        for top in ("dicomweb", "storage")
+        for p in (REPO / top).rglob("__init__.py")
+    }
     assert set(setuptools["packages"]) == modules | {"dicomweb.viewer_web"}
     web = REPO / setuptools["package-dir"]["dicomweb.viewer_web"]
     assert web == REPO / "viewer-demo/web"
     patterns = setuptools["package-data"]["dicomweb.viewer_web"]
-    assert all(any(f.match(p) for p in patterns) for f in web.iterdir()), sorted(f.name for f in web.iterdir())
+    assert all(any(f.match(p) for p in patterns) for f in web.iterdir()), sorted(
+        f.name for f in web.iterdir()
+    )

@@ -21,8 +21,9 @@ def demo_url(server: Server, studies: Studies, **params: str) -> str:
 def wait_state(page: Any, condition: str, timeout: float = 60) -> dict[str, Any]:
     """Wait until `condition` (JavaScript over `s`, the page's window.viewerState) holds; return the state."""
     try:
-        page.wait_for_function(f"() => {{ const s = window.viewerState; return !!s && ({condition}); }}",
-                               timeout=timeout * 1000)
+        page.wait_for_function(
+            f"() => {{ const s = window.viewerState; return !!s && ({condition}); }}", timeout=timeout * 1000
+        )
     except Exception as exc:
         state = page.evaluate("window.viewerState")
         raise AssertionError(f"waiting for {condition}: {exc}\nstate: {json.dumps(state, indent=1)}") from exc
@@ -43,8 +44,9 @@ def check_progressive(server: Server, state: dict[str, Any]) -> None:
     assert state["pixelsSha256"] == uncompressed_frame_sha256(server.base + state["frameUrl"])
 
 
-def test_desktop_preview_then_lossless(open_page: Any, browser_server: Server, studies: Studies,
-                                       shots: Path) -> None:
+def test_desktop_preview_then_lossless(
+    open_page: Any, browser_server: Server, studies: Studies, shots: Path
+) -> None:
     page, log = open_page(1280, 800)
     page.goto(demo_url(browser_server, studies))
     state = wait_state(page, FINAL)
@@ -76,8 +78,9 @@ def test_desktop_preview_then_lossless(open_page: Any, browser_server: Server, s
     assert not log.console and not log.bad_responses() and not log.failed, log.summary()
 
 
-def test_slow_link_shows_preview_first(open_page: Any, browser_server: Server, studies: Studies,
-                                       shots: Path) -> None:
+def test_slow_link_shows_preview_first(
+    open_page: Any, browser_server: Server, studies: Studies, shots: Path
+) -> None:
     page, _ = open_page(1280, 800)
     page.goto(demo_url(browser_server, studies, link="512k"))
     wait_state(page, "s.stage === 'preview'")
@@ -90,8 +93,7 @@ def test_slow_link_shows_preview_first(open_page: Any, browser_server: Server, s
     assert state["firstImageMs"] < state["firstLosslessMs"], state
 
 
-def test_phone_viewport(open_page: Any, browser_server: Server, studies: Studies,
-                        shots: Path) -> None:
+def test_phone_viewport(open_page: Any, browser_server: Server, studies: Studies, shots: Path) -> None:
     width, height = 390, 844
     page, _ = open_page(width, height, mobile=True)
     page.goto(f"{browser_server.base}/viewer-demo/")
@@ -124,8 +126,9 @@ def test_lossless_only_modes(open_page: Any, browser_server: Server, studies: St
     assert state["pixelsSha256"] == uncompressed_frame_sha256(browser_server.base + state["frameUrl"])
 
 
-def test_without_page_decoder_uses_server_rendering(open_page: Any, browser_server: Server,
-                                                    studies: Studies) -> None:
+def test_without_page_decoder_uses_server_rendering(
+    open_page: Any, browser_server: Server, studies: Studies
+) -> None:
     """Where the page cannot decode JPEG 2000: the server's rendered preview, then uncompressed pixels."""
     page, _ = open_page(1280, 800)
     page.goto(demo_url(browser_server, studies, decoder="server"))
@@ -153,7 +156,11 @@ def test_lossy_original_says_so(open_page: Any, browser_server: Server, studies:
     assert state["pixelsSha256"] == uncompressed_frame_sha256(browser_server.base + state["frameUrl"])
     assert page.locator("#badge").inner_text() == "FULL (lossy original)"
     rows = page.locator("#stages tbody").inner_text()
-    assert "original" in rows and "lossless" not in rows and "master" not in rows.replace("no JPEG 2000 master", ""), rows
+    assert (
+        "original" in rows
+        and "lossless" not in rows
+        and "master" not in rows.replace("no JPEG 2000 master", "")
+    ), rows
     assert "lossy-compressed" in page.locator("#quality-text").inner_text()
     assert not log.console and not log.bad_responses() and not log.failed, log.summary()
 

@@ -41,7 +41,11 @@ OLD: list[tuple[str, str, Columns]] = [
 NEW: list[tuple[str, str, Columns]] = [
     ("studies", "ix_studies_patient_id", ["patient_id", "study_uid"]),
     ("studies", "ix_studies_patient_name_ci", ["patient_name_ci", "study_uid"]),
-    ("studies", "ix_studies_date_order", [sa.text("study_date DESC"), sa.text("study_time DESC"), "study_uid"]),
+    (
+        "studies",
+        "ix_studies_date_order",
+        [sa.text("study_date DESC"), sa.text("study_time DESC"), "study_uid"],
+    ),
     ("series", "ix_series_study_order", ["study_uid", "series_number", "series_uid"]),
     ("series", "ix_series_modality_study", ["modality", "study_uid"]),
     ("instances", "ix_instances_series_order", ["series_uid", "instance_number", "sop_uid"]),
@@ -52,14 +56,21 @@ NEW: list[tuple[str, str, Columns]] = [
 
 def _fill_patient_name_ci(conn: sa.Connection) -> None:
     """Python's str.lower, as ingest and queries use (SQL's lower() differs between databases)."""
-    studies = sa.table("studies", sa.column("study_uid"), sa.column("patient_name"), sa.column("patient_name_ci"))
-    update = (sa.update(studies).where(studies.c.study_uid == sa.bindparam("uid"))
-              .values(patient_name_ci=sa.bindparam("ci")))
+    studies = sa.table(
+        "studies", sa.column("study_uid"), sa.column("patient_name"), sa.column("patient_name_ci")
+    )
+    update = (
+        sa.update(studies)
+        .where(studies.c.study_uid == sa.bindparam("uid"))
+        .values(patient_name_ci=sa.bindparam("ci"))
+    )
     last = ""
     while True:
         rows = conn.execute(
-            sa.select(studies.c.study_uid, studies.c.patient_name).where(studies.c.study_uid > last)
-            .order_by(studies.c.study_uid).limit(BATCH)
+            sa.select(studies.c.study_uid, studies.c.patient_name)
+            .where(studies.c.study_uid > last)
+            .order_by(studies.c.study_uid)
+            .limit(BATCH)
         ).all()
         if not rows:
             return

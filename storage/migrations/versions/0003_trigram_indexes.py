@@ -22,7 +22,10 @@ branch_labels = None
 depends_on = None
 
 # (index, column): not in storage/schema.py, which holds what every database has.
-TRIGRAM_INDEXES = (("ix_studies_patient_name_trgm", "patient_name_ci"), ("ix_studies_patient_id_trgm", "patient_id"))
+TRIGRAM_INDEXES = (
+    ("ix_studies_patient_name_trgm", "patient_name_ci"),
+    ("ix_studies_patient_id_trgm", "patient_id"),
+)
 
 
 def upgrade() -> None:
@@ -35,10 +38,13 @@ def upgrade() -> None:
     except sa.exc.DBAPIError as exc:
         logging.getLogger("storage.migrations").warning(
             "pg_trgm not available (%s): infix wildcards on PatientName and PatientID will scan the studies",
-            str(exc).splitlines()[0])
+            str(exc).splitlines()[0],
+        )
         return
     for name, column in TRIGRAM_INDEXES:
-        op.create_index(name, "studies", [column], postgresql_using="gin", postgresql_ops={column: "gin_trgm_ops"})
+        op.create_index(
+            name, "studies", [column], postgresql_using="gin", postgresql_ops={column: "gin_trgm_ops"}
+        )
 
 
 def downgrade() -> None:
