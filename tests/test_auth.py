@@ -285,9 +285,9 @@ def test_open_bind_refused_without_auth(tmp_path: Path) -> None:
 
 def test_ohif_app_config_signs_in_with_the_issuer() -> None:
     from dicomweb.static_sites import ohif_app_config
-    from storage.config import Settings
+    from storage import Settings
 
-    plain = ohif_app_config(Settings(), "/ohif", False).data.decode()
+    plain = ohif_app_config(Settings(), "/ohif", "stages").data.decode()
     assert '"oidc"' not in plain
     body = ohif_app_config(
         Settings(
@@ -296,7 +296,7 @@ def test_ohif_app_config_signs_in_with_the_issuer() -> None:
             ohif_oidc_client_id="ohif-viewer",
         ),
         "/ohif",
-        False,
+        "stages",
     ).data.decode()
     config = json.loads(body.split("window.config = ", 1)[1].split(";\n", 1)[0])
     assert config["oidc"] == [
