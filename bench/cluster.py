@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import glob
 import json
 import os
 import shutil
@@ -29,6 +28,7 @@ from pathlib import Path
 
 import httpx
 
+from bench import pg_cluster
 from bench.processes import free_port, log_tail
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -43,69 +43,6 @@ S3_CREDENTIALS = {
 
 
 # ---- PostgreSQL ------------------------------------------------------------------------------------
-
-
-def pg_bin() -> Path:
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
-    if not found:
-        raise RuntimeError("PostgreSQL server binaries are missing: apt-get install postgresql")
-    return Path(found[-1]).parent
-
-
-def _as_postgres(cmd: list[str]) -> list[str]:
-    # initdb and postgres refuse to run as root.
-    return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else cmd
-
-
-def start_postgres(base: Path, port: int) -> str:
-    """initdb and start a cluster in `base` (owned by postgres when run as root); its SQLAlchemy URL."""
-    bin_dir = pg_bin()
-    data, sock = base / "data", base / "sock"
-    base.mkdir(parents=True, exist_ok=True)
-    sock.mkdir(exist_ok=True)
-    if os.geteuid() == 0:
-        shutil.chown(base, "postgres")
-        shutil.chown(sock, "postgres")
-    init = subprocess.run(
-        _as_postgres([str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust"]),
-        check=False,
-        capture_output=True,
-        text=True,
-    )
-    if init.returncode:
-        raise RuntimeError(f"initdb failed: {init.stderr.strip()}")
-    subprocess.run(
-        _as_postgres(
-            [
-                str(bin_dir / "pg_ctl"),
-                "-D",
-                str(data),
-                "-l",
-                str(base / "log"),
-                "-w",
-                "start",
-                "-o",
-                f"-p {port} -k {sock} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200",
-            ]
-        ),
-        check=True,
-        capture_output=True,
-    )
-    subprocess.run(
-        [str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "dicomweb"],
-        check=True,
-        capture_output=True,
-    )
-    return f"postgresql+asyncpg://postgres@127.0.0.1:{port}/dicomweb"
-
-
-def stop_postgres(base: Path) -> None:
-    if (base / "data").is_dir():
-        subprocess.run(
-            _as_postgres([str(pg_bin() / "pg_ctl"), "-D", str(base / "data"), "-m", "fast", "stop"]),
-            check=False,
-            capture_output=True,
-        )
 
 
 # ---- processes -------------------------------------------------------------------------------------
@@ -319,7 +256,7 @@ class Cluster:
         self.base.mkdir(parents=True, exist_ok=True)
         self.base.chmod(0o755)  # mkdtemp's 0700 would keep the postgres user out of pg/
         pg_port = free_port()
-        self.database_url = start_postgres(self.base / "pg", pg_port)
+        self.database_url = pg_cluster.start(self.base / "pg", pg_port, ("max_connections=200",))
         self.s3_endpoint, moto = start_s3_server(self.base)
         self._procs["s3"], self.pids["s3"] = moto, moto.pid
         for i in range(self.replicas):
@@ -411,7 +348,7 @@ class Cluster:
             self.kill_replica(i, signal.SIGTERM)
         if "s3" in self.pids:
             kill_group(self.pids.pop("s3"))
-        stop_postgres(self.base / "pg")
+        pg_cluster.stop(self.base / "pg")
 
     def describe(self) -> str:
         lines = [
@@ -451,7 +388,7 @@ def down(base: Path) -> None:
         for pid in [state["pids"].get("haproxy"), *state["replicas"], state["pids"].get("s3")]:
             if pid:
                 kill_group(int(pid))
-    stop_postgres(base / "pg")
+    pg_cluster.stop(base / "pg")
     shutil.rmtree(base, ignore_errors=True)
 
 

@@ -1,4 +1,5 @@
-"""A throw-away PostgreSQL cluster (Debian's server binaries) on a loopback port, for the benchmarks."""
+"""A throw-away PostgreSQL cluster (Debian's server binaries) on a loopback port: for the benchmarks, the
+cluster script and the tests."""
 
 from __future__ import annotations
 
@@ -24,21 +25,18 @@ def _as_postgres(cmd: list[str]) -> list[str]:
     return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else cmd
 
 
-@contextmanager
-def running(settings: tuple[str, ...] = ()) -> Iterator[str]:
-    """Yield a SQLAlchemy URL (asyncpg) of a fresh database; stop and remove the cluster afterwards.
-
-    ``fsync=off``: the cluster is thrown away, and the benchmark measures the index, not the disk."""
+def start(base: Path, port: int, settings: tuple[str, ...] = ()) -> str:
+    """initdb and start a cluster in `base` (owned by postgres when run as root) on `port`, with
+    ``fsync=off`` (thrown away afterwards) and `settings`; the SQLAlchemy URL (asyncpg) of its database."""
     pg = bin_dir()
     if pg is None:
         raise RuntimeError("PostgreSQL server binaries missing (apt-get install postgresql)")
-    base = Path(tempfile.mkdtemp(prefix="bench-pg-"))
     data, sock = base / "data", base / "sock"
-    sock.mkdir()
+    base.mkdir(parents=True, exist_ok=True)
+    sock.mkdir(exist_ok=True)
     if os.geteuid() == 0:
         shutil.chown(base, "postgres")
         shutil.chown(sock, "postgres")
-    port = free_port()
     init = subprocess.run(
         _as_postgres([str(pg / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust"]),
         check=False,
@@ -46,7 +44,7 @@ def running(settings: tuple[str, ...] = ()) -> Iterator[str]:
         text=True,
     )
     if init.returncode:
-        raise RuntimeError(f"initdb failed: {init.stderr}")
+        raise RuntimeError(f"initdb failed: {init.stderr.strip()}")
     options = " ".join(
         [f"-p {port} -k {sock} -c listen_addresses=127.0.0.1 -c fsync=off", *(f"-c {s}" for s in settings)]
     )
@@ -57,17 +55,32 @@ def running(settings: tuple[str, ...] = ()) -> Iterator[str]:
         check=True,
         capture_output=True,
     )
-    try:
+    subprocess.run(
+        [str(pg / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "dicomweb"],
+        check=True,
+        capture_output=True,
+    )
+    return f"postgresql+asyncpg://postgres@127.0.0.1:{port}/dicomweb"
+
+
+def stop(base: Path) -> None:
+    """Stop the cluster in `base`, if one was started there."""
+    pg = bin_dir()
+    if pg is not None and (base / "data").is_dir():
         subprocess.run(
-            [str(pg / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "dicomweb"],
-            check=True,
-            capture_output=True,
-        )
-        yield f"postgresql+asyncpg://postgres@127.0.0.1:{port}/dicomweb"
-    finally:
-        subprocess.run(
-            _as_postgres([str(pg / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"]),
+            _as_postgres([str(pg / "pg_ctl"), "-D", str(base / "data"), "-m", "fast", "stop"]),
             check=False,
             capture_output=True,
         )
+
+
+@contextmanager
+def running(settings: tuple[str, ...] = ()) -> Iterator[str]:
+    """Yield a SQLAlchemy URL (asyncpg) of a fresh database; stop and remove the cluster afterwards.
+    Not under pytest's tmp folder: as root that is private to root, and the server runs as postgres."""
+    base = Path(tempfile.mkdtemp(prefix="dicomweb-pg-"))
+    try:
+        yield start(base, free_port(), settings)
+    finally:
+        stop(base)
         shutil.rmtree(base, ignore_errors=True)

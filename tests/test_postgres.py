@@ -6,14 +6,8 @@ SQLite and PostgreSQL: upserts, case-(in)sensitive matching, grouped counts, the
 
 from __future__ import annotations
 
-import glob
 import io
-import os
-import shutil
-import subprocess
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import numpy as np
@@ -21,11 +15,11 @@ import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
+from bench import pg_cluster
 from tests.conftest import (
     PYDICOM_DATA,
     PYDICOM_TEST_FILES,
     Server,
-    free_port,
     new_uids,
     parse_multipart,
     stow,
@@ -33,69 +27,14 @@ from tests.conftest import (
 )
 
 
-def _pg_bin() -> Path:
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
-    if not found:
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[str]:
+    if pg_cluster.bin_dir() is None:
         pytest.fail(
             "PostgreSQL server binaries are missing: run `apt-get install postgresql` (scripts/test.sh does)"
         )
-    return Path(found[-1]).parent
-
-
-def _as_postgres(cmd: list[str]) -> list[str]:
-    # initdb and postgres refuse to run as root.
-    return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else cmd
-
-
-@pytest.fixture(scope="module")
-def postgres() -> Iterator[str]:
-    bin_dir = _pg_bin()
-    # Not under pytest's tmp folder: as root that is private to root, and the server runs as postgres.
-    base = Path(tempfile.mkdtemp(prefix="dicomweb-pg-"))
-    data, sock = base / "data", base / "sock"
-    sock.mkdir()
-    if os.geteuid() == 0:
-        shutil.chown(base, "postgres")
-        shutil.chown(sock, "postgres")
-    port = free_port()
-    init = subprocess.run(
-        _as_postgres([str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust"]),
-        check=False,
-        capture_output=True,
-        text=True,
-    )
-    assert init.returncode == 0, init.stderr
-    subprocess.run(
-        _as_postgres(
-            [
-                str(bin_dir / "pg_ctl"),
-                "-D",
-                str(data),
-                "-l",
-                str(base / "log"),
-                "-w",
-                "start",
-                "-o",
-                f"-p {port} -k {sock} -c listen_addresses=127.0.0.1 -c fsync=off",
-            ]
-        ),
-        check=True,
-        capture_output=True,
-    )
-    try:
-        subprocess.run(
-            [str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "dicomweb"],
-            check=True,
-            capture_output=True,
-        )
-        yield f"postgresql+asyncpg://postgres@127.0.0.1:{port}/dicomweb"
-    finally:
-        subprocess.run(
-            _as_postgres([str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"]),
-            check=False,
-            capture_output=True,
-        )
-        shutil.rmtree(base, ignore_errors=True)
+    with pg_cluster.running() as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
