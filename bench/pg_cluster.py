@@ -48,19 +48,37 @@ def start(base: Path, port: int, settings: tuple[str, ...] = ()) -> str:
     options = " ".join(
         [f"-p {port} -k {sock} -c listen_addresses=127.0.0.1 -c fsync=off", *(f"-c {s}" for s in settings)]
     )
-    subprocess.run(
-        _as_postgres(
-            [str(pg / "pg_ctl"), "-D", str(data), "-l", str(base / "log"), "-w", "start", "-o", options]
-        ),
-        check=True,
-        capture_output=True,
-    )
+    (base / "options").write_text(options)
+    resume(base)
     subprocess.run(
         [str(pg / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "dicomweb"],
         check=True,
         capture_output=True,
     )
     return f"postgresql+asyncpg://postgres@127.0.0.1:{port}/dicomweb"
+
+
+def resume(base: Path) -> None:
+    """Start the cluster in `base` again, as `start` first started it."""
+    pg = bin_dir()
+    assert pg is not None
+    subprocess.run(
+        _as_postgres(
+            [
+                str(pg / "pg_ctl"),
+                "-D",
+                str(base / "data"),
+                "-l",
+                str(base / "log"),
+                "-w",
+                "start",
+                "-o",
+                (base / "options").read_text(),
+            ]
+        ),
+        check=True,
+        capture_output=True,
+    )
 
 
 def stop(base: Path) -> None:

@@ -19,6 +19,7 @@ from dicomweb.responses import HTTPError, archive_of, error_response
 from dicomweb.security import security_middleware, security_state
 from dicomweb.static_sites import static_routes
 from storage import (
+    INDEX_UNREACHABLE,
     Archive,
     BadRequest,
     CannotProduce,
@@ -116,6 +117,11 @@ async def storage_error(request: Request, exc: Exception) -> Response:
     return error_response(status, str(exc))
 
 
+async def index_unreachable(request: Request, exc: Exception) -> Response:
+    log.warning("the index is unreachable on %s %s: %s", request.method, request.url.path, type(exc).__name__)
+    return error_response(503, "the index database cannot be reached; retry shortly")
+
+
 async def unexpected_error(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     return error_response(500, f"internal error: {type(exc).__name__}")
@@ -173,6 +179,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         exception_handlers={
             HTTPError: http_error,
             StorageError: storage_error,
+            **dict.fromkeys(INDEX_UNREACHABLE, index_unreachable),
             404: not_found,
             405: not_found,
             Exception: unexpected_error,

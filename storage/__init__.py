@@ -32,7 +32,7 @@ from storage.config import (
     viewer_demo_dir_override,
 )
 from storage.dicom_file import BASE_PLACEHOLDER
-from storage.errors import BadRequest, CannotProduce, NotFound, NotReady, StorageError
+from storage.errors import INDEX_UNREACHABLE, BadRequest, CannotProduce, NotFound, NotReady, StorageError
 from storage.frame_forms import WHOLE, FramePlan, Subset, plan_frame
 from storage.index import InstanceRecord, MasterState
 from storage.preview import PREVIEW, PREVIEW_RULE, instance_preview_layers
@@ -61,6 +61,7 @@ __all__ = [
     "DEFAULT_QUALITY",
     "EXPLICIT_LE",
     "IMPLICIT_LE",
+    "INDEX_UNREACHABLE",
     "JPEG",
     "LOG_LEVELS",
     "MEDIA_TYPES",

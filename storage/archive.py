@@ -91,7 +91,12 @@ class Archive:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         settings.tmp_dir.mkdir(parents=True, exist_ok=True)
         self.blobs = open_blob_store(settings)
-        self.index = Index(settings.sql_url)
+        self.index = Index(
+            settings.sql_url,
+            pool_size=settings.db_pool_size,
+            connect_timeout=settings.db_connect_timeout,
+            statement_timeout=settings.db_statement_timeout,
+        )
         self.api_keys = ApiKeys(self.index.engine)
         self._sop_locks: dict[str, asyncio.Lock] = {}
         self.masters = MasterQueue(self.index, self.blobs, settings, on_master=self._keep_uncompressed)

@@ -71,6 +71,11 @@ class Settings:
     # AWS_SECRET_ACCESS_KEY, a web identity token, the container or instance metadata service).
     s3_endpoint: str = ""
     s3_region: str = ""
+    # PostgreSQL: connections kept per process, and how long connecting and one statement may take before
+    # the request is answered 503 (the database is unreachable) rather than waiting on.
+    db_pool_size: int = 10
+    db_connect_timeout: float = 5.0
+    db_statement_timeout: float = 60.0
     # Root of the DICOMweb API in URLs.
     root: str = "/dicom-web"
     # Public base URL used in RetrieveURL / BulkDataURI when behind a proxy; empty = from the request.
@@ -175,6 +180,9 @@ def settings_from_env() -> Settings:
     return Settings(
         data_dir=Path(env.get("DICOMWEB_DATA") or d.data_dir),
         database_url=env.get("DICOMWEB_DATABASE_URL", d.database_url),
+        db_pool_size=env_int("DICOMWEB_DB_POOL_SIZE", d.db_pool_size, minimum=1),
+        db_connect_timeout=env_int("DICOMWEB_DB_CONNECT_TIMEOUT", int(d.db_connect_timeout), minimum=1),
+        db_statement_timeout=env_int("DICOMWEB_DB_STATEMENT_TIMEOUT", int(d.db_statement_timeout), minimum=1),
         blob_url=check_blob_url(env.get("DICOMWEB_BLOB_URL", "").strip() or d.blob_url),
         s3_endpoint=(
             env.get("AWS_ENDPOINT_URL_S3", "").strip()

@@ -29,3 +29,15 @@ class NotReady(StorageError):
 def no_such(study: str | None, series: str | None, sop: str | None) -> NotFound:
     """The "no such ..." error for the most specific level of the UIDs given."""
     return NotFound(f"no such {'instance' if sop else 'series' if series else 'study'}")
+
+
+def _index_unreachable() -> tuple[type[BaseException], ...]:
+    from sqlalchemy.exc import InterfaceError, OperationalError
+    from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+    # A refused or reset connection, a connect or statement timeout, a connection the database dropped.
+    return (ConnectionError, TimeoutError, OperationalError, InterfaceError, PoolTimeout)
+
+
+# What the index raises when the database cannot be reached: the HTTP layer answers 503 with Retry-After.
+INDEX_UNREACHABLE = _index_unreachable()

@@ -143,16 +143,23 @@ def _sqlstate(exc: DBAPIError) -> str:
 
 
 class Index:
-    def __init__(self, url: str) -> None:
+    def __init__(
+        self, url: str, *, pool_size: int = 10, connect_timeout: float = 5.0, statement_timeout: float = 60.0
+    ) -> None:
         self.url = url
         connect_args: dict[str, Any] = {}
+        options: dict[str, Any] = {}
         if make_url(url).drivername == "postgresql+asyncpg":
+            # A database that stops answering gives an error within these bounds, never a hang; a pooled
+            # connection the database dropped (a restart, a failover) is noticed before it is used.
+            connect_args.update(timeout=connect_timeout, command_timeout=statement_timeout)
+            options.update(pool_size=pool_size, pool_pre_ping=True)
             # asyncpg prepares every statement; after five runs PostgreSQL may switch a prepared statement
             # to a generic plan, made without the values: for `study_date BETWEEN $1 AND $2 ... LIMIT $3`
             # or `patient_id LIKE $1` that plan ignores how selective the values are (no trigram index
             # for an infix pattern, a full sort for a range). Planning each execution costs ~0.1 ms.
             connect_args["server_settings"] = {"plan_cache_mode": "force_custom_plan"}
-        self.engine: AsyncEngine = create_async_engine(url, connect_args=connect_args)
+        self.engine: AsyncEngine = create_async_engine(url, connect_args=connect_args, **options)
         self.is_sqlite = self.engine.dialect.name == "sqlite"
         # SQLite allows one writer; queueing writers here is cheaper than SQLITE_BUSY retries.
         self._write_lock = asyncio.Lock()

@@ -7,7 +7,10 @@ SQLite and PostgreSQL: upserts, case-(in)sensitive matching, grouped counts, the
 from __future__ import annotations
 
 import io
+import shutil
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -100,3 +103,35 @@ def test_store_search_retrieve_delete(pg_client: httpx.Client) -> None:
     assert studies(PatientID="PG-1")[0]["00201208"]["Value"] == [3]
     assert pg_client.delete(f"/studies/{study}").status_code == 204
     assert studies(PatientID="PG-1") == []
+
+
+def test_database_lost_and_back(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """PostgreSQL stops under a running server: requests get 503 with Retry-After within the connect
+    timeout, never a hang or a 500; once it is back, the same server answers again."""
+    base = Path(tempfile.mkdtemp(prefix="dicomweb-pg-lost-"))
+    url = pg_cluster.start(base, pg_cluster.free_port())
+    srv = Server(
+        tmp_path_factory.mktemp("pglost") / "data",
+        {
+            "DICOMWEB_DATABASE_URL": url,
+            "DICOMWEB_DB_CONNECT_TIMEOUT": "2",
+            "DICOMWEB_DB_STATEMENT_TIMEOUT": "5",
+        },
+    )
+    try:
+        with httpx.Client(base_url=srv.root, timeout=30) as client:
+            data = new_uids((PYDICOM_TEST_FILES / "CT_small.dcm").read_bytes())
+            assert stow(client, [data]).status_code == 200
+            assert client.get("/studies").status_code == 200
+            pg_cluster.stop(base)
+            for _ in range(3):
+                lost = client.get("/studies")
+                assert lost.status_code == 503, lost.text
+                assert "retry-after" in lost.headers and "cannot be reached" in lost.json()["error"]
+            pg_cluster.resume(base)
+            back = client.get("/studies")
+            assert back.status_code == 200 and len(back.json()) == 1
+    finally:
+        srv.stop()
+        pg_cluster.stop(base)
+        shutil.rmtree(base, ignore_errors=True)
