@@ -14,12 +14,16 @@ in ``versions/`` (the ``script.py.mako`` template is the one Alembic ships), giv
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import inspect, text
 from sqlalchemy.engine import Connection
+
+# Alembic says "Context impl SQLiteImpl" and the like at every start: only its warnings reach the log.
+logging.getLogger("alembic").setLevel(logging.WARNING)
 
 HERE = Path(__file__).resolve().parent
 BASELINE = "0001"  # the schema before migrations existed
