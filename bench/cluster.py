@@ -29,7 +29,7 @@ from pathlib import Path
 import httpx
 
 from bench import pg_cluster
-from bench.processes import free_port, log_tail
+from bench.processes import free_port, wait_http_ok
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BUCKET = "dicomweb"
@@ -83,27 +83,6 @@ def kill_group(pid: int, sig: int = signal.SIGTERM, wait: float = 10.0) -> None:
         os.waitpid(pid, 0)
 
 
-def _wait_http(
-    url: str, timeout: float, proc: subprocess.Popen | None = None, log: Path | None = None
-) -> None:
-    deadline = time.monotonic() + timeout
-    last = "no answer"
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(
-                f"{url}: process exited ({proc.returncode})\n{log_tail(log, 20) if log else ''}"
-            )
-        try:
-            r = httpx.get(url, timeout=2.0)
-            if r.status_code == 200:
-                return
-            last = f"HTTP {r.status_code}: {r.text[:200]}"
-        except httpx.HTTPError as exc:
-            last = type(exc).__name__
-        time.sleep(0.1)
-    raise RuntimeError(f"{url} not ready after {timeout:.0f} s ({last})\n{log_tail(log, 20) if log else ''}")
-
-
 def create_bucket(endpoint: str, bucket: str) -> None:
     import boto3  # comes with moto[server], the test extra
 
@@ -125,7 +104,7 @@ def start_s3_server(base: Path) -> tuple[str, subprocess.Popen]:
     log = base / "s3.log"
     proc = _spawn([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], log)
     try:
-        _wait_http(f"{endpoint}/moto-api/", 30, proc, log)
+        wait_http_ok(f"{endpoint}/moto-api/", proc, 30, log)
         create_bucket(endpoint, BUCKET)
     except BaseException:
         kill_group(proc.pid)
@@ -283,7 +262,7 @@ class Cluster:
         log = self.base / "haproxy.log"
         proc = _spawn([haproxy, "-f", str(cfg), "-db"], log)
         self._procs["haproxy"], self.pids["haproxy"] = proc, proc.pid
-        _wait_http(f"{self.url}/readyz", 30, proc, log)
+        wait_http_ok(f"{self.url}/readyz", proc, 30, log)
         self.wait_balanced()
 
     def start_replica(self, i: int, timeout: float = 90) -> None:
@@ -308,7 +287,7 @@ class Cluster:
             self.replica_env(),
         )
         node.pid = node.proc.pid
-        _wait_http(f"{node.base}/readyz", timeout, node.proc, node.log)
+        wait_http_ok(f"{node.base}/readyz", node.proc, timeout, node.log)
 
     def kill_replica(self, i: int, sig: int = signal.SIGKILL) -> None:
         """Kill replica `i` and its children at once (SIGKILL: no shutdown, as a crash or an OOM kill)."""
@@ -420,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
     cluster = Cluster(base=args.dir, replicas=args.replicas)
     try:
         cluster.start()
-    except RuntimeError as exc:
+    except (RuntimeError, TimeoutError) as exc:
         print(f"cluster: {exc}", file=sys.stderr)
         shutil.rmtree(args.dir, ignore_errors=True)
         return 1

@@ -19,22 +19,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_http_ok(url: str, process: subprocess.Popen, timeout: float) -> None:
-    """Poll ``url`` until it answers 200; fail fast if the process died."""
+def wait_http_ok(url: str, process: subprocess.Popen, timeout: float, log: Path | None = None) -> None:
+    """Poll ``url`` until it answers 200; fail fast (RuntimeError) if the process died, TimeoutError after
+    ``timeout`` seconds. Either message ends with the tail of ``log``, when given."""
+    tail = (lambda: f"\n{log_tail(log, 20)}") if log is not None else (lambda: "")
     deadline = time.monotonic() + timeout
     last = "no answer"
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"process exited with code {process.returncode} before {url} answered")
+            raise RuntimeError(f"process exited with code {process.returncode} before {url} answered{tail()}")
         try:
             r = httpx.get(url, timeout=2.0)
             if r.status_code == 200:
                 return
-            last = f"HTTP {r.status_code}"
+            last = f"HTTP {r.status_code}: {r.text[:200]}"
         except httpx.HTTPError as exc:
             last = type(exc).__name__
         time.sleep(0.1)
-    raise TimeoutError(f"{url} not ready after {timeout:.0f}s ({last})")
+    raise TimeoutError(f"{url} not ready after {timeout:.0f}s ({last}){tail()}")
 
 
 def stop_process(process: subprocess.Popen, timeout: float = 15.0) -> None:
