@@ -32,7 +32,7 @@ from storage.tags import is_series_level, is_study_level, tag_hex
 from storage.transcode import native_frame_size
 from storage.transfer_syntaxes import DEFLATED_LE, syntax
 from storage.uids import is_valid_uid
-from storage.values import json_int, json_text, normalize_time
+from storage.values import json_int, json_text, normalize_time, pixel_data_size
 
 PIXEL_DATA = BaseTag(0x7FE00010)
 # Image attributes, as DICOM JSON keys.
@@ -432,6 +432,7 @@ def _parse(ds: Dataset, path: Path, threshold: int) -> ParsedInstance:
             "attrs": orjson.dumps(inst_attrs),
             "metadata": metadata_json,
             "sha256": "",
+            "pixel_bytes": pixel_data_size(inst_attrs, number_of_frames),
         },
         frames=frames,
         encapsulated=encapsulated,

@@ -109,6 +109,7 @@ def _instance_values(p: ParsedInstance, blob_key: str, size: int) -> dict[str, A
         **p.instance_row,
         "blob_key": blob_key,
         "size": size,
+        "received_size": size,
         "created_at": time.time(),
         "fidelity": None,
         "pixel_sha256": None,
@@ -478,7 +479,7 @@ class Index:
         """Point the instance at its master, if it still points at the blob the master was made from."""
         values = _instance_values(master, master_key, size)
         values.update(fidelity=orjson.dumps(fidelity), pixel_sha256=pixel_sha256)
-        for key in ("sop_uid", "series_uid", "study_uid", "created_at"):
+        for key in ("sop_uid", "series_uid", "study_uid", "created_at", "received_size"):
             values.pop(key)
 
         def transaction(conn: Connection) -> bool:

@@ -56,6 +56,9 @@ studies = Table(
     Column("num_instances", Integer, nullable=False, default=0),
     Column("attrs", LargeBinary, nullable=False),
     Column("updated_at", Float, nullable=False),
+    # When a WADO-RS retrieval last read the study (epoch seconds, 0 = never): lifecycle rules leave
+    # studies read recently alone.
+    Column("accessed_at", Float, nullable=False, default=0.0, server_default="0"),
 )
 # With the UID, so that an infix wildcard (no prefix to seek) scans these small index entries instead of
 # the studies' rows (SQLite; PostgreSQL has trigram indexes for it, migration 0003).
@@ -109,6 +112,12 @@ instances = Table(
     # Masters only: per-frame fidelity ladder (JSON) and SHA-256 of the decoded pixels.
     Column("fidelity", LargeBinary, nullable=True),
     Column("pixel_sha256", String(64), nullable=True),
+    # Storage economics (issue 16): bytes of the file as received (``size`` is what is stored now),
+    # the uncompressed Pixel Data size (Rows x Columns x Samples x Bits Allocated / 8 x frames), and the
+    # store tier that holds the blob: "hot" (the blob store) or "cold" (DICOMWEB_COLD_BLOB_URL).
+    Column("received_size", BigInteger, nullable=False, default=0, server_default="0"),
+    Column("pixel_bytes", BigInteger, nullable=False, default=0, server_default="0"),
+    Column("tier", String(16), nullable=False, default="hot", server_default="hot"),
 )
 # Instances of a series (/metadata, frames) and of a study, in result order.
 Index("ix_instances_series_order", instances.c.series_uid, instances.c.instance_number, instances.c.sop_uid)
@@ -137,3 +146,45 @@ master_jobs = Table(
     Column("lease_until", Float, nullable=False, default=0.0),
 )
 Index("ix_master_jobs_state", master_jobs.c.state, master_jobs.c.updated_at)
+
+# An original SOP Instance UID and the derived (lossy) instance that took its place: WADO-RS requests for
+# the original are redirected to the successor.
+instance_successors = Table(
+    "instance_successors",
+    metadata,
+    Column("sop_uid", String(64), primary_key=True),
+    Column("successor_uid", String(64), nullable=False),
+    Column("study_uid", String(64), nullable=False),
+    Column("series_uid", String(64), nullable=False),
+    Column("reason", Text, nullable=False, default="", server_default=""),
+    Column("created_at", Float, nullable=False),
+)
+Index("ix_instance_successors_successor", instance_successors.c.successor_uid)
+
+# Per frame of a derived instance, its fidelity measured against the original before that was deleted.
+lossy_qa = Table(
+    "lossy_qa",
+    metadata,
+    Column("sop_uid", String(64), primary_key=True),
+    Column("frame", Integer, primary_key=True),
+    Column("source_uid", String(64), nullable=False),
+    Column("study_uid", String(64), nullable=False),
+    Column("layers", Integer, nullable=False),
+    Column("bytes", BigInteger, nullable=False),
+    Column("ratio", Float, nullable=False),
+    Column("psnr", Float, nullable=True),  # None: identical
+    Column("max_error", Integer, nullable=False),
+    Column("ssim", Float, nullable=False),
+    Column("created_at", Float, nullable=False),
+)
+Index("ix_lossy_qa_study", lossy_qa.c.study_uid, lossy_qa.c.sop_uid)
+
+# Blobs to delete once the transaction that stopped using them has committed: written in that
+# transaction, so a crash before the deletion leaves a row to finish, not an orphaned blob.
+blob_trash = Table(
+    "blob_trash",
+    metadata,
+    Column("blob_key", Text, primary_key=True),
+    Column("tier", String(16), primary_key=True),
+    Column("queued_at", Float, nullable=False),
+)

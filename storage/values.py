@@ -33,6 +33,14 @@ def json_int(attrs: dict[str, Any], tag_hex: str) -> int | None:
         return None
 
 
+def pixel_data_size(attrs: dict[str, Any], frames: int) -> int:
+    """Uncompressed Pixel Data size in bytes, as Lossy Image Compression Ratio counts it: Rows x Columns x
+    Samples per Pixel x Bits Allocated / 8 x frames (0 without pixels). Migration 0005 keeps a copy."""
+    rows, columns = json_int(attrs, "00280010") or 0, json_int(attrs, "00280011") or 0
+    samples, bits = json_int(attrs, "00280002") or 1, json_int(attrs, "00280100") or 0
+    return rows * columns * samples * bits * max(frames, 1) // 8
+
+
 def normalize_time(value: str, *, upper: bool = False) -> str:
     """'1530' -> '153000.000000' (or '155959.999999' as an upper bound), comparable as text."""
     value = value.strip().replace(":", "")
