@@ -37,6 +37,20 @@ def env_int(name: str, default: int, *, minimum: int = 0, maximum: int | None = 
     return number
 
 
+def env_float(name: str, default: float, *, minimum: float = 0.0) -> float:
+    """Number variable `name` (decimals allowed), or `default` when unset or empty."""
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return default
+    try:
+        number = float(value)
+    except ValueError:
+        raise SettingError(f"{name}={value!r} is not a number") from None
+    if not number >= minimum or number == float("inf"):
+        raise SettingError(f"{name}={value} is out of range (expected at least {minimum})")
+    return number
+
+
 def env_bool(name: str, default: bool) -> bool:
     """Boolean variable `name` (1/0, true/false, yes/no, on/off), or `default` when unset or empty."""
     value = os.environ.get(name, "").strip().lower()
@@ -143,6 +157,26 @@ class Settings:
     # Uploads (STOW) one client address may have in progress at once (429 beyond).
     max_uploads_per_client: int = 8
 
+    # ---- storage economics (issue 16) ----
+    # What a terabyte stored for a month costs, for the savings `stats` reports. The default is the list
+    # price of Amazon S3 Standard (us-east-1, first 50 TB: USD 0.023 per GB-month), the figure most
+    # storage budgets are compared with; set your own (on-premises storage with replicas and backup often
+    # costs more).
+    price_per_tb_month: float = 23.0
+    # The same for the cold tier (DICOMWEB_COLD_BLOB_URL): Amazon S3 Glacier Instant Retrieval's list
+    # price, USD 0.004 per GB-month.
+    cold_price_per_tb_month: float = 4.0
+    currency: str = "USD"
+    # Yearly growth of the archive, for the five-year projection (0.2 = 20 % more each year).
+    yearly_growth: float = 0.2
+    # A second blob store for studies a lifecycle rule moves to the cold tier (a folder, a file:// URL or
+    # s3://BUCKET/PREFIX); empty = no cold tier.
+    cold_blob_url: str = ""
+    # The lifecycle policy (a TOML file of ordered rules), and how often the server applies it on its
+    # own (seconds; 0 = only by `dicomweb lifecycle --apply`).
+    lifecycle_policy: str = ""
+    lifecycle_interval: float = 0.0
+
     @property
     def s3_location(self) -> tuple[str, str] | None:
         """(bucket, prefix) when blobs are in an S3 bucket, else None."""
@@ -235,6 +269,13 @@ def settings_from_env() -> Settings:
         max_uploads_per_client=env_int(
             "DICOMWEB_MAX_UPLOADS_PER_CLIENT", d.max_uploads_per_client, minimum=1
         ),
+        price_per_tb_month=env_float("DICOMWEB_PRICE_PER_TB_MONTH", d.price_per_tb_month),
+        cold_price_per_tb_month=env_float("DICOMWEB_COLD_PRICE_PER_TB_MONTH", d.cold_price_per_tb_month),
+        currency=env_word("DICOMWEB_CURRENCY", d.currency),
+        yearly_growth=env_float("DICOMWEB_YEARLY_GROWTH_PERCENT", d.yearly_growth * 100) / 100,
+        cold_blob_url=check_blob_url(env.get("DICOMWEB_COLD_BLOB_URL", "").strip() or d.cold_blob_url),
+        lifecycle_policy=env.get("DICOMWEB_LIFECYCLE", "").strip() or d.lifecycle_policy,
+        lifecycle_interval=env_float("DICOMWEB_LIFECYCLE_INTERVAL", d.lifecycle_interval),
     )
 
 
