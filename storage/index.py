@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import orjson
-from sqlalchemy import bindparam, create_engine, delete, event, func, make_url, select, update
+from sqlalchemy import bindparam, create_engine, delete, event, func, make_url, select, text, update
 from sqlalchemy.engine import Connection, Engine, Row
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -162,6 +162,8 @@ class Index:
             connect_args["server_settings"] = {"plan_cache_mode": "force_custom_plan"}
         self.engine: AsyncEngine = create_async_engine(url, connect_args=connect_args, **options)
         self.is_sqlite = self.engine.dialect.name == "sqlite"
+        # SQLite's trigram index for infix wildcards (migration 0006), when this SQLite could make it.
+        self.trigram = False
         # SQLite allows one writer; queueing writers here is cheaper than SQLITE_BUSY retries.
         self._write_lock = asyncio.Lock()
         self._upserts: dict[tuple[str, tuple[str, ...]], Any] = {}
@@ -184,6 +186,9 @@ class Index:
 
         async with self.engine.connect() as conn:
             await conn.run_sync(migrations.run)
+            if self.is_sqlite:
+                found = await conn.execute(text("SELECT 1 FROM sqlite_master WHERE name = 'studies_trigram'"))
+                self.trigram = found.first() is not None
 
     async def close(self) -> None:
         await self.engine.dispose()

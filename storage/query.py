@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 import orjson
-from sqlalchemy import and_, exists, func, or_, select, true
+from sqlalchemy import and_, column, exists, func, or_, select, table, true
 from sqlalchemy.sql import ColumnElement
 
 from storage import schema
@@ -272,16 +272,28 @@ def _after_prefix(prefix: str) -> str | None:
     return None
 
 
-def _wildcard_match(col, value: str) -> ColumnElement:
+def _wildcard_match(col, value: str, *, trigram: bool = False) -> ColumnElement:
     """Case-sensitive PS3.4 wildcard matching on a byte-ordered column (SQLite, or COLLATE "C" on
     PostgreSQL), with the literal prefix also given as a range: an index then serves it on both databases,
-    whatever the driver does with a bound LIKE pattern."""
+    whatever the driver does with a bound LIKE pattern. `trigram`: SQLite's trigram index (migration 0006)
+    exists."""
     if not value.strip("*"):
         return true()  # only "*": universal
     like = col.like(_like_pattern(value), escape="!")
     prefix = _literal_prefix(value)
     if not prefix:
         if col.table is S and col.name in INFIX_COVERED:
+            if trigram and _has_trigram(value):
+                # The trigram index finds the candidates (FTS5 takes no ESCAPE, hence plain literals only,
+                # and may fold case); the LIKE on the row decides.
+                found = select(STUDY_KEYS.c.study_uid).where(
+                    STUDY_KEYS.c.id.in_(
+                        select(STUDIES_TRIGRAM.c.rowid).where(
+                            STUDIES_TRIGRAM.c[col.name].like(_like_pattern(value))
+                        )
+                    )
+                )
+                return and_(S.c.study_uid.in_(found), like)
             # Nothing to seek: test every value, on the (value, study_uid) index's entries rather than on
             # the studies' rows (much smaller on SQLite; on PostgreSQL a trigram index answers the LIKE).
             covered = S.alias(f"infix_{col.name}")
@@ -330,10 +342,21 @@ def _fuzzy_name(col, value: str) -> ColumnElement:
 # lower-cased copy for case-insensitive matching.
 BYTEWISE_COLUMNS = {0x00100020: S.c.patient_id, 0x00080050: S.c.accession_number}
 INFIX_COVERED = {"patient_id", "patient_name_ci"}  # indexed as (column, study_uid)
+# SQLite's trigram index of those two columns and its stable keys (migration 0006; not in schema.py).
+STUDY_KEYS = table("study_keys", column("id"), column("study_uid"))
+STUDIES_TRIGRAM = table("studies_trigram", column("rowid"), column("patient_id"), column("patient_name_ci"))
+
+
+def _has_trigram(value: str) -> bool:
+    """Whether an FTS5 trigram index can serve the pattern: three literal characters in a row, none of
+    them a LIKE wildcard or escape."""
+    return not any(c in value for c in "%_!") and any(len(run) >= 3 for run in re.split(r"[*?]", value))
+
+
 CASE_FOLDED = {0x00100010: S.c.patient_name_ci}
 
 
-def _column_condition(tag: int, col, value: str, fuzzy: bool) -> ColumnElement | None:
+def _column_condition(tag: int, col, value: str, fuzzy: bool, trigram: bool = False) -> ColumnElement | None:
     if value.strip("*") == "":
         return None  # universal matching ("" or "*"): return the attribute, match everything
     vr = vr_of(tag)
@@ -392,11 +415,11 @@ def _column_condition(tag: int, col, value: str, fuzzy: bool) -> ColumnElement |
         if tag in CASE_FOLDED:
             folded = CASE_FOLDED[tag]
             if "*" in value or "?" in value:
-                return _wildcard_match(folded, value.lower())
+                return _wildcard_match(folded, value.lower(), trigram=trigram)
             return folded == value.lower()
         return _text_condition(col, value, ci=True)
     if tag in BYTEWISE_COLUMNS and ("*" in value or "?" in value):
-        return _wildcard_match(col, value)
+        return _wildcard_match(col, value, trigram=trigram)
     return _text_condition(col, value, ci=False)
 
 
@@ -536,7 +559,7 @@ async def run_query(
     for f in q.filters:
         mapped = COLUMNS.get(f.tag)
         if mapped and LEVEL_RANK[mapped[0]] <= LEVEL_RANK[q.level]:
-            cond = _column_condition(f.tag, mapped[1], f.value, q.fuzzy)
+            cond = _column_condition(f.tag, mapped[1], f.value, q.fuzzy, index.trigram)
             if cond is not None:
                 conds.append(cond)
         elif f.value != "":
