@@ -120,6 +120,9 @@ def _by_key(rows: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return {key: rows[key] for key in sorted(rows)}
 
 
+SQLITE_MMAP_BYTES = 1 << 30
+
+
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
     # WAL lets readers run during writes; NORMAL syncs at checkpoints, which keeps every committed
@@ -128,6 +131,11 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.execute("PRAGMA busy_timeout=30000")
     cur.execute("PRAGMA foreign_keys=ON")
+    # Read the file through a memory map (shared by every connection, through the OS page cache) rather
+    # than a read() per page into each connection's 2 MB cache: an offset deep into 100,000 studies walks
+    # ~8 MB of index, 6.1 ms with reads against 1.9 ms mapped (measured on this machine). Writes are not
+    # mapped.
+    cur.execute(f"PRAGMA mmap_size={SQLITE_MMAP_BYTES}")
     # PS3.4 matching is case-sensitive except where we ask for it (person names).
     cur.execute("PRAGMA case_sensitive_like=ON")
     cur.close()

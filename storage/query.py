@@ -568,27 +568,7 @@ async def run_query(
     limit = q.limit if q.limit is not None else MAX_RESULTS
     async with index.engine.connect() as conn:
         if not leftovers:
-            if q.offset:
-                # Deep pages: the rows skipped are found by their keys alone (along the order's index),
-                # and only the page's rows are read; otherwise PostgreSQL may sort the whole table.
-                key = LEVEL_KEY[q.level]
-                keys = (
-                    select(key)
-                    .select_from(_from_clause(q))
-                    .where(*conds)
-                    .order_by(*_order(q))
-                    .offset(q.offset)
-                    .limit(limit + 1)
-                )
-                stmt = _base_select(q)[0].where(key.in_(keys)).order_by(*_order(q))
-            else:
-                stmt = stmt.limit(limit + 1)
-            rows = (await conn.execute(stmt)).all()
-            remaining = MoreResults(0)
-            if len(rows) > limit:
-                rows = rows[:limit]
-                remaining = await _count_more(conn, q, conds, q.offset + limit)
-            return [_result(q, r) for r in rows], remaining
+            return await _page(conn, q, conds, limit)
         rows = (await conn.execute(stmt)).all()
     matched = []
     for r in rows:
@@ -599,15 +579,42 @@ async def run_query(
     return [_result(q, r) for r in page], MoreResults(max(0, len(matched) - q.offset - limit))
 
 
-async def _count_more(conn: Any, q: Query, conds: list[ColumnElement[bool]], skip: int) -> MoreResults:
-    """Matches past the first ``skip``, counted up to ``MORE_RESULTS_CAP`` (then "more than" that).
+async def _page(
+    conn: Any, q: Query, conds: list[ColumnElement[bool]], limit: int
+) -> tuple[list[dict[str, Any]], MoreResults]:
+    """A page of matches in result order, and how many more there are (exact up to ``MORE_RESULTS_CAP``).
 
-    Only the level's key is selected and nothing is ordered (how many rows lie past a position does not
-    depend on the order), so the database may count along whichever index is cheapest."""
-    keys = select(LEVEL_KEY[q.level]).select_from(_from_clause(q)).where(*conds)
-    window = keys.offset(skip).limit(MORE_RESULTS_CAP + 1).subquery()
-    n = (await conn.execute(select(func.count()).select_from(window))).scalar_one()
-    return MoreResults.at_least(MORE_RESULTS_CAP) if n > MORE_RESULTS_CAP else MoreResults(n)
+    The page is found by keys alone, along the order's index (a deep offset skips index entries, not rows;
+    otherwise PostgreSQL may sort the whole table), in one walk that also takes the keys of up to
+    ``MORE_RESULTS_CAP`` further matches: the Warning's count then costs no second query walking past the
+    offset again, and counting every match (a scan) is never needed. Only the page's rows are read, by
+    key."""
+    key = LEVEL_KEY[q.level]
+    walk = (
+        select(key)
+        .select_from(_from_clause(q))
+        .where(*conds)
+        .order_by(*_order(q))
+        .offset(q.offset)
+        .limit(limit + MORE_RESULTS_CAP + 1)
+    )
+    found = list((await conn.execute(walk)).scalars())
+    page, further = found[:limit], len(found) - limit
+    rows: list[Any] = []
+    for start in range(0, len(page), KEYS_PER_STATEMENT):
+        chunk = page[start : start + KEYS_PER_STATEMENT]
+        rows += (await conn.execute(_base_select(q)[0].where(key.in_(chunk)))).all()
+    position = {k: i for i, k in enumerate(page)}
+    rows.sort(key=lambda r: position[getattr(r, key.name)])
+    if further > MORE_RESULTS_CAP:
+        remaining = MoreResults.at_least(MORE_RESULTS_CAP)
+    else:
+        remaining = MoreResults(max(0, further))
+    return [_result(q, r) for r in rows], remaining
+
+
+# Keys bound in one IN list (SQLite allows 32,766 bound values; PostgreSQL 65,535).
+KEYS_PER_STATEMENT = 1000
 
 
 def _merged_attrs(q: Query, r: Any) -> dict[str, Any]:
