@@ -14,13 +14,14 @@ StudyDate, else of when the instance was received, UTC):
 - ``uncompressed_bytes``: the Pixel Data uncompressed (Rows x Columns x Samples x Bits Allocated / 8 x
   frames, ``instances.pixel_bytes``; 0 for objects without pixels);
 - ratios ``received_ratio`` = received / stored and ``uncompressed_ratio`` = uncompressed / stored (null
-  when nothing is stored).
+  when nothing is stored, or, for the latter, when the group has no pixel data).
 
 Money: a month of storage costs ``bytes / 10^12 x price`` (TB = 10^12 bytes; the default price,
 ``DICOMWEB_PRICE_PER_TB_MONTH`` = 23, is Amazon S3 Standard's list price of USD 0.023 per GB-month, and
 the cold tier's, ``DICOMWEB_COLD_PRICE_PER_TB_MONTH`` = 4, S3 Glacier Instant Retrieval's). "As received"
 prices every received byte at the hot price (a plain archive has one tier); "as stored" prices hot bytes
-at the hot price and cold bytes at the cold price; the saving is the difference.
+at the hot price and cold bytes at the cold price; the saving is the difference. Amounts are not rounded
+(a small archive's costs are fractions of a cent): readers format them.
 
 Five-year projection: the archive keeps its current mix (the same ratios, the same share on each tier) and
 grows by ``yearly_growth`` a year, compounded monthly: month m from now (m = 1..60) holds today's bytes
@@ -110,9 +111,9 @@ class Figures:
             "uncompressed_ratio": _ratio(self.uncompressed_bytes, self.stored_bytes)
             if self.uncompressed_bytes
             else None,
-            "cost_as_received_per_month": _money(self.cost_as_received(settings)),
-            "cost_as_stored_per_month": _money(self.cost_as_stored(settings)),
-            "saving_per_month": _money(self.cost_as_received(settings) - self.cost_as_stored(settings)),
+            "cost_as_received_per_month": (self.cost_as_received(settings)),
+            "cost_as_stored_per_month": (self.cost_as_stored(settings)),
+            "saving_per_month": (self.cost_as_received(settings) - self.cost_as_stored(settings)),
         }
 
 
@@ -193,10 +194,10 @@ class StorageStats:
                 for (modality, month), f in sorted(self.by_modality_month.items(), key=lambda kv: kv[0][::-1])
             ],
             "money": {
-                "per_month_as_received": _money(received),
-                "per_month_as_stored": _money(stored),
-                "per_month_uncompressed": _money(self.total.uncompressed_bytes / TB * s.price_per_tb_month),
-                "saving_per_month": _money(received - stored),
+                "per_month_as_received": (received),
+                "per_month_as_stored": (stored),
+                "per_month_uncompressed": (self.total.uncompressed_bytes / TB * s.price_per_tb_month),
+                "saving_per_month": (received - stored),
                 "saving_percent": None if received == 0 else round(100 * (received - stored) / received, 1),
             },
             "projection": [
@@ -204,10 +205,10 @@ class StorageStats:
                     "year": y.year,
                     "received_bytes": y.received_bytes,
                     "stored_bytes": y.stored_bytes,
-                    "cost_as_received": _money(y.cost_as_received),
-                    "cost_as_stored": _money(y.cost_as_stored),
-                    "saving": _money(y.saving),
-                    "cumulative_saving": _money(y.cumulative_saving),
+                    "cost_as_received": (y.cost_as_received),
+                    "cost_as_stored": (y.cost_as_stored),
+                    "saving": (y.saving),
+                    "cumulative_saving": (y.cumulative_saving),
                 }
                 for y in self.projection()
             ],
@@ -221,11 +222,6 @@ class StorageStats:
 
 def _ratio(a: int, b: int) -> float | None:
     return round(a / b, 3) if b else None
-
-
-def _money(value: float) -> float:
-    # Not rounded to cents: a test archive's costs are fractions of a cent; the readers format them.
-    return value
 
 
 def _digit(text: ColumnElement[Any], position: int) -> ColumnElement[bool]:
