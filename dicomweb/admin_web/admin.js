@@ -456,6 +456,7 @@ function say(text) {
 
 async function load() {
   say("");
+  delete document.body.dataset.loaded;
   let answer;
   try {
     answer = await getJson("/stats");
