@@ -276,20 +276,23 @@ async def storage_stats(engine: AsyncEngine, settings: Settings) -> StorageStats
     month = month_of(engine).label("month")
     modality = SE.c.modality.label("modality")
     joined = I.join(SE, SE.c.series_uid == I.c.series_uid).join(S, S.c.study_uid == I.c.study_uid)
-    # Three scans: the sums by (modality, month), and the distinct study counts by month and by modality,
+    # Two scans of the instances: the sums by (modality, month), and the distinct study counts by month,
     # which cannot be added up from the finer groups (a study with CT and SR series counts once a month).
+    # Studies per modality and in all come from the series and studies tables (a fraction of the rows).
     both = select(modality, month, *_sums()).select_from(joined).group_by(modality, month)
     months = select(month, func.count(func.distinct(I.c.study_uid)).label("studies")).select_from(joined)
-    modalities = select(modality, func.count(func.distinct(I.c.study_uid)).label("studies")).select_from(
-        I.join(SE, SE.c.series_uid == I.c.series_uid)
+    modalities = (
+        select(modality, func.count(func.distinct(SE.c.study_uid)).label("studies"))
+        .where(SE.c.num_instances > 0)
+        .group_by(modality)
     )
     async with engine.connect() as conn:
         groups = (await conn.execute(both)).all()
         month_studies = {r.month: r.studies for r in (await conn.execute(months.group_by(month))).all()}
-        modality_studies = {
-            r.modality: r.studies for r in (await conn.execute(modalities.group_by(modality))).all()
-        }
-        all_studies = (await conn.execute(select(func.count(func.distinct(I.c.study_uid))))).scalar_one()
+        modality_studies = {r.modality: r.studies for r in (await conn.execute(modalities)).all()}
+        all_studies = (
+            await conn.execute(select(func.count()).select_from(S).where(S.c.num_instances > 0))
+        ).scalar_one()
 
     by_pair: dict[tuple[str, str], Figures] = {}
     by_modality: dict[str, Figures] = {}
