@@ -6,33 +6,20 @@ when they share at least one; a principal without labels sees every study its sc
 silently (`visible_studies` is the subquery storage/query.py's run_query takes); any request naming a study
 the principal may not see is answered as if the study did not exist.
 
-The table is created here with ``create_all`` on the index's engine; it belongs in the index's schema
-migrations once they exist.
+The table is ``study_labels`` of storage/schema.py (migration 0007).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
-from sqlalchemy import Column, MetaData, PrimaryKeyConstraint, String, Table, delete, exists, insert, select
+from sqlalchemy import delete, exists, insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql import Select
 
 from storage import schema
 
-metadata = MetaData()
-study_labels = Table(
-    "study_labels",
-    metadata,
-    Column("study_uid", String(64), nullable=False),
-    Column("label", String(64), nullable=False),
-    PrimaryKeyConstraint("study_uid", "label"),
-)
-
-
-async def create_table(engine: AsyncEngine) -> None:
-    async with engine.begin() as conn:
-        await conn.run_sync(metadata.create_all)
+study_labels = schema.study_labels
 
 
 def visible_studies(labels: Iterable[str]) -> Select:

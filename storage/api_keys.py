@@ -10,8 +10,7 @@ Scopes are stored as the abstract names read, write, delete and admin (the names
 configurable; a key keeps working when they change). Labels, when a key has some, are the access labels it
 may see and the ones a study it stores receives.
 
-The table is created here with ``create_all`` on the index's engine; it belongs in the index's schema
-migrations once they exist.
+The table is ``api_keys`` of storage/schema.py (migration 0007).
 """
 
 from __future__ import annotations
@@ -24,26 +23,17 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from sqlalchemy import Column, Float, MetaData, String, Table, Text, delete, func, insert, select, update
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from storage.index import Index
+from storage.schema import api_keys
 
 SCOPES = ("read", "write", "delete", "admin")
 PREFIX = "dwk_"
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,127}")
 LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
 CACHE_SECONDS = 5.0  # how long a lookup (or a revocation) may take to be seen by a running server
-
-metadata = MetaData()
-api_keys = Table(
-    "api_keys",
-    metadata,
-    Column("name", String(128), primary_key=True),
-    Column("key_sha256", String(64), nullable=False, unique=True),
-    Column("scopes", Text, nullable=False),  # space-separated abstract scopes
-    Column("labels", Text, nullable=False, default=""),  # space-separated access labels; empty: all
-    Column("created_at", Float, nullable=False),
-    Column("revoked_at", Float, nullable=True),
-)
 
 
 class ApiKeyError(ValueError):
@@ -103,10 +93,6 @@ class ApiKeys:
         self.engine = engine
         self._lookups: dict[str, tuple[float, ApiKey | None]] = {}
         self._any: tuple[float, bool] | None = None
-
-    async def create_table(self) -> None:
-        async with self.engine.begin() as conn:
-            await conn.run_sync(metadata.create_all)
 
     async def create(self, name: str, scopes: frozenset[str], labels: frozenset[str] = frozenset()) -> str:
         """A new key named `name`; returns the key (shown once, never stored)."""
@@ -199,10 +185,9 @@ class ApiKeys:
 @contextlib.asynccontextmanager
 async def open_api_keys(database_url: str) -> AsyncIterator[ApiKeys]:
     """The keys of the index at `database_url`, without opening an archive (the apikey commands)."""
-    engine = create_async_engine(database_url)
+    index = Index(database_url)
     try:
-        keys = ApiKeys(engine)
-        await keys.create_table()
-        yield keys
+        await index.create()  # the migrations: a new archive gets its tables
+        yield ApiKeys(index.engine)
     finally:
-        await engine.dispose()
+        await index.close()

@@ -115,8 +115,6 @@ class Archive:
         # unreachable database does, rather than failing every upload afterwards.
         await self.blobs.check(write=True)
         await self.index.create()
-        await self.api_keys.create_table()
-        await access_labels.create_table(self.index.engine)
         self._parser_count = parser_processes if parser_processes is not None else (os.cpu_count() or 1)
         if self._parser_count > 1:
             self._parsers = self._new_parser_pool()

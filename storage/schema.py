@@ -22,6 +22,7 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     MetaData,
+    PrimaryKeyConstraint,
     String,
     Table,
     Text,
@@ -187,4 +188,25 @@ blob_trash = Table(
     Column("blob_key", Text, primary_key=True),
     Column("tier", String(16), primary_key=True),
     Column("queued_at", Float, nullable=False),
+)
+
+# API keys (storage/api_keys.py): only the SHA-256 of each key is kept.
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("name", String(128), primary_key=True),
+    Column("key_sha256", String(64), nullable=False, unique=True),
+    Column("scopes", Text, nullable=False),  # space-separated abstract scopes
+    Column("labels", Text, nullable=False, default=""),  # space-separated access labels; empty: all
+    Column("created_at", Float, nullable=False),
+    Column("revoked_at", Float, nullable=True),
+)
+
+# Per-study access labels (storage/access_labels.py).
+study_labels = Table(
+    "study_labels",
+    metadata,
+    Column("study_uid", String(64), nullable=False),
+    Column("label", String(64), nullable=False),
+    PrimaryKeyConstraint("study_uid", "label"),
 )
