@@ -135,7 +135,7 @@ class RulePlan:
             "bytes_now": self.bytes_now,
             "bytes_after": self.bytes_after,
             "saving_bytes": self.saving_bytes,
-            "saving_per_month": round(self.saving_per_month(settings), 4),
+            "saving_per_month": self.saving_per_month(settings),
             "worst_psnr_db": None if psnr is None else round(psnr, 2),
             "worst_max_error": self.worst_max_error,
         }
