@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -13,8 +14,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Mount, Route
 
-from dicomweb import frames, labels_api, progressive, qido, rendered, stats_api, stow, wado
+from dicomweb import frames, labels_api, lifecycle_api, progressive, qido, rendered, stats_api, stow, wado
 from dicomweb.access_log import AccessLogMiddleware
+from dicomweb.audit import lifecycle_record
 from dicomweb.responses import HTTPError, archive_of, error_response
 from dicomweb.security import security_middleware, security_state
 from dicomweb.static_sites import static_routes
@@ -27,6 +29,7 @@ from storage import (
     NotReady,
     Settings,
     StorageError,
+    run_on_schedule,
     settings_from_env,
 )
 
@@ -41,6 +44,9 @@ def dicomweb_routes() -> list[Route]:
     return [
         Route("/status", status, methods=["GET"]),
         Route("/stats", stats_api.stats, methods=["GET"]),
+        Route("/lifecycle", lifecycle_api.lifecycle, methods=["GET"]),
+        Route("/lifecycle/qa", lifecycle_api.lifecycle_qa, methods=["GET"]),
+        Route(ST + "/qa", lifecycle_api.study_qa, methods=["GET"]),
         Route("/studies", stow.store, methods=["POST"]),
         Route("/studies", qido.studies, methods=["GET"]),
         Route("/series", qido.series, methods=["GET"]),
@@ -112,6 +118,9 @@ async def http_error(request: Request, exc: Exception) -> Response:
 
 
 async def storage_error(request: Request, exc: Exception) -> Response:
+    if isinstance(exc, NotFound) and (redirect := await lifecycle_api.moved(request)) is not None:
+        # The instance was replaced by its lossy derived copy: any resource of it is found there.
+        return redirect
     status = next((code for kind, code in STATUS_OF.items() if isinstance(exc, kind)), 500)
     if status == 500:
         log.error("unmapped storage error on %s %s: %s", request.method, request.url.path, type(exc).__name__)
@@ -133,6 +142,13 @@ async def not_found(request: Request, exc: Exception) -> Response:
     return error_response(status, getattr(exc, "detail", "not found") or "not found")
 
 
+def _audit_change(app: Starlette, change: dict) -> None:
+    """A change the scheduled lifecycle made, in the audit log when there is one."""
+    audit = getattr(app.state, "audit", None)
+    if audit is not None:
+        audit.write(lifecycle_record(change, who="lifecycle schedule"))
+
+
 def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or settings_from_env()
 
@@ -142,10 +158,24 @@ def create_app(settings: Settings | None = None) -> Starlette:
         archive.clear_tmp()
         await archive.open()
         app.state.archive = archive
+        schedule: asyncio.Task[None] | None = None
         try:
             async with security_state(app, settings, archive):
+                if settings.lifecycle_policy and settings.lifecycle_interval > 0:
+                    schedule = asyncio.create_task(
+                        run_on_schedule(
+                            archive,
+                            settings.lifecycle_policy,
+                            settings.lifecycle_interval,
+                            on_change=lambda change: _audit_change(app, change),
+                        )
+                    )
                 yield
         finally:
+            if schedule is not None:
+                schedule.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await schedule
             await archive.close()
 
     # First, so it logs every answer (CORS preflights included); an unhandled error is logged as 500.

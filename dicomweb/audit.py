@@ -13,6 +13,11 @@ failure for 4xx, 8 serious failure for 5xx) and the bytes in and out.
 | store    | STOW-RS                               | 110104 DICOM Instances Transferred       | C |
 | delete   | DELETE of a study                     | 110105 DICOM Study Deleted               | D |
 | delete   | DELETE of a series or instance        | 110103 DICOM Instances Accessed          | D |
+| lifecycle| a lifecycle rule derived or moved one | 110103 DICOM Instances Accessed          | U |
+
+Lifecycle changes (`dicomweb lifecycle --apply`, or the server's schedule) are not requests: the storage
+code reports each through a callback, written here by `lifecycle_record` (who: the command or schedule;
+the original and derived SOP Instance UIDs, or the instances and bytes moved).
 
 Search keys are recorded with their values, except those that identify a patient (the Patient module's
 group 0010, AccessionNumber, and anything that is not a known attribute), which are masked as ``***``.
@@ -46,6 +51,7 @@ EVENTS = {
     "store": ("110104", "DICOM Instances Transferred", "C"),
     "delete-study": ("110105", "DICOM Study Deleted", "D"),
     "delete": ("110103", "DICOM Instances Accessed", "D"),
+    "lifecycle": ("110103", "DICOM Instances Accessed", "U"),
 }
 QIDO_TAILS = (
     ("studies",),
@@ -134,6 +140,24 @@ def uids_from_stow(body: bytes, encoding: str) -> tuple[list[str], list[str]]:
                     studies[parts[i + 1]] = None
                     series[parts[j + 1]] = None
     return list(studies), list(series)
+
+
+def lifecycle_record(change: dict[str, Any], who: str) -> dict[str, Any]:
+    """The audit line of one change a lifecycle rule made (storage.lifecycle.apply's `on_change`)."""
+    code, meaning, action_code = EVENTS["lifecycle"]
+    return {
+        "time": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "action": "lifecycle",
+        "event_id": {"code": code, "scheme": "DCM", "meaning": meaning},
+        "event_action": action_code,
+        "who": who,
+        "auth": None,
+        "client": None,
+        "studies": [change["study"]],
+        "series": [change["series"]] if change.get("series") else [],
+        "outcome": 0,
+        "change": {k: v for k, v in change.items() if k not in ("study", "series", "time")},
+    }
 
 
 class AuditLog:

@@ -248,6 +248,8 @@ def required_scope(method: str, path: str) -> str:
         return "write"
     if parts[:1] in (["status"], ["stats"]):
         return "admin"
+    if parts[:1] == ["lifecycle"] or (parts[:1] == ["studies"] and parts[2:] == ["qa"]):
+        return "admin"
     return "read"
 
 

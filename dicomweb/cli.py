@@ -421,13 +421,40 @@ def _stats_parser(sub: argparse._SubParsersAction) -> None:
     add_parser(sub, _storage_options, stats)
 
 
+def lifecycle(args: argparse.Namespace) -> int:
+    from dicomweb.cli_lifecycle import run, run_lifecycle
+
+    settings = settings_from(args)
+    return run(lambda: run_lifecycle(args, settings))
+
+
+def qa(args: argparse.Namespace) -> int:
+    from dicomweb.cli_lifecycle import run, run_qa
+
+    settings = settings_from(args)
+    return run(lambda: run_qa(args, settings))
+
+
+def _lifecycle_parsers(sub: argparse._SubParsersAction) -> None:
+    from dicomweb.cli_lifecycle import add_parsers
+
+    add_parsers(sub, _storage_options, lifecycle, qa)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dicomweb", description="DICOMweb server with progressive JPEG 2000"
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_serve_parser, _import_parser, _verify_parser, _apikey_parser, _stats_parser):
+    for add in (
+        _serve_parser,
+        _import_parser,
+        _verify_parser,
+        _apikey_parser,
+        _stats_parser,
+        _lifecycle_parsers,
+    ):
         add(sub)
     return parser
 

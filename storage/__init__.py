@@ -35,6 +35,8 @@ from storage.dicom_file import BASE_PLACEHOLDER
 from storage.errors import INDEX_UNREACHABLE, BadRequest, CannotProduce, NotFound, NotReady, StorageError
 from storage.frame_forms import WHOLE, FramePlan, Subset, plan_frame
 from storage.index import InstanceRecord, MasterState
+from storage.lifecycle import ApplyResult, Policy, PolicyError, PolicyPlan, load_policy
+from storage.lifecycle.schedule import run_on_schedule
 from storage.preview import PREVIEW, PREVIEW_RULE, instance_preview_layers
 from storage.query import Level
 from storage.render import (
@@ -77,6 +79,7 @@ __all__ = [
     "ApiKey",
     "ApiKeyError",
     "ApiKeys",
+    "ApplyResult",
     "Archive",
     "BadRequest",
     "BlobStoreUnavailable",
@@ -89,6 +92,9 @@ __all__ = [
     "NotFound",
     "NotReady",
     "Outcome",
+    "Policy",
+    "PolicyError",
+    "PolicyPlan",
     "Region",
     "RenderOptions",
     "SearchResult",
@@ -104,12 +110,14 @@ __all__ = [
     "check_codec_stack",
     "instance_preview_layers",
     "is_valid_uid",
+    "load_policy",
     "ohif_dist_override",
     "open_api_keys",
     "parse_attribute",
     "parse_labels",
     "parse_scopes",
     "plan_frame",
+    "run_on_schedule",
     "settings_from_env",
     "syntax",
     "user_data_home",

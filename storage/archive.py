@@ -40,6 +40,10 @@ from storage.dicom_json import bulk_value
 from storage.errors import CannotProduce, NotFound, NotReady, no_such
 from storage.frame_forms import WHOLE, FramePlan, Source, Subset
 from storage.index import Index, InstanceRecord, MasterState
+from storage.lifecycle import ApplyResult, OnChange, OnProgress, Policy, PolicyPlan
+from storage.lifecycle.apply import apply_plan
+from storage.lifecycle.plan import plan_policy
+from storage.lifecycle.reports import recent_qa, study_qa
 from storage.mastering.make import MasterNotPossible, container_dtype, provisional_codestream
 from storage.mastering.queue import MasterQueue
 from storage.metadata_cache import bodies as metadata_bodies
@@ -526,7 +530,7 @@ class Archive:
                 else:
                     whole = await self.htj2k_frame(rec, number)
                 if drop == 0 and not provisional:
-                    return whole, HTJ2K_LOSSLESS_RPCL
+                    return whole, HTJ2K_LOSSLESS_RPCL if rec.transfer_syntax == J2K_LOSSLESS else HTJ2K
                 return cut(whole, layers=None, drop_levels=drop), HTJ2K
             layers = subset.layers if subset.layers is not None and subset.layers < head.layers else None
             if provisional and subset.fsiz:
@@ -534,7 +538,8 @@ class Archive:
                 # (a share of a thumbnail's bytes) would be far worse than the master's first layers.
                 layers = None
             if layers is None and drop == 0 and not provisional:
-                return without_padding(master), J2K_LOSSLESS
+                # A derived (lossy) instance's whole frame is the lossy cut it holds.
+                return without_padding(master), J2K_LOSSLESS if rec.transfer_syntax == J2K_LOSSLESS else J2K
             return cut(master, layers=layers, drop_levels=drop), J2K
         except CutError as exc:
             raise CannotProduce(f"cannot cut this frame: {exc}") from None
@@ -649,6 +654,39 @@ class Archive:
                 )
         except FileNotFoundError:
             raise NotFound("the instance was deleted while it was being rendered") from None
+
+    # ---- lifecycle (storage.lifecycle) ------------------------------------------------------------
+
+    async def lifecycle_plan(self, policy: Policy, *, ignore_study_date: bool = False) -> PolicyPlan:
+        """The dry run of `policy`: what each rule would do now (from the index alone)."""
+        return await plan_policy(self.index.engine, policy, ignore_study_date=ignore_study_date)
+
+    async def apply_lifecycle_plan(
+        self, plan: PolicyPlan, *, on_change: OnChange | None = None, on_progress: OnProgress | None = None
+    ) -> ApplyResult:
+        """Carry out a plan; crash-safe and resumable (see storage.lifecycle.apply)."""
+        return await apply_plan(self, plan, on_change=on_change, on_progress=on_progress)
+
+    async def lifecycle_summary(self, policy: Policy | None) -> dict[str, Any]:
+        """GET {root}/lifecycle: the dry run's figures per rule (no policy: none)."""
+        if policy is None:
+            return {"policy": None, "rules": []}
+        return (await self.lifecycle_plan(policy)).summary(self.settings)
+
+    async def study_qa(self, study: str) -> list[dict[str, Any]]:
+        """Per derived frame of a study, its fidelity against the original; NotFound for no such study."""
+        rows = await study_qa(self.index.engine, study)
+        if not rows and not await self.index.instances(study):
+            raise no_such(study, None, None)
+        return rows
+
+    async def recent_qa(self, limit: int) -> list[dict[str, Any]]:
+        """The most recently derived studies, one entry each, with their worst figures."""
+        return await recent_qa(self.index.engine, limit)
+
+    async def successor(self, sop: str) -> tuple[str, str, str] | None:
+        """(study, series, SOP Instance UID) of the derived instance that took the place of `sop`."""
+        return await self.index.successor(sop)
 
     async def delete(self, study: str, series: str | None = None, sop: str | None = None) -> int:
         """Delete a study, series or instance; NotFound if there is none."""

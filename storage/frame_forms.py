@@ -118,7 +118,9 @@ FORMS: tuple[Form, ...] = (
     # JPEG 2000 from the master: whole (.90) only when no subset is asked for.
     Form(
         frozenset({JP2}),
-        lambda r, s: frozenset({None, "*", J2K} | (set() if s.wanted else {J2K_LOSSLESS})),
+        lambda r, s: frozenset(
+            {None, "*", J2K} | (set() if s.wanted or r.transfer_syntax == J2K else {J2K_LOSSLESS})
+        ),
         _cuttable,
         lambda r: _CUT_PLAN,
     ),

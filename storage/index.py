@@ -20,6 +20,7 @@ from storage import schema
 from storage.dicom_file import ParsedInstance
 
 S, SE, I, J = schema.studies, schema.series, schema.instances, schema.master_jobs
+SUCC, QA, TRASH = schema.instance_successors, schema.lossy_qa, schema.blob_trash
 T = TypeVar("T")
 
 
@@ -273,6 +274,9 @@ class Index:
             self._upsert(conn, S, "study_uid", list(studies_rows.values()))
             self._upsert(conn, SE, "series_uid", list(series_rows.values()))
             self._upsert(conn, I, "sop_uid", list(inst_rows.values()))
+            # An original sent again after a lifecycle rule replaced it by a lossy copy: the sender asked
+            # for it, so it is stored as any new instance, and requests for it are no longer redirected.
+            conn.execute(delete(SUCC).where(SUCC.c.sop_uid.in_(list(inst_rows))))
             self._queue_masters(conn, items)
             self._refresh_counts(
                 conn,
@@ -506,6 +510,89 @@ class Index:
 
         return await self._write(transaction)
 
+    async def swap_derived(
+        self,
+        original_sop: str,
+        original_key: str,
+        derived: ParsedInstance,
+        derived_key: str,
+        size: int,
+        fidelity: list[dict[str, Any]],
+        qa_rows: list[dict[str, Any]],
+        reason: str,
+    ) -> bool:
+        """Put a derived (lossy) instance in the place of its original, in one transaction, if the
+        original still points at the blob it was derived from: the derived row (keeping the original's
+        received size, receipt time and tier), the original's row gone, the redirect from the original
+        to it, its QA rows, and the original's blob queued in blob_trash (deleted after the commit).
+        Counts do not change; the series' ready metadata is invalidated since its blob keys change
+        (storage.metadata_cache). False when the original was replaced or deleted meanwhile."""
+        values = _instance_values(derived, derived_key, size)
+        values.update(fidelity=orjson.dumps(fidelity), pixel_sha256=None)
+        now = time.time()
+
+        def transaction(conn: Connection) -> bool:
+            self._lock_studies(conn, {derived.study_uid})
+            old = conn.execute(
+                select(I.c.blob_key, I.c.received_size, I.c.created_at, I.c.tier, I.c.series_uid).where(
+                    I.c.sop_uid == original_sop
+                )
+            ).first()
+            if old is None or old.blob_key != original_key:
+                return False
+            row = {
+                **values,
+                "received_size": old.received_size,
+                "created_at": old.created_at,
+                "tier": old.tier,
+            }
+            self._upsert(conn, I, "sop_uid", [row])
+            conn.execute(delete(I).where(I.c.sop_uid == original_sop))
+            conn.execute(delete(J).where(J.c.sop_uid == original_sop))
+            self._upsert(
+                conn,
+                SUCC,
+                "sop_uid",
+                [
+                    {
+                        "sop_uid": original_sop,
+                        "successor_uid": derived.sop_uid,
+                        "study_uid": derived.study_uid,
+                        "series_uid": derived.series_uid,
+                        "reason": reason,
+                        "created_at": now,
+                    }
+                ],
+            )
+            conn.execute(delete(QA).where(QA.c.sop_uid == derived.sop_uid))
+            if qa_rows:
+                conn.execute(QA.insert(), [{**r, "created_at": now} for r in qa_rows])
+            conn.execute(delete(TRASH).where((TRASH.c.blob_key == original_key) & (TRASH.c.tier == old.tier)))
+            conn.execute(TRASH.insert().values(blob_key=original_key, tier=old.tier, queued_at=now))
+            self._refresh_counts(conn, {derived.study_uid}, {derived.series_uid, old.series_uid})
+            return True
+
+        return await self._write(transaction)
+
+    async def successor(self, sop: str) -> tuple[str, str, str] | None:
+        """(study, series, SOP Instance UID) of the instance that took the place of `sop`, if any."""
+        q = select(SUCC.c.study_uid, SUCC.c.series_uid, SUCC.c.successor_uid).where(SUCC.c.sop_uid == sop)
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(q)).first()
+        return None if row is None else (row.study_uid, row.series_uid, row.successor_uid)
+
+    async def trash(self) -> list[tuple[str, str]]:
+        """(blob key, tier) of every blob waiting to be deleted."""
+        async with self.engine.connect() as conn:
+            return [
+                (r.blob_key, r.tier) for r in (await conn.execute(select(TRASH.c.blob_key, TRASH.c.tier)))
+            ]
+
+    async def untrash(self, key: str, tier: str) -> None:
+        """The blob was deleted: forget its trash row."""
+        stmt = delete(TRASH).where((TRASH.c.blob_key == key) & (TRASH.c.tier == tier))
+        await self._write(lambda conn: conn.execute(stmt))
+
     async def drop_job(self, sop: str, blob_key: str) -> None:
         stmt = delete(J).where((J.c.sop_uid == sop) & (J.c.blob_key == blob_key))
         await self._write(lambda conn: conn.execute(stmt))
@@ -595,7 +682,11 @@ class Index:
             # Jobs of the deleted instances go too (by key: an anti-join with every instance was a scan).
             sops = [r.sop_uid for r in rows]
             for i in range(0, len(sops), self.REPORT_CHUNK):
-                conn.execute(delete(J).where(J.c.sop_uid.in_(sops[i : i + self.REPORT_CHUNK])))
+                chunk = sops[i : i + self.REPORT_CHUNK]
+                conn.execute(delete(J).where(J.c.sop_uid.in_(chunk)))
+                # A deleted derived instance takes its redirects and QA with it.
+                conn.execute(delete(SUCC).where(SUCC.c.successor_uid.in_(chunk)))
+                conn.execute(delete(QA).where(QA.c.sop_uid.in_(chunk)))
             self._refresh_counts(conn, {study}, {r.series_uid for r in rows})
             return [r.blob_key for r in rows]
 
