@@ -120,6 +120,8 @@ def _instance_values(p: ParsedInstance, blob_key: str, size: int) -> dict[str, A
         "created_at": time.time(),
         "fidelity": None,
         "pixel_sha256": None,
+        # Every new version of an instance is written to the hot store (a re-upload of a cold instance too).
+        "tier": HOT,
     }
 
 
