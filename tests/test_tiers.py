@@ -283,18 +283,18 @@ def test_moved_study_answers_the_same_bytes_from_a_cold_bucket(
 
 MOVER = textwrap.dedent(
     """
-    import asyncio, sys
+    import asyncio, sys, time
     from pathlib import Path
     from storage import Archive, BlobStoreUnavailable, Settings
 
     async def main():
         archive = Archive(Settings(data_dir=Path(sys.argv[1]), cold_blob_url=sys.argv[2]))
         await archive.open(start_masters=False, parser_processes=1)
-        print("open", flush=True)
+        print("open", time.monotonic(), flush=True)
         for study in sys.argv[3:]:
             print(study, await archive.move_study_to_cold(study), flush=True)
+        print("done", time.monotonic(), flush=True)
         await archive.close()
-        print("done", flush=True)
 
     asyncio.run(main())
     """
@@ -322,35 +322,38 @@ def test_killed_mover_leaves_every_instance_readable(tmp_path: Path) -> None:
     finally:
         server.stop()
 
-    # Once to time a whole run (on a copy), then for real, killed at a random moment within that time.
+    # Once to time the moves (on a copy), then for real, killed at a random moment within that time.
     spare = tmp_path / "spare"
     shutil.copytree(data_dir, spare / "data")
-    started = time.monotonic()
-    subprocess.run(
+    timing = subprocess.run(
         [sys.executable, "-c", MOVER, str(spare / "data"), str(spare / "cold"), *studies],
         cwd=REPO,
         check=True,
         capture_output=True,
-    )
-    whole_run = time.monotonic() - started
-    delay = random.uniform(0, whole_run)
+        text=True,
+    ).stdout.split()
+    moves_time = float(timing[timing.index("done") + 1]) - float(timing[timing.index("open") + 1])
+    delay = random.uniform(0, moves_time)
     proc = subprocess.Popen(
         [sys.executable, "-c", MOVER, str(data_dir), str(cold), *studies],
         cwd=REPO,
         stdout=subprocess.PIPE,
         start_new_session=True,
     )
+    assert proc.stdout is not None
+    said = proc.stdout.readline().decode()
+    assert said.startswith("open"), said
     time.sleep(delay)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(10)
-    said = proc.stdout.read().decode() if proc.stdout else ""
+    said += proc.stdout.read().decode()
 
     def blob_path(key: str) -> Path:
         return cold / key.removeprefix("cold/") if key.startswith("cold/") else data_dir / "blobs" / key
 
     server = Server(data_dir, env)  # opening the archive empties the trash
     try:
-        context = f"killed after {delay:.2f} s of {whole_run:.2f} s; it said {said!r}"
+        context = f"killed {delay:.3f} s into {moves_time:.3f} s of moves; it said {said!r}"
         assert index_rows(data_dir, "SELECT count(*) FROM blob_trash") == [(0,)], context
         for (key,) in index_rows(data_dir, "SELECT blob_key FROM instances"):
             assert blob_path(key).is_file(), (key, context)
