@@ -32,6 +32,7 @@ from storage import Archive, BlobStoreUnavailable, Settings
 from storage.access_times import AccessTimes
 from tests.conftest import Server, new_uids, parse_multipart, stow, wait_for_masters
 from tests.samples import sample
+from tests.test_postgres import postgres  # noqa: F401 - the module's temporary cluster
 
 REPO = Path(__file__).resolve().parent.parent
 OCTET = "application/octet-stream"
@@ -167,6 +168,30 @@ def test_moved_study_answers_the_same_bytes_from_a_cold_folder(tmp_path: Path) -
             assert client.delete(f"/studies/{study}").status_code in (200, 204)
             assert blob_files(cold, series) == []
             assert client.get(f"/studies/{study}/metadata").status_code == 404
+    finally:
+        server.stop()
+
+
+def test_moved_study_on_postgresql(tmp_path: Path, postgres: str) -> None:  # noqa: F811
+    """The same on PostgreSQL (the scale-out index): a move made by another process is served by the
+    server from the cold folder, and DELETE removes the cold blobs."""
+    data_dir, cold = tmp_path / "data", tmp_path / "cold"
+    server = Server(data_dir, {"DICOMWEB_COLD_BLOB_URL": str(cold), "DICOMWEB_DATABASE_URL": postgres})
+    try:
+        with httpx.Client(base_url=server.root, timeout=60) as client:
+            study = generate_uid()
+            assert stow(client, study_files(study)).status_code == 200
+            wait_for_masters(client)
+            series = series_of(client, study)
+            before = every_resource(client, study)
+            [(moved, _)] = run_move(data_dir, str(cold), [study], database_url=postgres)
+            assert moved == len(SAMPLES)
+            assert len(blob_files(cold, series)) == len(SAMPLES)
+            after = every_resource(client, study)
+            for name in before:
+                assert after[name] == before[name], name
+            assert client.delete(f"/studies/{study}").status_code in (200, 204)
+            assert blob_files(cold, series) == []
     finally:
         server.stop()
 
