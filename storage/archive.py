@@ -706,14 +706,21 @@ class Archive:
         moved = moved_bytes = 0
         gate = asyncio.Semaphore(COPY_PARALLEL)
 
-        async def copy(row: Any) -> bool:
+        async def stage(row: Any) -> Path | None:
             async with gate:
-                return await self._copy_to_cold(row.blob_key, row.size, row.sha256)
+                return await self._stage_copy(row.blob_key, row.size, row.sha256)
 
         for start in range(0, len(rows), MOVE_BATCH):
             batch = rows[start : start + MOVE_BATCH]
-            copied = await asyncio.gather(*(copy(row) for row in batch), return_exceptions=True)
-            ready = [row for row, ok in zip(batch, copied, strict=True) if ok is True]
+            staged = await asyncio.gather(*(stage(row) for row in batch), return_exceptions=True)
+            copies = [(row, path) for row, path in zip(batch, staged, strict=True) if isinstance(path, Path)]
+            try:
+                # Written together: the local store fsyncs each folder once for the lot.
+                stored = await self.blobs.put_files([(cold_key(row.blob_key), path) for row, path in copies])
+            finally:
+                for _, path in copies:
+                    await asyncio.to_thread(path.unlink, True)
+            ready = [row for (row, _), size in zip(copies, stored, strict=True) if size == row.size]
             done = await self.index.point_at_cold(
                 [(r.sop_uid, r.blob_key, cold_key(r.blob_key)) for r in ready]
             )
@@ -721,16 +728,18 @@ class Archive:
                 if ok:
                     moved, moved_bytes = moved + 1, moved_bytes + row.size
             await self._empty_trash([r.blob_key for r in ready] + [cold_key(r.blob_key) for r in ready])
-            for error in copied:
+            for error in [*staged, *stored]:
                 if isinstance(error, BaseException):
                     raise error  # the cold store failed: what was copied is moved, the rest is not
         return moved, moved_bytes
 
-    async def _copy_to_cold(self, key: str, size: int, sha256: str) -> bool:
-        """Copy the blob `key` to its cold key, durably; False (and a log line) if the blob is not what
-        its row says (missing, another size or checksum), which `dicomweb verify` reports."""
+    async def _stage_copy(self, key: str, size: int, sha256: str) -> Path | None:
+        """The blob `key` copied to a temporary file, for the cold store; None (and a log line) if the
+        blob is not what its row says (missing, another size or checksum), which `dicomweb verify`
+        reports."""
         fd, name = tempfile.mkstemp(dir=self.settings.tmp_dir, prefix="cold-", suffix=".dcm")
         path = Path(name)
+        good = False
         try:
             digest = hashlib.sha256()
             copied = 0
@@ -741,14 +750,15 @@ class Archive:
                         copied += len(piece)
                 except FileNotFoundError:
                     log.error("blob %s is missing: not moved to the cold tier", key)
-                    return False
+                    return None
             if copied != size or (sha256 and digest.hexdigest() != sha256):
                 log.error("blob %s does not match its index row: not moved to the cold tier", key)
-                return False
-            await self.blobs.put_file(cold_key(key), path)
-            return True
+                return None
+            good = True
+            return path
         finally:
-            await asyncio.to_thread(path.unlink, True)
+            if not good:
+                await asyncio.to_thread(path.unlink, True)
 
     async def empty_blob_trash(self) -> int:
         """Delete every blob the trash lists (from its tier's store), then its trash row; the number
