@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Mount, Route
 
-from dicomweb import frames, labels_api, progressive, qido, rendered, stow, wado
+from dicomweb import frames, labels_api, progressive, qido, rendered, stats_api, stow, wado
 from dicomweb.access_log import AccessLogMiddleware
 from dicomweb.responses import HTTPError, archive_of, error_response
 from dicomweb.security import security_middleware, security_state
@@ -40,6 +40,7 @@ IN = SE + "/instances/{sop}"
 def dicomweb_routes() -> list[Route]:
     return [
         Route("/status", status, methods=["GET"]),
+        Route("/stats", stats_api.stats, methods=["GET"]),
         Route("/studies", stow.store, methods=["POST"]),
         Route("/studies", qido.studies, methods=["GET"]),
         Route("/series", qido.series, methods=["GET"]),

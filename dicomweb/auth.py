@@ -246,7 +246,7 @@ def required_scope(method: str, path: str) -> str:
         return "delete"
     if method == "POST":
         return "write"
-    if parts[:1] == ["status"]:
+    if parts[:1] in (["status"], ["stats"]):
         return "admin"
     return "read"
 

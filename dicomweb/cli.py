@@ -1,4 +1,4 @@
-"""Command line: `dicomweb serve`, `dicomweb import` and `dicomweb verify`.
+"""Command line: `dicomweb serve`, `dicomweb import`, `dicomweb verify` (and `apikey`, `stats`).
 
 Each option falls back to an environment variable (named in --help), then to a built-in default. A
 malformed value, from either, is one line on stderr and exit status 2, never a traceback; `--help` reads
@@ -412,13 +412,25 @@ def _apikey_parser(sub: argparse._SubParsersAction) -> None:
     add_parser(sub, _storage_options, apikey)
 
 
+def stats(args: argparse.Namespace) -> int:
+    from dicomweb.cli_stats import run
+
+    return run(args, settings_from(args))
+
+
+def _stats_parser(sub: argparse._SubParsersAction) -> None:
+    from dicomweb.cli_stats import add_parser
+
+    add_parser(sub, _storage_options, stats)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dicomweb", description="DICOMweb server with progressive JPEG 2000"
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_serve_parser, _import_parser, _verify_parser, _apikey_parser):
+    for add in (_serve_parser, _import_parser, _verify_parser, _apikey_parser, _stats_parser):
         add(sub)
     return parser
 

@@ -1,6 +1,8 @@
 """Browser sites served beside the DICOMweb API, so no second web server is needed.
 
 - ``/``: a landing page that links to the DICOMweb root and the viewers, and says what is not installed.
+- ``/admin/``: storage economics for administrators (``dicomweb/admin_web``, plain HTML, an ES module and
+  CSS shipped in the package; its figures come from the admin-scope API, GET {root}/stats and /lifecycle).
 - ``/viewer-demo/``: the progressive stack viewer in ``viewer-demo/web`` (plain ES modules), with the
   OpenJPEG WebAssembly decoder (npm ``@cornerstonejs/codec-openjpeg``) under ``/viewer-demo/codec/``.
 - ``/ohif/``, ``/ohif-single/`` and ``/ohif-progressive/``: the prebuilt OHIF v3 viewer (``@ohif/app``'s
@@ -52,6 +54,7 @@ from storage import Settings, ohif_dist_override, user_data_home, viewer_demo_di
 OHIF_VERSION = "3.13.2"
 CODEC_PACKAGE, CODEC_VERSION = "@cornerstonejs/codec-openjpeg", "1.3.6"
 PACKAGE_WEB = Path(__file__).resolve().parent / "viewer_web"
+ADMIN_WEB = Path(__file__).resolve().parent / "admin_web"
 CHECKOUT_DEMO = Path(__file__).resolve().parents[1] / "viewer-demo"
 CODEC_SUBDIR = "node_modules/@cornerstonejs/codec-openjpeg/dist"
 OHIF_SUBDIR = ".ohif/dist"
@@ -332,6 +335,24 @@ def viewer_demo_routes(settings: Settings, web: Located, codec: Located) -> list
     ]
 
 
+# ---- /admin/ -----------------------------------------------------------------------------------------
+
+
+def admin_routes(settings: Settings) -> list[BaseRoute]:
+    """The storage economics page. The page itself is public (it holds no data); what it fetches needs the
+    admin scope, and it asks for a token when the server answers 401."""
+    config = _module_config(settings)
+
+    async def page(request: Request) -> Response:
+        rel = request.path_params["path"] or "index.html"
+        if rel == "config.js":
+            return _bytes_response(request, config, "text/javascript", NO_CACHE)
+        path = _inside(ADMIN_WEB, rel)
+        return _file_response(request, path, NO_CACHE) if path else Response("not found", 404)
+
+    return [_add_slash("/admin/"), Route("/admin/{path:path}", page, methods=["GET", "HEAD"])]
+
+
 # ---- OHIF --------------------------------------------------------------------------------------------
 
 # Volume viewports (MPR), read from OHIF 3.13.2's bundle:
@@ -552,7 +573,9 @@ def landing_route(settings: Settings, codec: Located, ohif: Located) -> Route:
             f'<a href="{root.lstrip("/")}/studies">{root}/studies</a>; '
             'health: <a href="healthz">/healthz</a>.</p>'
             f'<ul><li><a href="viewer-demo/">Viewer demo</a>: progressive stack viewer{status}</li>'
-            f"{ohif_item}</ul>"
+            f"{ohif_item}"
+            '<li><a href="admin/">Storage economics</a>: stored against received, costs, lifecycle '
+            "savings (admin scope)</li></ul>"
         )
         return HTMLResponse(body, headers=NO_CACHE)
 
@@ -560,10 +583,11 @@ def landing_route(settings: Settings, codec: Located, ohif: Located) -> Route:
 
 
 def static_routes(settings: Settings) -> list[BaseRoute]:
-    """Routes for `/`, /viewer-demo/ and the OHIF mounts; add them after the DICOMweb mount."""
+    """Routes for `/`, /viewer-demo/, /admin/ and the OHIF mounts; add them after the DICOMweb mount."""
     codec, ohif = codec_files(), ohif_files()
     return [
         landing_route(settings, codec, ohif),
         *viewer_demo_routes(settings, web_files(), codec),
+        *admin_routes(settings),
         *ohif_routes(settings, ohif),
     ]

@@ -49,6 +49,7 @@ from storage.render import (
     Viewport,
     Window,
 )
+from storage.stats import StorageStats
 from storage.tags import parse_attribute
 from storage.transfer_syntaxes import EXPLICIT_LE, IMPLICIT_LE, OCTET_STREAM, syntax
 from storage.uids import is_valid_uid
@@ -94,6 +95,7 @@ __all__ = [
     "SettingError",
     "Settings",
     "StorageError",
+    "StorageStats",
     "Subset",
     "Upload",
     "Viewport",

@@ -49,6 +49,7 @@ from storage.preview import preview_for_instance, series_preview
 from storage.query import Level, Query, parse_query, run_query, scope_query
 from storage.readahead import Readahead
 from storage.render import RenderOptions, render_frame
+from storage.stats import StorageStats, storage_stats
 from storage.tiers import COLD, TieredBlobStore, cold_key, tier_of
 from storage.transcode import frame_native, pixel_data_native, to_native
 from storage.transfer_syntaxes import EXPLICIT_LE, HTJ2K, HTJ2K_LOSSLESS_RPCL, J2K, J2K_LOSSLESS, syntax
@@ -342,6 +343,11 @@ class Archive:
 
     async def count_instances(self) -> int:
         return await self.index.count_instances()
+
+    async def stats(self) -> StorageStats:
+        """Storage economics: bytes as received, stored and uncompressed, per modality and month, what they
+        cost, a five-year projection, and the disk the caches use (storage/stats.py)."""
+        return await storage_stats(self.index.engine, self.settings)
 
     async def job_counts(self) -> dict[str, int]:
         """Master jobs by state: pending, kept (as received)."""

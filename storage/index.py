@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import orjson
-from sqlalchemy import bindparam, create_engine, delete, event, func, make_url, select, update
+from sqlalchemy import bindparam, create_engine, delete, event, func, make_url, select, text, update
 from sqlalchemy.engine import Connection, Engine, Row
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -129,6 +129,9 @@ def _by_key(rows: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return {key: rows[key] for key in sorted(rows)}
 
 
+SQLITE_MMAP_BYTES = 1 << 30
+
+
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
     # WAL lets readers run during writes; NORMAL syncs at checkpoints, which keeps every committed
@@ -137,6 +140,11 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.execute("PRAGMA busy_timeout=30000")
     cur.execute("PRAGMA foreign_keys=ON")
+    # Read the file through a memory map (shared by every connection, through the OS page cache) rather
+    # than a read() per page into each connection's 2 MB cache: an offset deep into 100,000 studies walks
+    # ~8 MB of index, 6.1 ms with reads against 1.9 ms mapped (measured on this machine). Writes are not
+    # mapped.
+    cur.execute(f"PRAGMA mmap_size={SQLITE_MMAP_BYTES}")
     # PS3.4 matching is case-sensitive except where we ask for it (person names).
     cur.execute("PRAGMA case_sensitive_like=ON")
     cur.close()
@@ -171,6 +179,8 @@ class Index:
             connect_args["server_settings"] = {"plan_cache_mode": "force_custom_plan"}
         self.engine: AsyncEngine = create_async_engine(url, connect_args=connect_args, **options)
         self.is_sqlite = self.engine.dialect.name == "sqlite"
+        # SQLite's trigram index for infix wildcards (migration 0006), when this SQLite could make it.
+        self.trigram = False
         # SQLite allows one writer; queueing writers here is cheaper than SQLITE_BUSY retries.
         self._write_lock = asyncio.Lock()
         self._upserts: dict[tuple[str, tuple[str, ...]], Any] = {}
@@ -193,6 +203,9 @@ class Index:
 
         async with self.engine.connect() as conn:
             await conn.run_sync(migrations.run)
+            if self.is_sqlite:
+                found = await conn.execute(text("SELECT 1 FROM sqlite_master WHERE name = 'studies_trigram'"))
+                self.trigram = found.first() is not None
 
     async def close(self) -> None:
         await self.engine.dispose()

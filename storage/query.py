@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 import orjson
-from sqlalchemy import and_, exists, func, or_, select, true
+from sqlalchemy import and_, column, exists, func, or_, select, table, true
 from sqlalchemy.sql import ColumnElement
 
 from storage import schema
@@ -272,16 +272,28 @@ def _after_prefix(prefix: str) -> str | None:
     return None
 
 
-def _wildcard_match(col, value: str) -> ColumnElement:
+def _wildcard_match(col, value: str, *, trigram: bool = False) -> ColumnElement:
     """Case-sensitive PS3.4 wildcard matching on a byte-ordered column (SQLite, or COLLATE "C" on
     PostgreSQL), with the literal prefix also given as a range: an index then serves it on both databases,
-    whatever the driver does with a bound LIKE pattern."""
+    whatever the driver does with a bound LIKE pattern. `trigram`: SQLite's trigram index (migration 0006)
+    exists."""
     if not value.strip("*"):
         return true()  # only "*": universal
     like = col.like(_like_pattern(value), escape="!")
     prefix = _literal_prefix(value)
     if not prefix:
         if col.table is S and col.name in INFIX_COVERED:
+            if trigram and _has_trigram(value):
+                # The trigram index finds the candidates (FTS5 takes no ESCAPE, hence plain literals only,
+                # and may fold case); the LIKE on the row decides.
+                found = select(STUDY_KEYS.c.study_uid).where(
+                    STUDY_KEYS.c.id.in_(
+                        select(STUDIES_TRIGRAM.c.rowid).where(
+                            STUDIES_TRIGRAM.c[col.name].like(_like_pattern(value))
+                        )
+                    )
+                )
+                return and_(S.c.study_uid.in_(found), like)
             # Nothing to seek: test every value, on the (value, study_uid) index's entries rather than on
             # the studies' rows (much smaller on SQLite; on PostgreSQL a trigram index answers the LIKE).
             covered = S.alias(f"infix_{col.name}")
@@ -330,10 +342,21 @@ def _fuzzy_name(col, value: str) -> ColumnElement:
 # lower-cased copy for case-insensitive matching.
 BYTEWISE_COLUMNS = {0x00100020: S.c.patient_id, 0x00080050: S.c.accession_number}
 INFIX_COVERED = {"patient_id", "patient_name_ci"}  # indexed as (column, study_uid)
+# SQLite's trigram index of those two columns and its stable keys (migration 0006; not in schema.py).
+STUDY_KEYS = table("study_keys", column("id"), column("study_uid"))
+STUDIES_TRIGRAM = table("studies_trigram", column("rowid"), column("patient_id"), column("patient_name_ci"))
+
+
+def _has_trigram(value: str) -> bool:
+    """Whether an FTS5 trigram index can serve the pattern: three literal characters in a row, none of
+    them a LIKE wildcard or escape."""
+    return not any(c in value for c in "%_!") and any(len(run) >= 3 for run in re.split(r"[*?]", value))
+
+
 CASE_FOLDED = {0x00100010: S.c.patient_name_ci}
 
 
-def _column_condition(tag: int, col, value: str, fuzzy: bool) -> ColumnElement | None:
+def _column_condition(tag: int, col, value: str, fuzzy: bool, trigram: bool = False) -> ColumnElement | None:
     if value.strip("*") == "":
         return None  # universal matching ("" or "*"): return the attribute, match everything
     vr = vr_of(tag)
@@ -392,11 +415,11 @@ def _column_condition(tag: int, col, value: str, fuzzy: bool) -> ColumnElement |
         if tag in CASE_FOLDED:
             folded = CASE_FOLDED[tag]
             if "*" in value or "?" in value:
-                return _wildcard_match(folded, value.lower())
+                return _wildcard_match(folded, value.lower(), trigram=trigram)
             return folded == value.lower()
         return _text_condition(col, value, ci=True)
     if tag in BYTEWISE_COLUMNS and ("*" in value or "?" in value):
-        return _wildcard_match(col, value)
+        return _wildcard_match(col, value, trigram=trigram)
     return _text_condition(col, value, ci=False)
 
 
@@ -536,7 +559,7 @@ async def run_query(
     for f in q.filters:
         mapped = COLUMNS.get(f.tag)
         if mapped and LEVEL_RANK[mapped[0]] <= LEVEL_RANK[q.level]:
-            cond = _column_condition(f.tag, mapped[1], f.value, q.fuzzy)
+            cond = _column_condition(f.tag, mapped[1], f.value, q.fuzzy, index.trigram)
             if cond is not None:
                 conds.append(cond)
         elif f.value != "":
@@ -545,27 +568,7 @@ async def run_query(
     limit = q.limit if q.limit is not None else MAX_RESULTS
     async with index.engine.connect() as conn:
         if not leftovers:
-            if q.offset:
-                # Deep pages: the rows skipped are found by their keys alone (along the order's index),
-                # and only the page's rows are read; otherwise PostgreSQL may sort the whole table.
-                key = LEVEL_KEY[q.level]
-                keys = (
-                    select(key)
-                    .select_from(_from_clause(q))
-                    .where(*conds)
-                    .order_by(*_order(q))
-                    .offset(q.offset)
-                    .limit(limit + 1)
-                )
-                stmt = _base_select(q)[0].where(key.in_(keys)).order_by(*_order(q))
-            else:
-                stmt = stmt.limit(limit + 1)
-            rows = (await conn.execute(stmt)).all()
-            remaining = MoreResults(0)
-            if len(rows) > limit:
-                rows = rows[:limit]
-                remaining = await _count_more(conn, q, conds, q.offset + limit)
-            return [_result(q, r) for r in rows], remaining
+            return await _page(conn, q, conds, limit)
         rows = (await conn.execute(stmt)).all()
     matched = []
     for r in rows:
@@ -576,15 +579,42 @@ async def run_query(
     return [_result(q, r) for r in page], MoreResults(max(0, len(matched) - q.offset - limit))
 
 
-async def _count_more(conn: Any, q: Query, conds: list[ColumnElement[bool]], skip: int) -> MoreResults:
-    """Matches past the first ``skip``, counted up to ``MORE_RESULTS_CAP`` (then "more than" that).
+async def _page(
+    conn: Any, q: Query, conds: list[ColumnElement[bool]], limit: int
+) -> tuple[list[dict[str, Any]], MoreResults]:
+    """A page of matches in result order, and how many more there are (exact up to ``MORE_RESULTS_CAP``).
 
-    Only the level's key is selected and nothing is ordered (how many rows lie past a position does not
-    depend on the order), so the database may count along whichever index is cheapest."""
-    keys = select(LEVEL_KEY[q.level]).select_from(_from_clause(q)).where(*conds)
-    window = keys.offset(skip).limit(MORE_RESULTS_CAP + 1).subquery()
-    n = (await conn.execute(select(func.count()).select_from(window))).scalar_one()
-    return MoreResults.at_least(MORE_RESULTS_CAP) if n > MORE_RESULTS_CAP else MoreResults(n)
+    The page is found by keys alone, along the order's index (a deep offset skips index entries, not rows;
+    otherwise PostgreSQL may sort the whole table), in one walk that also takes the keys of up to
+    ``MORE_RESULTS_CAP`` further matches: the Warning's count then costs no second query walking past the
+    offset again, and counting every match (a scan) is never needed. Only the page's rows are read, by
+    key."""
+    key = LEVEL_KEY[q.level]
+    walk = (
+        select(key)
+        .select_from(_from_clause(q))
+        .where(*conds)
+        .order_by(*_order(q))
+        .offset(q.offset)
+        .limit(limit + MORE_RESULTS_CAP + 1)
+    )
+    found = list((await conn.execute(walk)).scalars())
+    page, further = found[:limit], len(found) - limit
+    rows: list[Any] = []
+    for start in range(0, len(page), KEYS_PER_STATEMENT):
+        chunk = page[start : start + KEYS_PER_STATEMENT]
+        rows += (await conn.execute(_base_select(q)[0].where(key.in_(chunk)))).all()
+    position = {k: i for i, k in enumerate(page)}
+    rows.sort(key=lambda r: position[getattr(r, key.name)])
+    if further > MORE_RESULTS_CAP:
+        remaining = MoreResults.at_least(MORE_RESULTS_CAP)
+    else:
+        remaining = MoreResults(max(0, further))
+    return [_result(q, r) for r in rows], remaining
+
+
+# Keys bound in one IN list (SQLite allows 32,766 bound values; PostgreSQL 65,535).
+KEYS_PER_STATEMENT = 1000
 
 
 def _merged_attrs(q: Query, r: Any) -> dict[str, Any]:

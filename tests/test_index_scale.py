@@ -75,6 +75,14 @@ QUERIES = [
     {"PatientID": "*5"},
     {"PatientID": "ID1"},
     {"PatientID": "ID_4"},
+    # Infix patterns with three literal characters in a row: SQLite's trigram index finds the candidates.
+    {"PatientID": "*DX5*"},
+    {"PatientID": "*D-6"},
+    {"PatientID": "*D_4"},
+    {"PatientName": "*ller^*"},
+    {"PatientName": "*ÜLLER*"},
+    {"PatientName": "*NNE^M*"},
+    {"PatientName": "*e_1*"},
     {"AccessionNumber": "ACC%5"},
     {"AccessionNumber": "ACC_*"},
     {"AccessionNumber": "acc*"},
@@ -146,7 +154,11 @@ async def _archive(index: Index, folder: Path) -> list[str]:
     return list(dict.fromkeys(p.study_uid for p in items))
 
 
-async def test_matching_and_order_agree_with_ps34(index: Index, tmp_path: Path) -> None:
+async def test_matching_and_order_agree_with_ps34(
+    index: Index, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Deep pages read their rows by key in several statements when the page is long: make them short.
+    monkeypatch.setattr(query_module, "KEYS_PER_STATEMENT", 2)
     await _archive(index, tmp_path)
     everything, _ = await query(index, includefield="all", limit="1000")
     assert len(everything) == len(PEOPLE)
@@ -296,3 +308,35 @@ async def test_concurrent_writers_keep_study_values(pg_index: Index, tmp_path: P
         assert (await _study_values(index, study))[1] == len(items) - 4  # type: ignore[index]
     finally:
         await other.close()
+
+
+async def test_sqlite_trigram_index_serves_infix_and_follows_changes(tmp_path: Path) -> None:
+    """SQLite answers an infix wildcard from its FTS5 trigram index (migration 0006), which triggers keep
+    equal to the studies through replacements and deletes."""
+    ix = Index(f"sqlite+aiosqlite:///{tmp_path / 'index.sqlite'}")
+    await ix.create()
+    try:
+        assert ix.trigram
+        studies = await _archive(ix, tmp_path)
+        cond = query_module._wildcard_match(schema.studies.c.patient_id, "*DX5*", trigram=True)
+        stmt = select(schema.studies.c.study_uid).where(cond)
+        sql = str(stmt.compile(ix.engine.sync_engine, compile_kwargs={"literal_binds": True}))
+        async with ix.engine.connect() as conn:
+            plan = " ".join(str(r) for r in (await conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql)).all())
+        assert "studies_trigram VIRTUAL TABLE INDEX" in plan, plan
+
+        # A study's PatientID changes when its instance is stored again; another study is deleted.
+        renamed = make_instance(tmp_path, study=studies[0], PatientID="NEWPID77", PatientName="Neu^Name")
+        await ix.store(stored([renamed]))
+        await ix.delete(studies[5])
+        assert uids((await query(ix, PatientID="*WPID7*"))[0]) == [studies[0]]
+        assert uids((await query(ix, PatientName="*eu^na*"))[0]) == [studies[0]]
+        assert (await query(ix, PatientID="*DX5*"))[0] == []  # IDX5 was the deleted study's
+        async with ix.engine.connect() as conn:
+            counts = [
+                (await conn.exec_driver_sql(f"SELECT count(*) FROM {t}")).scalar_one()
+                for t in ("studies", "study_keys", "studies_trigram")
+            ]
+        assert counts[0] == counts[1] == counts[2] == len(studies) - 1
+    finally:
+        await ix.close()

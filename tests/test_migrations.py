@@ -85,14 +85,15 @@ class OldIndex:
 
 
 def _differences(conn: Any) -> list[Any]:
-    """What separates the database from storage/schema.py (PostgreSQL's optional trigram indexes aside)."""
+    """What separates the database from storage/schema.py (the optional trigram indexes aside)."""
     context = MigrationContext.configure(conn, opts={"compare_type": False})
     diffs = compare_metadata(context, schema.metadata)
     return [
         d
         for d in diffs
         if not (d[0] == "remove_index" and d[1].name.endswith("_trgm"))
-        and not (d[0] == "remove_table" and d[1].name == "alembic_version")
+        and not (d[0] == "remove_table" and d[1].name in ("alembic_version", "study_keys"))
+        and not (d[0] == "remove_table" and d[1].name.startswith("studies_trigram"))
     ]
 
 

@@ -76,6 +76,7 @@ def test_landing_page(site: httpx.Client) -> None:
         'href="ohif-single/"',
         'href="ohif-progressive/"',
         'href="dicom-web/studies"',
+        'href="admin/"',
     ):
         assert link in page.text, link
     assert "not installed" not in page.text
@@ -130,10 +131,15 @@ def test_package_ships_every_module_and_the_viewer_pages() -> None:
         for top in ("dicomweb", "storage")
         for p in (REPO / top).rglob("__init__.py")
     }
-    assert set(setuptools["packages"]) == modules | {"dicomweb.viewer_web"}
+    assert set(setuptools["packages"]) == modules | {"dicomweb.viewer_web", "dicomweb.admin_web"}
     web = REPO / setuptools["package-dir"]["dicomweb.viewer_web"]
     assert web == REPO / "viewer-demo/web"
     patterns = setuptools["package-data"]["dicomweb.viewer_web"]
     assert all(any(f.match(p) for p in patterns) for f in web.iterdir()), sorted(
         f.name for f in web.iterdir()
+    )
+    admin = REPO / "dicomweb/admin_web"
+    patterns = setuptools["package-data"]["dicomweb.admin_web"]
+    assert all(any(f.match(p) for p in patterns) for f in admin.iterdir()), sorted(
+        f.name for f in admin.iterdir()
     )
