@@ -156,6 +156,8 @@ def test_moved_study_answers_the_same_bytes_from_a_cold_folder(tmp_path: Path) -
             )
             assert tiers == [("cold", len(SAMPLES))]
             assert index_rows(data_dir, "SELECT count(*) FROM blob_trash") == [(0,)]
+            # stats shows the bytes on each tier.
+            assert client.get("/stats").json()["totals"]["cold_bytes"] == hot_bytes
 
             after = every_resource(client, study)
             assert after.keys() == before.keys()
