@@ -198,6 +198,9 @@ def banner(
         ("codecs", codecs),
         ("access log", access),
     ]
+    if settings.cold_blob_url:
+        cold = blob_label(settings.with_overrides(blob_url=settings.cold_blob_url))
+        rows.insert(rows.index(("blobs", blob_label(settings))) + 1, ("cold tier blobs", cold))
     if auth:
         rows.append(("access control", auth))
     rows.append(("audit log", {"": "off", "-": "stdout"}.get(settings.audit_log, settings.audit_log)))

@@ -30,6 +30,7 @@ from pydicom.uid import UID
 from sqlalchemy import text as sql_text
 
 from storage import access_labels
+from storage.access_times import AccessTimes
 from storage.api_keys import ApiKeys
 from storage.blobs import BlobStoreUnavailable, new_blob_key, open_blob_store
 from storage.codec import CutError, cut, decode, info, levels_to_drop, to_htj2k, without_padding
@@ -53,6 +54,7 @@ from storage.query import Level, Query, parse_query, run_query, scope_query
 from storage.readahead import Readahead
 from storage.render import RenderOptions, render_frame
 from storage.stats import StorageStats, storage_stats
+from storage.tiers import COLD, TieredBlobStore, cold_key, tier_of
 from storage.transcode import frame_native, pixel_data_native, to_native
 from storage.transfer_syntaxes import EXPLICIT_LE, HTJ2K, HTJ2K_LOSSLESS_RPCL, J2K, J2K_LOSSLESS, syntax
 
@@ -60,6 +62,11 @@ log = logging.getLogger(__name__)
 
 # A readiness check that has no answer from the index by then fails.
 READY_SECONDS = 5.0
+# Moving a study to the cold tier: instances copied at once, and per index transaction.
+COPY_PARALLEL = 4
+MOVE_BATCH = 64
+# Blobs deleted at once when the trash is emptied (S3 deletes are requests: in parallel they go faster).
+DELETE_PARALLEL = 8
 
 # PS3.4 / PS3.18 failure reasons used in FailedSOPSequence.
 PROCESSING_FAILURE = 0x0110
@@ -96,6 +103,11 @@ class Archive:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         settings.tmp_dir.mkdir(parents=True, exist_ok=True)
         self.blobs = open_blob_store(settings)
+        # Where the cold tier is, for people (None: no cold tier).
+        self.cold_tier: str | None = None
+        if settings.cold_blob_url:
+            tiered = TieredBlobStore(self.blobs, open_blob_store(settings, settings.cold_blob_url))
+            self.blobs, self.cold_tier = tiered, tiered.cold_label
         self.index = Index(
             settings.sql_url,
             pool_size=settings.db_pool_size,
@@ -110,6 +122,8 @@ class Archive:
         self._decoded = ByteLRU(settings.decoded_cache_bytes)
         self.readahead = Readahead(self)  # decode-ahead of the series a client opens
         self.codecs = ""  # codec versions, once check_codec_stack() passed
+        self.access = AccessTimes(self.index.record_access)
+        self._sweeping = asyncio.Lock()
 
     async def open(self, *, start_masters: bool = True, parser_processes: int | None = None) -> None:
         if start_masters:
@@ -119,6 +133,17 @@ class Archive:
         # unreachable database does, rather than failing every upload afterwards.
         await self.blobs.check(write=True)
         await self.index.create()
+        if self.cold_tier is None and await self.index.has_cold_instances():
+            raise BlobStoreUnavailable(
+                "some instances are in the cold tier, but no cold blob store is configured "
+                "(set DICOMWEB_COLD_BLOB_URL to where they are)"
+            )
+        # Finish deletions a crash (or a failed delete) left in the trash.
+        try:
+            if swept := await self.empty_blob_trash():
+                log.info("deleted %d blobs left in the trash", swept)
+        except Exception as exc:  # noqa: BLE001 - blobs left over cost space, not correctness
+            log.warning("could not empty the blob trash: %s", exc)
         self._parser_count = parser_processes if parser_processes is not None else (os.cpu_count() or 1)
         if self._parser_count > 1:
             self._parsers = self._new_parser_pool()
@@ -133,6 +158,7 @@ class Archive:
 
     async def close(self) -> None:
         await self.masters.stop()
+        await self.access.close()
         self.readahead.close()
         if self._parsers is not None:
             self._parsers.shutdown(wait=True, cancel_futures=True)
@@ -253,12 +279,13 @@ class Archive:
                 # Nothing was committed: drop the new blobs so no orphan remains, and refuse them.
                 log.exception("index write failed")
                 failed |= {p.sop_uid for p, _, _ in items}
-                stale = [key for _, key, _ in items]
+                for _, key, _ in items:
+                    await self.forget_blob(key)
                 reason = f"index write failed: {type(exc).__name__}"
             else:
                 reason = "could not write the object to storage"
-            for key in stale:
-                await self.forget_blob(key)
+                # The blobs of replaced versions, put in the trash by the transaction.
+                await self._empty_trash(stale)
         finally:
             for lock in locks:
                 lock.release()
@@ -311,6 +338,9 @@ class Archive:
             "masters_in_progress": progress.in_progress,
             "frames_decoded_ahead": self.readahead.decoded,
             "masters_with_uncompressed_frames_kept": self.readahead.spilled,
+            # Where studies moved to the cold tier are kept (None: no cold tier configured).
+            "cold_tier": self.cold_tier,
+            "blobs_awaiting_deletion": await self.index.trash_count(),
         }
 
     async def count_instances(self) -> int:
@@ -343,10 +373,13 @@ class Archive:
     async def instances(
         self, study: str, series: str | None = None, sop: str | None = None
     ) -> list[InstanceRecord]:
-        """The instances of a study, a series of it, or one instance; NotFound if there are none."""
+        """The instances of a study, a series of it, or one instance; NotFound if there are none. For
+        WADO-RS: it records a read of the study (storage.access_times); code of the archive itself asks
+        self.index."""
         recs = await self.index.instances(study, series, sop)
         if not recs:
             raise no_such(study, series, sop)
+        self.access.record(study)
         return recs
 
     async def metadata(self, study: str, series: str | None = None, sop: str | None = None) -> list[bytes]:
@@ -355,6 +388,7 @@ class Archive:
         rows = await self.index.metadata(study, series, sop)
         if not rows:
             raise no_such(study, series, sop)
+        self.access.record(study)
         if series is not None and sop is None:
             self.readahead.open_series(study, series)
         return rows
@@ -376,6 +410,7 @@ class Archive:
         )
         if body is None:
             raise no_such(study, series, None)
+        self.access.record(study)
         self.readahead.open_series(study, series)
         return body
 
@@ -449,7 +484,7 @@ class Archive:
         if state is None:
             raise no_such(study, series, sop)
         if hurry and state.pending:
-            await self.hurry_master((await self.instances(study, series, sop))[0])
+            await self.hurry_master((await self.index.instances(study, series, sop))[0])
             return await self.master_state(study, series, sop)
         return state
 
@@ -577,7 +612,7 @@ class Archive:
             return (
                 rec
                 if state.fidelity is None
-                else (await self.instances(rec.study_uid, rec.series_uid, rec.sop_uid))[0]
+                else (await self.index.instances(rec.study_uid, rec.series_uid, rec.sop_uid))[0]
             )
         self.masters.want(rec.series_uid)
         deadline = time.monotonic() + self.settings.master_wait_seconds
@@ -586,7 +621,7 @@ class Archive:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(min(left, 0.25)):
                     await self.masters.finished(rec.sop_uid)
-            [now] = await self.instances(rec.study_uid, rec.series_uid, rec.sop_uid)
+            [now] = await self.index.instances(rec.study_uid, rec.series_uid, rec.sop_uid)
             if now.is_master or now.blob_key != rec.blob_key:
                 return now
         return replace(rec, pending_master=True)
@@ -693,9 +728,114 @@ class Archive:
         keys = await self.index.delete(study, series, sop)
         if not keys:
             raise no_such(study, series, sop)
-        for key in keys:
-            await self.forget_blob(key)
+        await self._empty_trash(keys)  # the transaction put them there
         return len(keys)
+
+    # ---- storage tiers and the blob trash ------------------------------------------------------
+
+    async def move_study_to_cold(self, study_uid: str) -> tuple[int, int]:
+        """Move the blobs of a study's instances to the cold tier: (instances moved, bytes moved).
+
+        Instances already cold, or whose master is still being made (the master will replace the blob),
+        are left; so a second call moves what the first could not, and nothing else. Each blob is copied
+        to the cold store (durable) before the row points at the copy, and the hot blob is deleted only
+        after that commit (through the trash), so a crash at any moment leaves every row naming a blob
+        that exists; at worst a cold copy without a row, which the next move of the study overwrites.
+        BlobStoreUnavailable when no cold tier is configured."""
+        if self.cold_tier is None:
+            raise BlobStoreUnavailable("no cold tier: set DICOMWEB_COLD_BLOB_URL")
+        rows = await self.index.movable_to_cold(study_uid)
+        moved = moved_bytes = 0
+        gate = asyncio.Semaphore(COPY_PARALLEL)
+
+        async def stage(row: Any) -> Path | None:
+            async with gate:
+                return await self._stage_copy(row.blob_key, row.size, row.sha256)
+
+        for start in range(0, len(rows), MOVE_BATCH):
+            batch = rows[start : start + MOVE_BATCH]
+            staged = await asyncio.gather(*(stage(row) for row in batch), return_exceptions=True)
+            copies = [(row, path) for row, path in zip(batch, staged, strict=True) if isinstance(path, Path)]
+            try:
+                # Written together: the local store fsyncs each folder once for the lot.
+                stored = await self.blobs.put_files([(cold_key(row.blob_key), path) for row, path in copies])
+            finally:
+                for _, path in copies:
+                    await asyncio.to_thread(path.unlink, True)
+            ready = [row for (row, _), size in zip(copies, stored, strict=True) if size == row.size]
+            done = await self.index.point_at_cold(
+                [(r.sop_uid, r.blob_key, cold_key(r.blob_key)) for r in ready]
+            )
+            for row, ok in zip(ready, done, strict=True):
+                if ok:
+                    moved, moved_bytes = moved + 1, moved_bytes + row.size
+            await self._empty_trash([r.blob_key for r in ready] + [cold_key(r.blob_key) for r in ready])
+            for error in [*staged, *stored]:
+                if isinstance(error, BaseException):
+                    raise error  # the cold store failed: what was copied is moved, the rest is not
+        return moved, moved_bytes
+
+    async def _stage_copy(self, key: str, size: int, sha256: str) -> Path | None:
+        """The blob `key` copied to a temporary file, for the cold store; None (and a log line) if the
+        blob is not what its row says (missing, another size or checksum), which `dicomweb verify`
+        reports."""
+        fd, name = tempfile.mkstemp(dir=self.settings.tmp_dir, prefix="cold-", suffix=".dcm")
+        path = Path(name)
+        good = False
+        try:
+            digest = hashlib.sha256()
+            copied = 0
+            with os.fdopen(fd, "wb") as fh:
+                try:
+                    async for piece in self.blobs.chunks(key):
+                        await asyncio.to_thread(_write_and_hash, fh, digest, piece)
+                        copied += len(piece)
+                except FileNotFoundError:
+                    log.error("blob %s is missing: not moved to the cold tier", key)
+                    return None
+            if copied != size or (sha256 and digest.hexdigest() != sha256):
+                log.error("blob %s does not match its index row: not moved to the cold tier", key)
+                return None
+            good = True
+            return path
+        finally:
+            if not good:
+                await asyncio.to_thread(path.unlink, True)
+
+    async def empty_blob_trash(self) -> int:
+        """Delete every blob the trash lists (from its tier's store), then its trash row; the number
+        deleted. Blobs that cannot be deleted now stay listed for the next time."""
+        deleted = 0
+        tried: set[str] = set()
+        async with self._sweeping:
+            while keys := [k for k in await self.index.trash(limit=500) if k not in tried]:
+                tried.update(keys)
+                deleted += await self._delete_listed(keys)
+        return deleted
+
+    async def _empty_trash(self, keys: list[str]) -> int:
+        """Delete those of `keys` the trash lists (only listed blobs are ever deleted this way)."""
+        if not keys:
+            return 0
+        return await self._delete_listed(await self.index.in_trash(keys))
+
+    async def _delete_listed(self, keys: list[str]) -> int:
+        gate = asyncio.Semaphore(DELETE_PARALLEL)
+
+        async def forget(key: str) -> str | None:
+            if tier_of(key) == COLD and self.cold_tier is None:
+                return None  # its store is not configured now: left listed
+            async with gate:
+                try:
+                    await self.forget_blob(key)
+                except Exception as exc:  # noqa: BLE001 - left listed, tried again at the next sweep
+                    log.warning("could not delete blob %s: %s", key, exc)
+                    return None
+            return key
+
+        gone = [k for k in await asyncio.gather(*(forget(k) for k in keys)) if k is not None]
+        await self.index.untrash(gone)
+        return len(gone)
 
 
 @dataclass
@@ -842,6 +982,11 @@ def _note_warnings(outcomes: list[Outcome], noted: list[list[str]]) -> None:
 
 def _warm_parser() -> None:
     """Import what parsing needs, so the first upload does not pay for it."""
+
+
+def _write_and_hash(fh: Any, digest: Any, piece: bytes) -> None:
+    fh.write(piece)
+    digest.update(piece)
 
 
 def _write_atomic(path: Path, data: bytes) -> None:

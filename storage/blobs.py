@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import os
 import shutil
@@ -41,9 +42,12 @@ class BlobStoreUnavailable(Exception):
     """The blob store cannot be used (unreachable, refused credentials, no such bucket); str() is one line."""
 
 
-def open_blob_store(settings: Settings) -> BlobStore:
-    """The store `settings.blob_url` names: an S3 bucket, or a folder (the data folder's blobs/ by
-    default)."""
+def open_blob_store(settings: Settings, url: str | None = None) -> BlobStore:
+    """The store `url` names (`settings.blob_url` when None): an S3 bucket at the endpoint the settings
+    give, or a folder (the data folder's blobs/ for an empty URL). The cold tier's store is opened with
+    `settings.cold_blob_url`."""
+    if url is not None:
+        settings = dataclasses.replace(settings, blob_url=url)
     if settings.s3_location is None:
         return LocalBlobStore(settings.blob_dir)
     try:

@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from storage import schema
 from storage.dicom_file import ParsedInstance
+from storage.tiers import COLD, HOT, tier_of
 
 S, SE, I, J = schema.studies, schema.series, schema.instances, schema.master_jobs
 SUCC, QA, TRASH = schema.instance_successors, schema.lossy_qa, schema.blob_trash
@@ -97,6 +98,11 @@ def _scope(study: str, series: str | None, sop: str | None):
     return cond
 
 
+def _master_pending(sop: Any) -> Any:
+    """Whether the instance `sop` (a UID, or the instances table's column) has a master job pending."""
+    return select(J.c.sop_uid).where((J.c.sop_uid == sop) & (J.c.state == "pending")).exists()
+
+
 def _study_values(p: ParsedInstance) -> dict[str, Any]:
     return {**p.study_row, "patient_name_ci": p.study_row["patient_name"].lower(), "updated_at": time.time()}
 
@@ -114,6 +120,8 @@ def _instance_values(p: ParsedInstance, blob_key: str, size: int) -> dict[str, A
         "created_at": time.time(),
         "fidelity": None,
         "pixel_sha256": None,
+        # Every new version of an instance is written to the hot store (a re-upload of a cold instance too).
+        "tier": HOT,
     }
 
 
@@ -253,8 +261,9 @@ class Index:
         conn.execute(stmt, rows)
 
     async def store(self, items: list[tuple[ParsedInstance, str, int]]) -> tuple[list[str], set[str]]:
-        """Index stored instances in one transaction; returns the blob keys that the rows no longer use,
-        and the SOP Instance UIDs the index already held (the instances these copies replaced)."""
+        """Index stored instances in one transaction; returns the blob keys that the rows no longer use
+        (put in the blob trash by the same transaction), and the SOP Instance UIDs the index already held
+        (the instances these copies replaced)."""
         if not items:
             return [], set()
         # In key order, so that two transactions touching the same rows lock them in the same order.
@@ -284,6 +293,7 @@ class Index:
                 set(series_rows) | {r.series_uid for r in old},
             )
             stale = [r.blob_key for r in old if r.blob_key != inst_rows[r.sop_uid]["blob_key"]]
+            self._trash(conn, stale)
             return stale, {r.sop_uid for r in old}
 
         return await self._write(transaction)
@@ -567,8 +577,7 @@ class Index:
             conn.execute(delete(QA).where(QA.c.sop_uid == derived.sop_uid))
             if qa_rows:
                 conn.execute(QA.insert(), [{**r, "created_at": now} for r in qa_rows])
-            conn.execute(delete(TRASH).where((TRASH.c.blob_key == original_key) & (TRASH.c.tier == old.tier)))
-            conn.execute(TRASH.insert().values(blob_key=original_key, tier=old.tier, queued_at=now))
+            self._trash(conn, [original_key])
             self._refresh_counts(conn, {derived.study_uid}, {derived.series_uid, old.series_uid})
             return True
 
@@ -580,18 +589,6 @@ class Index:
         async with self.engine.connect() as conn:
             row = (await conn.execute(q)).first()
         return None if row is None else (row.study_uid, row.series_uid, row.successor_uid)
-
-    async def trash(self) -> list[tuple[str, str]]:
-        """(blob key, tier) of every blob waiting to be deleted."""
-        async with self.engine.connect() as conn:
-            return [
-                (r.blob_key, r.tier) for r in (await conn.execute(select(TRASH.c.blob_key, TRASH.c.tier)))
-            ]
-
-    async def untrash(self, key: str, tier: str) -> None:
-        """The blob was deleted: forget its trash row."""
-        stmt = delete(TRASH).where((TRASH.c.blob_key == key) & (TRASH.c.tier == tier))
-        await self._write(lambda conn: conn.execute(stmt))
 
     async def drop_job(self, sop: str, blob_key: str) -> None:
         stmt = delete(J).where((J.c.sop_uid == sop) & (J.c.blob_key == blob_key))
@@ -670,7 +667,7 @@ class Index:
             return (await conn.execute(select(func.count()).select_from(I))).scalar_one()
 
     async def delete(self, study: str, series: str | None = None, sop: str | None = None) -> list[str]:
-        """Remove rows; returns the blob keys to delete (after the rows are gone)."""
+        """Remove rows; returns the blob keys to delete (put in the blob trash by the same transaction)."""
         cond = _scope(study, series, sop)
 
         def transaction(conn: Connection) -> list[str]:
@@ -688,9 +685,114 @@ class Index:
                 conn.execute(delete(SUCC).where(SUCC.c.successor_uid.in_(chunk)))
                 conn.execute(delete(QA).where(QA.c.sop_uid.in_(chunk)))
             self._refresh_counts(conn, {study}, {r.series_uid for r in rows})
+            self._trash(conn, [r.blob_key for r in rows])
             return [r.blob_key for r in rows]
 
         return await self._write(transaction)
+
+    # ---- storage tiers, the blob trash, access times ----------------------------------------------
+
+    def _trash(self, conn: Connection, keys: list[str]) -> None:
+        """Put blobs the rows no longer use in the trash, in the transaction that stopped using them: a
+        crash before they are deleted leaves a row to finish the work (Archive.empty_blob_trash), never an
+        orphaned blob."""
+        if not keys:
+            return
+        now = time.time()
+        stmt = self._insert(TRASH).on_conflict_do_nothing(index_elements=["blob_key", "tier"])
+        conn.execute(stmt, [{"blob_key": k, "tier": tier_of(k), "queued_at": now} for k in keys])
+
+    async def trash(self, limit: int) -> list[str]:
+        """Blob keys in the trash, oldest first."""
+        q = select(TRASH.c.blob_key).order_by(TRASH.c.queued_at, TRASH.c.blob_key).limit(limit)
+        async with self.engine.connect() as conn:
+            return list((await conn.execute(q)).scalars())
+
+    async def in_trash(self, keys: list[str]) -> list[str]:
+        """Those of `keys` that the trash lists."""
+        found: list[str] = []
+        async with self.engine.connect() as conn:
+            for i in range(0, len(keys), self.REPORT_CHUNK):
+                chunk = keys[i : i + self.REPORT_CHUNK]
+                found += (
+                    await conn.execute(select(TRASH.c.blob_key).where(TRASH.c.blob_key.in_(chunk)))
+                ).scalars()
+        return found
+
+    async def untrash(self, keys: list[str]) -> None:
+        """Forget trash rows whose blobs are deleted."""
+        if not keys:
+            return
+
+        def transaction(conn: Connection) -> None:
+            for i in range(0, len(keys), self.REPORT_CHUNK):
+                conn.execute(delete(TRASH).where(TRASH.c.blob_key.in_(keys[i : i + self.REPORT_CHUNK])))
+
+        await self._write(transaction)
+
+    async def trash_count(self) -> int:
+        async with self.engine.connect() as conn:
+            return (await conn.execute(select(func.count()).select_from(TRASH))).scalar_one()
+
+    async def has_cold_instances(self) -> bool:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(I.c.sop_uid).where(I.c.tier == COLD).limit(1))).first()
+        return row is not None
+
+    async def movable_to_cold(self, study: str) -> list[Any]:
+        """Instances of `study` in the hot tier whose master is not being made (a pending job will replace
+        the blob): rows of sop_uid, blob_key, size, sha256."""
+        q = (
+            select(I.c.sop_uid, I.c.blob_key, I.c.size, I.c.sha256)
+            .where((I.c.study_uid == study) & (I.c.tier == HOT) & ~_master_pending(I.c.sop_uid))
+            .order_by(*INSTANCE_ORDER)
+        )
+        async with self.engine.connect() as conn:
+            return list((await conn.execute(q)).all())
+
+    async def point_at_cold(self, moves: list[tuple[str, str, str]]) -> list[bool]:
+        """For each (sop_uid, hot key, cold key) whose cold copy is durable, in one transaction: point the
+        instance at the cold key, if it still names the hot one and has no master job pending (a
+        re-upload or a new master since wins), and put the key it no longer uses in the trash: the hot
+        one when it moved, else the cold copy (unless the row names it: another process moved it first).
+        Whether each moved."""
+
+        def transaction(conn: Connection) -> list[bool]:
+            done: list[bool] = []
+            unused: list[str] = []
+            for sop, hot, cold in moves:
+                moved = conn.execute(
+                    update(I)
+                    .where((I.c.sop_uid == sop) & (I.c.blob_key == hot) & ~_master_pending(sop))
+                    .values(blob_key=cold, tier=COLD)
+                ).rowcount
+                if moved == 1:
+                    # A kept job names the blob it was about: the same one, now elsewhere.
+                    conn.execute(
+                        update(J).where((J.c.sop_uid == sop) & (J.c.blob_key == hot)).values(blob_key=cold)
+                    )
+                    unused.append(hot)
+                elif (
+                    conn.execute(select(I.c.blob_key).where(I.c.sop_uid == sop)).scalar_one_or_none() != cold
+                ):
+                    unused.append(cold)
+                done.append(moved == 1)
+            self._trash(conn, unused)
+            return done
+
+        return await self._write(transaction)
+
+    async def record_access(self, times: dict[str, float]) -> None:
+        """studies.accessed_at = the time given per study, unless it is later already (another replica)."""
+        if not times:
+            return
+        stmt = (
+            update(S)
+            .where((S.c.study_uid == bindparam("uid")) & (S.c.accessed_at < bindparam("at")))
+            .values(accessed_at=bindparam("at"))
+        )
+        rows = [{"uid": uid, "at": at} for uid, at in sorted(times.items())]
+        await self._write(lambda conn: conn.execute(stmt, rows))
 
     # ---- reports (the import and verify commands) --------------------------------------------------
 

@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import obstore
 from obstore.store import S3Store
@@ -88,7 +89,8 @@ class S3BlobStore:
             )
         except Exception as exc:  # noqa: BLE001 - a malformed AWS_* variable, told in one line
             raise BlobStoreUnavailable(f"s3://{bucket}/{prefix}: {short_reason(exc)}") from None
-        where = settings.s3_endpoint or f"AWS {settings.s3_region or 'us-east-1'}"
+        # The label is shown (banner, /status): never with credentials an endpoint URL might carry.
+        where = without_userinfo(settings.s3_endpoint) or f"AWS {settings.s3_region or 'us-east-1'}"
         label = f"s3://{bucket}/{prefix}{'/' if prefix else ''} at {where}"
         return cls(store, label=label, tmp_dir=settings.tmp_dir, **options)
 
@@ -216,6 +218,14 @@ _CODES = {
     "PermanentRedirect": "the bucket is in another region (set AWS_REGION)",
     "AuthorizationHeaderMalformed": "the request was signed for the wrong region (set AWS_REGION)",
 }
+
+
+def without_userinfo(url: str) -> str:
+    """`url` without a user name or password (http://user:secret@host:9000 -> http://host:9000)."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
 
 
 def short_reason(exc: BaseException) -> str:

@@ -46,23 +46,6 @@ class ApplyResult:
     warnings: list[str] = field(default_factory=list)
 
 
-async def empty_trash(archive: Archive) -> int:
-    """Delete the blobs queued in blob_trash (by a swap whose process died before it could): the
-    archive's own sweeper when it has one (the cold tier's piece provides Archive.empty_blob_trash),
-    else the hot tier's blobs here."""
-    sweeper = getattr(archive, "empty_blob_trash", None)
-    if sweeper is not None:
-        return int(await sweeper())
-    deleted = 0
-    for key, tier in await archive.index.trash():
-        if tier != "hot":
-            continue  # only the cold tier's code can reach that store
-        await archive.forget_blob(key)
-        await archive.index.untrash(key, tier)
-        deleted += 1
-    return deleted
-
-
 async def derive_one(
     archive: Archive, plan: InstancePlan, rule_name: str, pool: ThreadPoolExecutor
 ) -> tuple[str, int] | None:
@@ -130,7 +113,7 @@ async def apply_plan(
     """Carry out `plan` (made by storage.lifecycle.plan.plan_policy): resumable, since a second run
     plans only what the first did not finish."""
     result = ApplyResult()
-    result.trashed += await empty_trash(archive)
+    result.trashed += await archive.empty_blob_trash()
     pool = ThreadPoolExecutor(1, thread_name_prefix="lifecycle", initializer=_lower_priority)
     try:
         for rule_plan in plan.rules:
@@ -146,7 +129,7 @@ async def apply_plan(
                     result.derived += 1
                     result.bytes_before += inst.size
                     result.bytes_after += size
-                    result.trashed += await empty_trash(archive)
+                    result.trashed += await archive.empty_blob_trash()
                     if on_change is not None:
                         on_change(
                             {
@@ -174,18 +157,15 @@ async def _tier(
     on_change: OnChange | None,
     on_progress: OnProgress | None,
 ) -> None:
-    move = getattr(archive, "move_study_to_cold", None)
-    if move is None:
-        message = (
-            f"rule {rule_plan.rule.name!r}: no cold tier in this build (Archive.move_study_to_cold); skipped"
-        )
+    if archive.cold_tier is None:
+        message = f"rule {rule_plan.rule.name!r}: no cold tier (set DICOMWEB_COLD_BLOB_URL); skipped"
         log.warning(message)
         result.warnings.append(message)
         if on_progress is not None:
             on_progress(rule_plan.tier_instances)
         return
     for study in rule_plan.studies:
-        moved, moved_bytes = await move(study)
+        moved, moved_bytes = await archive.move_study_to_cold(study)
         result.moved_instances += moved
         result.moved_bytes += moved_bytes
         if moved and on_change is not None:
