@@ -29,6 +29,7 @@ from storage.codec import decode
 from storage.lifecycle.policy import PolicyError, StudyFacts, first_match, parse_policy
 from storage.lifecycle.qa import ssim
 from tests.conftest import PYDICOM_DATA, PYDICOM_TEST_FILES, Server, new_uids, stow, wait_for_masters
+from tests.test_postgres import postgres  # noqa: F401 - the module's temporary cluster
 
 J2K, J2K_LOSSLESS = "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.90"
 DAY = 86400.0
@@ -541,3 +542,65 @@ def check_swap_state(db: Path, data: Path, originals: set[str], *, finished: boo
     if finished:
         assert trash == 0
     return sum(1 for sop in originals if successors.get(sop) in present)
+
+
+# ---- on a schedule -----------------------------------------------------------------------------------------
+
+
+def test_server_applies_the_policy_on_its_schedule(tmp_path: Path) -> None:
+    policy = tmp_path / "policy.toml"
+    policy.write_text(POLICY)
+    audit = tmp_path / "audit.jsonl"
+    data = tmp_path / "data"
+    data.mkdir()
+    srv = Server(
+        data,
+        {
+            "DICOMWEB_LIFECYCLE": str(policy),
+            "DICOMWEB_LIFECYCLE_INTERVAL": "1",
+            "DICOMWEB_AUDIT_LOG": str(audit),
+        },
+    )
+    try:
+        with httpx.Client(base_url=srv.root, timeout=120) as client:
+            study = Study(client, [new_uids((PYDICOM_DATA / "693_UNCR.dcm").read_bytes())])
+            [ds] = study.datasets
+            deadline = time.time() + 120
+            new = None
+            while new is None and time.time() < deadline:
+                new = successor(client, study, ds)
+                time.sleep(0.5)
+            assert new is not None, "the scheduled run derived nothing in 120 s"
+            derived = client.get(study.url(ds, new) + "/metadata").json()[0]
+            assert derived["00282110"]["Value"] == ["01"]  # Lossy Image Compression
+        lines = [json.loads(line) for line in audit.read_text().splitlines()]
+        changes = [line for line in lines if line.get("action") == "lifecycle"]
+        assert [c["change"]["original"] for c in changes] == [ds.SOPInstanceUID]
+    finally:
+        srv.stop()
+
+
+async def test_one_replica_at_a_time_on_postgresql(tmp_path: Path, postgres: str) -> None:  # noqa: F811
+    """A replica that does not get the advisory lock skips its round; once released, it runs."""
+    from sqlalchemy import text
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from storage import Archive, Settings
+    from storage.lifecycle.schedule import LOCK_KEY, run_once
+    from tests.index_helpers import new_postgres_database
+
+    policy = tmp_path / "policy.toml"
+    policy.write_text(POLICY)
+    url = await new_postgres_database(postgres)
+    archive = Archive(Settings(data_dir=tmp_path / "data", database_url=url))
+    await archive.open(start_masters=False, parser_processes=1)
+    other = create_async_engine(url)
+    try:
+        async with other.connect() as conn:
+            assert await conn.scalar(text("SELECT pg_try_advisory_lock(:k)"), {"k": LOCK_KEY})
+            assert await run_once(archive, str(policy)) is False
+            await conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": LOCK_KEY})
+        assert await run_once(archive, str(policy)) is True
+    finally:
+        await other.dispose()
+        await archive.close()
