@@ -11,9 +11,11 @@ from typing import Any
 
 import httpx
 import pytest
-from browser_support import Studies, screenshot
+from browser_support import PageLog, Studies, screenshot
+from conftest import ct_series_files
+from pydicom.uid import generate_uid
 
-from tests.conftest import Server
+from tests.conftest import PYDICOM_DATA, Server, new_uids, stow, wait_for_masters
 
 LOADED = "body[data-loaded=true]"
 
@@ -191,5 +193,80 @@ def test_admin_page_asks_for_a_token(chromium: Any, keyed: tuple[Server, dict[st
             "document.querySelector('#message').textContent.includes('needs a bearer token')"
         )
         assert not errors, errors
+    finally:
+        context.close()
+
+
+# ---- with a lifecycle policy and lossy derivations -------------------------------------------------------
+
+SERVER_POLICY = """
+[[rule]]
+name = "CT, 10:1, error 120"
+modality = ["CT"]
+action = "lossy"
+max_ratio = 10
+max_error = 120
+
+[[rule]]
+name = "MR, 60 dB"
+modality = ["MR"]
+action = "lossy"
+min_psnr_db = 60
+max_error = 200
+"""
+
+
+@pytest.fixture(scope="module")
+def with_policy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A server whose policy would derive its CT slices, after the MR rule alone was applied by the CLI: the
+    page has both what a rule would save and the QA of what one did."""
+    root = tmp_path_factory.mktemp("admin-lifecycle")
+    policy, mr_only = root / "policy.toml", root / "mr.toml"
+    policy.write_text(SERVER_POLICY)
+    mr_only.write_text(SERVER_POLICY.split("[[rule]]")[0] + "[[rule]]" + SERVER_POLICY.split("[[rule]]")[2])
+    srv = Server(root / "data", {"DICOMWEB_LIFECYCLE": str(policy)})
+    with httpx.Client(base_url=srv.root, timeout=120) as client:
+        assert stow(client, ct_series_files(generate_uid(), generate_uid())).status_code == 200
+        mr = new_uids((PYDICOM_DATA / "MR2_UNCR.dcm").read_bytes(), study=generate_uid())
+        assert stow(client, [mr]).status_code == 200
+        wait_for_masters(client)
+    command = ["lifecycle", "--apply", "--quiet", "--data", str(srv.data_dir), "--policy", str(mr_only)]
+    done = subprocess.run(
+        [sys.executable, "-m", "dicomweb", *command],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    yield srv
+    srv.stop()
+
+
+def test_admin_page_shows_lifecycle_savings_and_qa(chromium: Any, with_policy: Server, shots: Path) -> None:
+    srv = with_policy
+    rules = httpx.get(f"{srv.root}/lifecycle", timeout=60).json()["rules"]
+    qa = httpx.get(f"{srv.root}/lifecycle/qa", params={"limit": 20}, timeout=60).json()["studies"]
+    ct, mr = rules
+    assert ct["instances"] > 0 and ct["bytes_after"] < ct["bytes_now"]  # what the CT rule would save
+    assert mr["instances"] == 0 and len(qa) == 1  # the MR rule was applied: nothing left, one QA entry
+
+    context = chromium.new_context(viewport={"width": 1280, "height": 900}, device_scale_factor=1)
+    page = context.new_page()
+    log = PageLog(srv.root)
+    page.on("console", lambda m: log.console.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: log.console.append(str(e)))
+    try:
+        page.goto(f"{srv.base}/admin/")
+        page.wait_for_selector(LOADED, timeout=30_000)
+        shown = cells(page, "#rules-table tbody")
+        assert len(shown) == len(rules) and page.locator("#rules-chart rect.bar").count() == 2 * len(rules)
+        assert all(str(rule["name"]) in page.locator("#rules-table").text_content() for rule in rules)
+        [row] = cells(page, "#qa-table tbody")
+        assert row and qa[0]["study"] in page.locator("#qa-table").text_content()
+        assert not log.console, log.console
+        section = page.locator("#rules-chart").locator("xpath=ancestor::section[1]")
+        section.scroll_into_view_if_needed()
+        screenshot(page, shots, "admin-lifecycle.png")
     finally:
         context.close()
