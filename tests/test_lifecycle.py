@@ -29,23 +29,11 @@ from storage.codec import decode
 from storage.lifecycle.policy import PolicyError, StudyFacts, first_match, parse_policy
 from storage.lifecycle.qa import ssim
 from tests.conftest import PYDICOM_DATA, PYDICOM_TEST_FILES, Server, new_uids, stow, wait_for_masters
+from tests.test_cli import run as cli
 from tests.test_postgres import postgres  # noqa: F401 - the module's temporary cluster
 
 J2K, J2K_LOSSLESS = "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.90"
 DAY = 86400.0
-
-
-def cli(
-    *args: str, env: dict[str, str] | None = None, timeout: float = 600
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "dicomweb", *args],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, **(env or {})},
-    )
 
 
 # ---- the policy file ---------------------------------------------------------------------------------

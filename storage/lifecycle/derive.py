@@ -16,14 +16,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pydicom
 from pydicom.dataset import Dataset
-from pydicom.encaps import encapsulate, encapsulate_extended
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 from pydicom.uid import UID, generate_uid
@@ -31,10 +29,9 @@ from pydicom.uid import UID, generate_uid
 from storage.codec import cut, decode, info
 from storage.codec.fidelity import THREADED_SAMPLES
 from storage.dicom_file import ParsedInstance, frame_from_file, parse_instance
-from storage.implementation import stamp_file_meta
 from storage.lifecycle.plan import InstancePlan
 from storage.lifecycle.qa import FrameQA, psnr_and_max_error, ssim
-from storage.mastering.make import BOT_LIMIT
+from storage.mastering.make import set_encapsulated, write_temporary
 from storage.transfer_syntaxes import J2K
 
 METHOD = "ISO_15444_1"  # PS3.3 C.7.6.1.1.5.1: JPEG 2000 (irreversible, or a truncated reversible stream)
@@ -161,17 +158,7 @@ def derive(
 
     ds = pydicom.dcmread(master_path)
     source = pydicom.dcmread(master_path, stop_before_pixels=True)
-    for keyword in ("ExtendedOffsetTable", "ExtendedOffsetTableLengths"):
-        if keyword in ds:
-            delattr(ds, keyword)
-    if sum(len(f) + 8 for f in frames) < BOT_LIMIT:
-        ds.PixelData = encapsulate(frames, has_bot=True)
-    else:
-        ds.PixelData, ds.ExtendedOffsetTable, ds.ExtendedOffsetTableLengths = encapsulate_extended(frames)
-    ds["PixelData"].VR = "OB"
-    ds["PixelData"].is_undefined_length = True
-    ds.file_meta.TransferSyntaxUID = UID(J2K)
-    stamp_file_meta(ds.file_meta)
+    set_encapsulated(ds, frames, J2K)
     stored = sum(len(f) for f in frames)
     ratio = plan.pixel_bytes / stored if stored else 0.0
     cut_frames = [f for f in plan.frames if f.layers is not None]
@@ -182,11 +169,8 @@ def derive(
     )
     new_uid = derived_uid(plan.sop_uid, plan.layers)
     label(ds, source, new_uid, ratio, description)
-    fd, name = tempfile.mkstemp(suffix=".dcm", dir=work_dir)
-    os.close(fd)
-    path = Path(name)
+    path = write_temporary(ds, work_dir)
     try:
-        pydicom.dcmwrite(path, ds, implicit_vr=False, little_endian=True, enforce_file_format=True)
         parsed = parse_instance(path, bulk_data_threshold=bulk_data_threshold)
         if parsed.sop_uid != new_uid or len(parsed.frames) != len(frames):
             raise DerivationFailed("the derived file does not read back as written")

@@ -141,6 +141,37 @@ def _reduced(frame: np.ndarray, levels: int, *, average: bool) -> np.ndarray:
     return np.rint(means).astype(frame.dtype)
 
 
+def set_encapsulated(ds: Dataset, codestreams: list[bytes], transfer_syntax: str) -> None:
+    """Make `ds`'s Pixel Data these codestreams, one frame each, in `transfer_syntax`: with a Basic Offset
+    Table, or an Extended Offset Table when the offsets would not fit in 32 bits."""
+    for keyword in ("ExtendedOffsetTable", "ExtendedOffsetTableLengths"):
+        if keyword in ds:
+            delattr(ds, keyword)
+    if sum(len(c) + 8 for c in codestreams) < BOT_LIMIT:
+        ds.PixelData = encapsulate(codestreams, has_bot=True)
+    else:
+        ds.PixelData, ds.ExtendedOffsetTable, ds.ExtendedOffsetTableLengths = encapsulate_extended(
+            codestreams
+        )
+    ds["PixelData"].VR = "OB"
+    ds["PixelData"].is_undefined_length = True
+    ds.file_meta.TransferSyntaxUID = UID(transfer_syntax)
+    stamp_file_meta(ds.file_meta)
+
+
+def write_temporary(ds: Dataset, work_dir: Path) -> Path:
+    """`ds` written as a Part 10 file (explicit VR little endian) under a new name in `work_dir`."""
+    fd, name = tempfile.mkstemp(suffix=".dcm", dir=work_dir)
+    os.close(fd)
+    path = Path(name)
+    try:
+        pydicom.dcmwrite(path, ds, implicit_vr=False, little_endian=True, enforce_file_format=True)
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    return path
+
+
 def make_master(received: Path, work_dir: Path, *, bulk_data_threshold: int = 1024) -> Master:
     """Encode, write, read back and verify; raises MasterNotPossible (or VerificationFailed)."""
     source = pydicom.dcmread(received)
@@ -150,25 +181,13 @@ def make_master(received: Path, work_dir: Path, *, bulk_data_threshold: int = 10
     codestreams = [encode_master(f, **encoding) for f in originals]
 
     ds = decoded_dataset(received, decompress=False)  # raw values little endian, ready to re-encode
-    if sum(len(c) + 8 for c in codestreams) < BOT_LIMIT:
-        ds.PixelData = encapsulate(codestreams, has_bot=True)
-    else:
-        ds.PixelData, ds.ExtendedOffsetTable, ds.ExtendedOffsetTableLengths = encapsulate_extended(
-            codestreams
-        )
-    ds["PixelData"].VR = "OB"
-    ds["PixelData"].is_undefined_length = True
-    ds.file_meta.TransferSyntaxUID = UID(J2K_LOSSLESS)
-    stamp_file_meta(ds.file_meta)
+    set_encapsulated(ds, codestreams, J2K_LOSSLESS)
     if color:
         # PS3.5 8.2.4: JPEG 2000 with the reversible colour transform is YBR_RCT, interleaved.
         ds.PhotometricInterpretation = "YBR_RCT"
         ds.PlanarConfiguration = 0
-    fd, name = tempfile.mkstemp(suffix=".dcm", dir=work_dir)
-    os.close(fd)
-    path = Path(name)
+    path = write_temporary(ds, work_dir)
     try:
-        pydicom.dcmwrite(path, ds, implicit_vr=False, little_endian=True, enforce_file_format=True)
         parsed = parse_instance(path, bulk_data_threshold=bulk_data_threshold)
         fidelity = _verify(path, parsed, originals)
     except BaseException:
