@@ -127,6 +127,8 @@ def test_plain_install_serves_the_viewer_pages_from_anywhere(plain_server: str) 
             r = client.get(f"/viewer-demo/{page}")
             assert r.status_code == 200, (page, r.status_code)
         assert client.get("/viewer-demo/").headers["content-type"].startswith("text/html")
+        for page in ("", "admin.js", "admin.css"):  # the storage economics page ships too
+            assert client.get(f"/admin/{page}").status_code == 200, page
         ohif = client.get("/ohif/")
         assert ohif.status_code == 503 and "npm pack @ohif/app@" in ohif.text
         codec = client.get("/viewer-demo/codec/openjpegwasm_decode.js")
