@@ -295,12 +295,13 @@ async def _explain(url: str, n: int) -> None:
     from storage.query import parse_query, run_query
 
     index = Index(url)
+    await index.create()  # nothing to migrate: it learns what the database has (SQLite's trigram index)
     captured: list[tuple[str, object]] = []
 
     def capture(_conn, _cursor, statement, parameters, _context, _many):
         captured.append((statement, parameters))
 
-    event.listen(index.sync_engine, "before_cursor_execute", capture)
+    event.listen(index.engine.sync_engine, "before_cursor_execute", capture)
     print(f"\n--- plans at {n} studies ({index.engine.dialect.name}) ---")
     try:
         for q in queries(n):
@@ -311,7 +312,7 @@ async def _explain(url: str, n: int) -> None:
                 level = q.level  # type: ignore[assignment]
                 await run_query(index, parse_query(level, list(q.params.items()), *q.scope))  # type: ignore[arg-type]
             statements = [(s, p) for s, p in captured if s.lstrip().upper().startswith("SELECT")]
-            event.remove(index.sync_engine, "before_cursor_execute", capture)
+            event.remove(index.engine.sync_engine, "before_cursor_execute", capture)
             print(f"\n# {q.name}")
             for statement, params in statements:
                 prefix = (
@@ -321,7 +322,7 @@ async def _explain(url: str, n: int) -> None:
                     rows = (await conn.exec_driver_sql(prefix + statement, params)).all()  # type: ignore[arg-type]
                 for row in rows:
                     print("   ", row[-1])
-            event.listen(index.sync_engine, "before_cursor_execute", capture)
+            event.listen(index.engine.sync_engine, "before_cursor_execute", capture)
     finally:
         await index.close()
 
