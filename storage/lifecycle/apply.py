@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -114,40 +115,66 @@ async def apply_plan(
     plans only what the first did not finish."""
     result = ApplyResult()
     result.trashed += await archive.empty_blob_trash()
-    pool = ThreadPoolExecutor(1, thread_name_prefix="lifecycle", initializer=_lower_priority)
+    # One derivation per core at a time: decoding, cutting and measuring release the GIL, and every
+    # instance is swapped in by its own transaction, so they need no order among themselves.
+    workers = os.cpu_count() or 1
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="lifecycle", initializer=_lower_priority)
+    gate = asyncio.Semaphore(workers)
+
+    async def one(inst: InstancePlan, rule_name: str) -> tuple[str, int] | None:
+        async with gate:
+            return await derive_one(archive, inst, rule_name, pool)
+
     try:
         for rule_plan in plan.rules:
             if rule_plan.rule.action == "tier":
                 await _tier(archive, rule_plan, result, on_change, on_progress)
                 continue
-            for inst in rule_plan.instances:
-                done = await derive_one(archive, inst, rule_plan.rule.name, pool)
-                if done is None:
-                    result.skipped += 1
-                else:
-                    sop, size = done
-                    result.derived += 1
-                    result.bytes_before += inst.size
-                    result.bytes_after += size
-                    result.trashed += await archive.empty_blob_trash()
-                    if on_change is not None:
-                        on_change(
-                            {
-                                "action": "derived",
-                                "rule": rule_plan.rule.name,
-                                "study": inst.study_uid,
-                                "series": inst.series_uid,
-                                "original": inst.sop_uid,
-                                "derived": sop,
-                                "bytes_before": inst.size,
-                                "bytes_after": size,
-                            }
-                        )
-                if on_progress is not None:
-                    on_progress(1)
+            name = rule_plan.rule.name
+            for start in range(0, len(rule_plan.instances), workers * BATCH_PER_WORKER):
+                batch = rule_plan.instances[start : start + workers * BATCH_PER_WORKER]
+                outcomes = await asyncio.gather(*(one(inst, name) for inst in batch))
+                for inst, done in zip(batch, outcomes, strict=True):
+                    _record(result, inst, name, done, on_change)
+                    if on_progress is not None:
+                        on_progress(1)
+                result.trashed += await archive.empty_blob_trash()
     finally:
         pool.shutdown(wait=True)
     return result
+
+
+# Instances handed out per worker between two emptyings of the trash.
+BATCH_PER_WORKER = 8
+
+
+def _record(
+    result: ApplyResult,
+    inst: InstancePlan,
+    rule_name: str,
+    done: tuple[str, int] | None,
+    on_change: OnChange | None,
+) -> None:
+    if done is None:
+        result.skipped += 1
+        return
+    sop, size = done
+    result.derived += 1
+    result.bytes_before += inst.size
+    result.bytes_after += size
+    if on_change is not None:
+        on_change(
+            {
+                "action": "derived",
+                "rule": rule_name,
+                "study": inst.study_uid,
+                "series": inst.series_uid,
+                "original": inst.sop_uid,
+                "derived": sop,
+                "bytes_before": inst.size,
+                "bytes_after": size,
+            }
+        )
 
 
 async def _tier(
