@@ -121,9 +121,12 @@ async def apply_plan(
     pool = ThreadPoolExecutor(workers, thread_name_prefix="lifecycle", initializer=_lower_priority)
     gate = asyncio.Semaphore(workers)
 
-    async def one(inst: InstancePlan, rule_name: str) -> tuple[str, int] | None:
+    async def one(inst: InstancePlan, rule_name: str) -> None:
         async with gate:
-            return await derive_one(archive, inst, rule_name, pool)
+            done = await derive_one(archive, inst, rule_name, pool)
+        _record(result, inst, rule_name, done, on_change)
+        if on_progress is not None:
+            on_progress(1)
 
     try:
         for rule_plan in plan.rules:
@@ -133,11 +136,7 @@ async def apply_plan(
             name = rule_plan.rule.name
             for start in range(0, len(rule_plan.instances), workers * BATCH_PER_WORKER):
                 batch = rule_plan.instances[start : start + workers * BATCH_PER_WORKER]
-                outcomes = await asyncio.gather(*(one(inst, name) for inst in batch))
-                for inst, done in zip(batch, outcomes, strict=True):
-                    _record(result, inst, name, done, on_change)
-                    if on_progress is not None:
-                        on_progress(1)
+                await asyncio.gather(*(one(inst, name) for inst in batch))
                 result.trashed += await archive.empty_blob_trash()
     finally:
         pool.shutdown(wait=True)
