@@ -15,6 +15,7 @@ import pytest
 from auth_support import AUDIENCE, Issuer
 
 from tests.conftest import PYDICOM_TEST_FILES, Server, multipart_body, new_uids
+from tests.test_cli import run
 
 STOW_TYPE = 'multipart/related; type="application/dicom"; boundary=test-boundary-1234'
 
@@ -196,13 +197,7 @@ def test_tokens_never_reach_the_logs(oidc_server: Server, issuer: Issuer) -> Non
 
 
 def dicomweb(*args: str, data: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "dicomweb", *args, "--data", str(data)],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return run(*args, "--data", str(data), timeout=120)
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,6 @@ from __future__ import annotations
 import io
 import json
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +27,7 @@ from storage.index import Index
 from storage.stats import TB, storage_stats
 from tests.conftest import PYDICOM_DATA, PYDICOM_TEST_FILES, Server, new_uids, wait_for_masters
 from tests.index_helpers import make_instance, new_postgres_database, stored
+from tests.test_cli import run
 from tests.test_postgres import postgres  # noqa: F401 - the module's temporary cluster
 
 PRICES = {
@@ -39,17 +39,8 @@ PRICES = {
 INSTANCE = "application/dicom; transfer-syntax=*"
 
 
-def dicomweb(*args: str, data: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    import os
-
-    return subprocess.run(
-        [sys.executable, "-m", "dicomweb", *args, "--data", str(data)],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, **PRICES, **(env or {})},
-    )
+def dicomweb(*args: str, data: Path) -> subprocess.CompletedProcess[str]:
+    return run(*args, "--data", str(data), env=PRICES)
 
 
 def month_now() -> str:

@@ -14,10 +14,8 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +25,13 @@ import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
-from bench.cluster import BUCKET, S3_CREDENTIALS, kill_group, start_s3_server
+from bench.cluster import BUCKET, S3_CREDENTIALS
 from storage import Archive, BlobStoreUnavailable, Settings
 from storage.access_times import AccessTimes
 from tests.conftest import Server, new_uids, parse_multipart, stow, wait_for_masters
 from tests.samples import sample
 from tests.test_postgres import postgres  # noqa: F401 - the module's temporary cluster
+from tests.test_s3_blobs import s3_endpoint  # noqa: F401 - the module's S3 server (moto)
 
 REPO = Path(__file__).resolve().parent.parent
 OCTET = "application/octet-stream"
@@ -248,15 +247,6 @@ async def test_archive_with_cold_instances_refuses_to_start_without_the_cold_sto
 # ---- a cold S3 bucket (moto) -------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def s3_endpoint() -> Iterator[str]:
-    base = Path(tempfile.mkdtemp(prefix="dicomweb-s3-"))
-    endpoint, proc = start_s3_server(base)
-    yield endpoint
-    kill_group(proc.pid)
-    shutil.rmtree(base, ignore_errors=True)
-
-
 def cold_objects(endpoint: str, prefix: str) -> list[str]:
     s3 = boto3.client(
         "s3",
@@ -270,7 +260,9 @@ def cold_objects(endpoint: str, prefix: str) -> list[str]:
 
 
 def test_moved_study_answers_the_same_bytes_from_a_cold_bucket(
-    tmp_path: Path, s3_endpoint: str, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    s3_endpoint: str,  # noqa: F811 - the fixture imported above
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     env = {**S3_CREDENTIALS, "AWS_ENDPOINT_URL": s3_endpoint}
     for name, value in env.items():

@@ -3,8 +3,6 @@ the lifecycle endpoints, when they answer) give, and with access control on it a
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +14,7 @@ from conftest import ct_series_files
 from pydicom.uid import generate_uid
 
 from tests.conftest import PYDICOM_DATA, Server, new_uids, stow, wait_for_masters
+from tests.test_cli import run
 
 LOADED = "body[data-loaded=true]"
 
@@ -135,13 +134,7 @@ def test_admin_page_shows_the_stats(
 
 
 def make_key(data: Path, name: str, scopes: str) -> str:
-    done = subprocess.run(
-        [sys.executable, "-m", "dicomweb", "apikey", "create", name, "--scopes", scopes, "--data", str(data)],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = run("apikey", "create", name, "--scopes", scopes, "--data", str(data), timeout=120)
     assert done.returncode == 0, done.stderr
     return done.stdout.splitlines()[0]
 
@@ -231,13 +224,7 @@ def with_policy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         assert stow(client, [mr]).status_code == 200
         wait_for_masters(client)
     command = ["lifecycle", "--apply", "--quiet", "--data", str(srv.data_dir), "--policy", str(mr_only)]
-    done = subprocess.run(
-        [sys.executable, "-m", "dicomweb", *command],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = run(*command)
     assert done.returncode == 0, done.stderr
     yield srv
     srv.stop()
