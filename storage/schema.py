@@ -129,6 +129,13 @@ Index(
     instances.c.instance_number,
     instances.c.sop_uid,
 )
+# Instances on the cold tier only (migration 0008): whether there are any is asked at every start.
+Index(
+    "ix_instances_cold",
+    instances.c.tier,
+    sqlite_where=instances.c.tier == "cold",
+    postgresql_where=instances.c.tier == "cold",
+)
 
 # Durable queue of received instances waiting to become masters: a row is written in the same
 # transaction as the instance, so a restart resumes exactly where the work stopped.
