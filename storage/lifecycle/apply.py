@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from storage.lifecycle.derive import DerivationFailed, derive, derived_blob_key
 from storage.lifecycle.plan import InstancePlan, PolicyPlan, RulePlan
-from storage.mastering.queue import _lower_priority
+from storage.mastering.queue import lower_priority
 
 if TYPE_CHECKING:
     from storage.archive import Archive
@@ -118,7 +118,7 @@ async def apply_plan(
     # One derivation per core at a time: decoding, cutting and measuring release the GIL, and every
     # instance is swapped in by its own transaction, so they need no order among themselves.
     workers = os.cpu_count() or 1
-    pool = ThreadPoolExecutor(workers, thread_name_prefix="lifecycle", initializer=_lower_priority)
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="lifecycle", initializer=lower_priority)
     gate = asyncio.Semaphore(workers)
 
     async def one(inst: InstancePlan, rule_name: str) -> None:

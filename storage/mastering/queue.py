@@ -71,7 +71,7 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _lower_priority() -> None:
+def lower_priority() -> None:
     # Linux applies nice values per thread: encoding yields the CPU to request handling.
     with contextlib.suppress(OSError, AttributeError):
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), NICENESS)
@@ -103,7 +103,7 @@ class MasterQueue:
         self.workers = settings.workers or os.cpu_count() or 1
         # Unique per process: leases name the replica (and the process, for several on one host).
         self.owner = f"{socket.gethostname()[:32]}:{os.getpid()}:{secrets.token_hex(4)}"
-        self.pool = ThreadPoolExecutor(self.workers, thread_name_prefix="master", initializer=_lower_priority)
+        self.pool = ThreadPoolExecutor(self.workers, thread_name_prefix="master", initializer=lower_priority)
         # Normal priority: instances a viewer waits for, and the worker an old backlog gets.
         self.urgent_pool = ThreadPoolExecutor(self.workers, thread_name_prefix="master-urgent")
         self._wake = asyncio.Event()
