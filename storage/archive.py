@@ -628,7 +628,7 @@ class Archive:
 
     def _htj2k_dir(self, blob_key: str) -> Path:
         tag = hashlib.sha1(blob_key.encode(), usedforsecurity=False).hexdigest()
-        return self.settings.data_dir / "cache" / "htj2k" / tag[:2] / tag
+        return self.settings.htj2k_cache_dir / tag[:2] / tag
 
     async def forget_blob(self, key: str) -> None:
         """Delete a blob and whatever was derived from it."""

@@ -197,6 +197,16 @@ class Settings:
         return self.data_dir / "tmp"
 
     @property
+    def decoded_cache_dir(self) -> Path:
+        """Uncompressed frames kept on disk (storage/readahead.py), bounded by decoded_disk_cache_bytes."""
+        return self.data_dir / "cache" / "decoded"
+
+    @property
+    def htj2k_cache_dir(self) -> Path:
+        """Masters transcoded to HTJ2K (storage/archive.py)."""
+        return self.data_dir / "cache" / "htj2k"
+
+    @property
     def sql_url(self) -> str:
         if self.database_url:
             return self.database_url

@@ -164,7 +164,7 @@ class Readahead:
         self._task: asyncio.Task[None] | None = None
         self.decoded = 0  # frames decoded ahead so far (for tests and benchmarks)
         settings = archive.settings
-        self.spill = DecodedSpill(settings.data_dir / "cache" / "decoded", settings.decoded_disk_cache_bytes)
+        self.spill = DecodedSpill(settings.decoded_cache_dir, settings.decoded_disk_cache_bytes)
         self.spilled = 0  # instances whose received frames went to the disk cache
 
     async def remember_received(self, received: Path, master_key: str) -> None:

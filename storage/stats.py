@@ -41,7 +41,6 @@ from __future__ import annotations
 import asyncio
 import os
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import and_, case, func, literal, select
@@ -55,9 +54,6 @@ S, SE, I = schema.studies, schema.series, schema.instances
 
 TB = 10**12
 YEARS = 5
-# The server's disk caches under the data folder (storage/readahead.py's DecodedSpill and
-# storage/archive.py's Archive._htj2k_dir): name shown, folder relative to data_dir.
-CACHE_FOLDERS = (("decoded frames", "cache/decoded"), ("HTJ2K frames", "cache/htj2k"))
 PRICE_SOURCE = (
     "Amazon S3 Standard list price (us-east-1, first 50 TB: USD 0.023 per GB-month); cold tier: "
     "S3 Glacier Instant Retrieval (USD 0.004 per GB-month). Set DICOMWEB_PRICE_PER_TB_MONTH and "
@@ -306,16 +302,18 @@ async def storage_stats(engine: AsyncEngine, settings: Settings) -> StorageStats
         by_modality.setdefault(key[0], Figures(studies=in_modality)).add(figures)
         by_month.setdefault(key[1], Figures(studies=int(month_studies.get(row.month, 0)))).add(figures)
         total.add(figures)
-    caches = await asyncio.to_thread(cache_use, settings.data_dir)
+    caches = await asyncio.to_thread(cache_use, settings)
     return StorageStats(settings, total, by_modality, by_month, by_pair, caches)
 
 
-def cache_use(data_dir: Path) -> list[CacheUse]:
+def cache_use(settings: Settings) -> list[CacheUse]:
     """Bytes and files in each of the server's cache folders (missing folders count as empty)."""
     found = []
-    for name, rel in CACHE_FOLDERS:
+    caches = (("decoded frames", settings.decoded_cache_dir), ("HTJ2K frames", settings.htj2k_cache_dir))
+    for name, path in caches:
+        rel = path.relative_to(settings.data_dir).as_posix()
         size = files = 0
-        for folder, _, names in os.walk(data_dir / rel):
+        for folder, _, names in os.walk(path):
             for file_name in names:
                 try:
                     size += os.stat(os.path.join(folder, file_name)).st_size
