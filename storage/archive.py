@@ -338,6 +338,7 @@ class Archive:
             "masters_in_progress": progress.in_progress,
             "frames_decoded_ahead": self.readahead.decoded,
             "masters_with_uncompressed_frames_kept": self.readahead.spilled,
+            "frames_read_ahead_from_disk": self.readahead.preread,
             # Where studies moved to the cold tier are kept (None: no cold tier configured).
             "cold_tier": self.cold_tier,
             "blobs_awaiting_deletion": await self.index.trash_count(),

@@ -166,6 +166,7 @@ class Readahead:
         settings = archive.settings
         self.spill = DecodedSpill(settings.decoded_cache_dir, settings.decoded_disk_cache_bytes)
         self.spilled = 0  # instances whose received frames went to the disk cache
+        self.preread = 0  # frames read ahead from the disk cache into memory
 
     async def remember_received(self, received: Path, master_key: str) -> None:
         """The master made from `received` is in place under `master_key`: keep the received file's frames,
@@ -232,7 +233,6 @@ class Readahead:
             recs = [r for r in await self.archive.index.instances(study, series) if decodable(r)]
             start = next((i for i, r in enumerate(recs) if r.sop_uid == start_sop), 0)
             budget = self._cache.capacity * 3 // 4
-            loop = asyncio.get_running_loop()
             for rec in recs[start:] + recs[:start]:
                 await asyncio.sleep(0)  # never hold the event loop for a whole series
                 for number in range(1, rec.number_of_frames + 1):
@@ -240,22 +240,16 @@ class Readahead:
                     if self._cache.get(key) is not None or key in self._inflight:
                         continue
                     if self.spill.has(rec.blob_key, number):
-                        continue  # read from disk when asked for, no decode needed
-                    codestream = await self.archive.read_frame(rec, number)
-                    future = loop.run_in_executor(
-                        self._pool,
-                        _decode_frame,
-                        codestream,
-                        rec.bits_allocated,
-                        rec.pixel_representation == 1,
-                    )
-                    self._inflight[key] = future
-                    try:
-                        data = await asyncio.shield(future)
-                    finally:
-                        self._inflight.pop(key, None)
+                        # Kept on disk: no decode, but read ahead all the same, so the client's request
+                        # costs a memory lookup rather than a file read through a thread.
+                        data = await asyncio.to_thread(self.spill.read, rec.blob_key, number)
+                        if data is None:
+                            continue
+                        self.preread += 1
+                    else:
+                        data = await self._decode(rec, number)
+                        self.decoded += 1
                     self._cache.put(key, data)
-                    self.decoded += 1
                     budget -= len(data)
                     if budget <= 0:
                         return
@@ -264,6 +258,18 @@ class Readahead:
         except Exception:
             # Decoding ahead is a courtesy: a failure here is answered when the frame itself is asked for.
             log.exception("decode-ahead of series %s stopped", series)
+
+    async def _decode(self, rec: InstanceRecord, number: int) -> bytes:
+        key = (rec.blob_key, number)
+        codestream = await self.archive.read_frame(rec, number)
+        future = asyncio.get_running_loop().run_in_executor(
+            self._pool, _decode_frame, codestream, rec.bits_allocated or 0, rec.pixel_representation == 1
+        )
+        self._inflight[key] = future
+        try:
+            return await asyncio.shield(future)
+        finally:
+            self._inflight.pop(key, None)
 
     def close(self) -> None:
         if self._task is not None:

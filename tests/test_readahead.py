@@ -85,6 +85,15 @@ def test_frames_received_uncompressed_are_kept_for_their_master(client: httpx.Cl
     assert stow(client, files).status_code == 200
     wait_for_masters(client)
     assert client.get("/status").json()["masters_with_uncompressed_frames_kept"] >= before + SLICES
+    # Opening the series reads its kept frames into memory ahead of the client (no decode).
+    status = client.get("/status").json()
+    read_before, decoded_before = status["frames_read_ahead_from_disk"], status["frames_decoded_ahead"]
+    assert client.get(f"/studies/{study}/series/{series}/metadata").status_code == 200
+    deadline = time.time() + 30
+    while client.get("/status").json()["frames_read_ahead_from_disk"] < read_before + SLICES:
+        assert time.time() < deadline, "the kept frames were not read ahead"
+        time.sleep(0.05)
+    assert client.get("/status").json()["frames_decoded_ahead"] == decoded_before
     for data in files:
         ds = pydicom.dcmread(io.BytesIO(data))
         url = f"/studies/{study}/series/{series}/instances/{ds.SOPInstanceUID}"
