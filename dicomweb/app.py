@@ -17,7 +17,7 @@ from starlette.routing import Mount, Route
 from dicomweb import frames, labels_api, lifecycle_api, progressive, qido, rendered, stats_api, stow, wado
 from dicomweb.access_log import AccessLogMiddleware
 from dicomweb.audit import lifecycle_record
-from dicomweb.responses import HTTPError, archive_of, error_response
+from dicomweb.responses import HTTPError, archive_of, error_response, index_unreachable_response
 from dicomweb.security import security_middleware, security_state
 from dicomweb.static_sites import static_routes
 from storage import (
@@ -129,7 +129,7 @@ async def storage_error(request: Request, exc: Exception) -> Response:
 
 async def index_unreachable(request: Request, exc: Exception) -> Response:
     log.warning("the index is unreachable on %s %s: %s", request.method, request.url.path, type(exc).__name__)
-    return error_response(503, "the index database cannot be reached; retry shortly")
+    return index_unreachable_response()
 
 
 async def unexpected_error(request: Request, exc: Exception) -> Response:

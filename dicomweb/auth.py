@@ -37,8 +37,8 @@ from urllib.parse import parse_qsl, urlencode
 import jwt
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from dicomweb.responses import error_response
-from storage import Settings
+from dicomweb.responses import error_response, index_unreachable_response
+from storage import INDEX_UNREACHABLE, Settings
 
 log = logging.getLogger(__name__)
 
@@ -281,6 +281,11 @@ def challenge(error: str, description: str, scope_name: str | None = None) -> st
     return value + (f', scope="{scope_name}"' if scope_name else "")
 
 
+async def _unreachable(scope: Scope, receive: Receive, send: Send, exc: BaseException) -> None:
+    log.warning("the index is unreachable on %s %s: %s", scope["method"], scope["path"], type(exc).__name__)
+    await index_unreachable_response()(scope, receive, send)
+
+
 class AuthMiddleware:
     """Pure ASGI: decides before routing, so a refused request never reaches a handler or reads its body."""
 
@@ -311,6 +316,9 @@ class AuthMiddleware:
         except IssuerUnavailable:
             await error_response(503, "the identity provider's keys cannot be fetched")(scope, receive, send)
             return
+        except INDEX_UNREACHABLE as exc:  # API keys live in the index: outside the app's own handlers here
+            await _unreachable(scope, receive, send, exc)
+            return
         if principal is None:  # OPTIONS without credentials: let CORS and routing answer
             await self.app(scope, receive, send)
             return
@@ -334,7 +342,12 @@ class AuthMiddleware:
         archive = scope["app"].state.archive
         parts = [p for p in scope["path"][len(self.root) :].split("/") if p]
         named = parts[1] if len(parts) > 1 and parts[0] == "studies" else None
-        if named is not None and await archive.study_hidden(named, labels):
+        try:
+            hidden = named is not None and await archive.study_hidden(named, labels)
+        except INDEX_UNREACHABLE as exc:
+            await _unreachable(scope, receive, send, exc)
+            return
+        if hidden:
             await error_response(404, "no such study")(scope, receive, send)
             return
         if scope["method"] != "POST":

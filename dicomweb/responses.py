@@ -30,6 +30,11 @@ def archive_of(request: Request) -> Archive:
     return archive
 
 
+def index_unreachable_response() -> Response:
+    """503 with Retry-After: the index database cannot be reached (PostgreSQL down, a pool timeout)."""
+    return error_response(503, "the index database cannot be reached; retry shortly")
+
+
 def error_response(status: int, reason: str) -> Response:
     # The reason goes in the body and in a Warning header (PS3.18 8.1.4), which clients log.
     # Header values are Latin-1 on the wire: a reason quoting the client's non-ASCII input is escaped there.

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import pytest
 from pydicom.uid import generate_uid
 
 from bench import pg_cluster
+from storage.api_keys import CACHE_SECONDS as API_KEY_CACHE_SECONDS
 from tests.conftest import (
     PYDICOM_DATA,
     PYDICOM_TEST_FILES,
@@ -28,6 +30,7 @@ from tests.conftest import (
     stow,
     wait_for_masters,
 )
+from tests.test_cli import run
 
 
 @pytest.fixture(scope="module")
@@ -131,6 +134,20 @@ def test_database_lost_and_back(tmp_path_factory: pytest.TempPathFactory) -> Non
             pg_cluster.resume(base)
             back = client.get("/studies")
             assert back.status_code == 200 and len(back.json()) == 1
+
+            # With API keys on, the key is looked up before routing, outside the app's error handlers:
+            # a lost database there is a 503 too, not a 500.
+            made = run("apikey", "create", "viewer", "--scopes", "read", env={"DICOMWEB_DATABASE_URL": url})
+            assert made.returncode == 0, made.stderr
+            key = {"Authorization": f"Bearer {made.stdout.splitlines()[0]}"}
+            assert client.get("/studies", headers=key).status_code == 200
+            pg_cluster.stop(base)
+            time.sleep(API_KEY_CACHE_SECONDS + 0.5)  # past the cached lookups, so the key is looked up again
+            lost = client.get("/studies", headers=key)
+            assert lost.status_code == 503, lost.text
+            assert "retry-after" in lost.headers and "cannot be reached" in lost.json()["error"]
+            pg_cluster.resume(base)
+            assert client.get("/studies", headers=key).status_code == 200
     finally:
         srv.stop()
         pg_cluster.stop(base)
