@@ -48,6 +48,7 @@ from storage.lifecycle.reports import recent_qa, study_qa
 from storage.mastering.make import MasterNotPossible, container_dtype, provisional_codestream
 from storage.mastering.queue import MasterQueue
 from storage.metadata_cache import bodies as metadata_bodies
+from storage.orphans import exit_with
 from storage.parse_warnings import parse_files_noting_warnings
 from storage.preview import preview_for_instance, series_preview
 from storage.query import Level, Query, parse_query, run_query, scope_query
@@ -179,7 +180,10 @@ class Archive:
     def _new_parser_pool(self) -> ProcessPoolExecutor:
         # forkserver: never fork this process, which has threads (SQLite, codec pool) running.
         return ProcessPoolExecutor(
-            self._parser_count, mp_context=multiprocessing.get_context("forkserver"), initializer=_warm_parser
+            self._parser_count,
+            mp_context=multiprocessing.get_context("forkserver"),
+            initializer=exit_with,  # a killed server leaves no parser behind (storage/orphans.py)
+            initargs=(os.getpid(),),
         )
 
     async def _run_parser(self, job: functools.partial):
