@@ -48,9 +48,9 @@ from storage.lifecycle.reports import recent_qa, study_qa
 from storage.mastering.make import MasterNotPossible, container_dtype, provisional_codestream
 from storage.mastering.queue import MasterQueue
 from storage.metadata_cache import bodies as metadata_bodies
-from storage.orphans import exit_with
 from storage.parse_warnings import parse_files_noting_warnings
 from storage.preview import preview_for_instance, series_preview
+from storage.processes import exit_with, left_by_dead_processes
 from storage.query import Level, Query, parse_query, run_query, scope_query
 from storage.readahead import Readahead
 from storage.render import RenderOptions, render_frame
@@ -171,8 +171,13 @@ class Archive:
         return tempfile.mkdtemp(dir=self.settings.tmp_dir)
 
     def clear_tmp(self) -> None:
-        """Remove uploads left behind by a crash (never acknowledged, so nothing is lost)."""
-        shutil.rmtree(self.settings.tmp_dir, ignore_errors=True)
+        """Remove uploads and half-made files left behind by crashed processes (never acknowledged, so
+        nothing is lost); a running server's or command's folder on the same data folder is left alone."""
+        for stale in left_by_dead_processes(self.settings.tmp_root):
+            if stale.is_dir():
+                shutil.rmtree(stale, ignore_errors=True)
+            else:
+                stale.unlink(missing_ok=True)
         self.settings.tmp_dir.mkdir(parents=True, exist_ok=True)
 
     # ---- ingest -------------------------------------------------------------------------------
@@ -182,7 +187,7 @@ class Archive:
         return ProcessPoolExecutor(
             self._parser_count,
             mp_context=multiprocessing.get_context("forkserver"),
-            initializer=exit_with,  # a killed server leaves no parser behind (storage/orphans.py)
+            initializer=exit_with,  # a killed server leaves no parser behind (storage/processes.py)
             initargs=(os.getpid(),),
         )
 

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from storage.processes import tmp_folder_name
+
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
 FALSE_WORDS = frozenset({"0", "false", "no", "off"})
@@ -193,8 +195,15 @@ class Settings:
         return Path(url)
 
     @property
-    def tmp_dir(self) -> Path:
+    def tmp_root(self) -> Path:
         return self.data_dir / "tmp"
+
+    @property
+    def tmp_dir(self) -> Path:
+        """This process's temporary files (uploads being received, masters and copies being made): a folder
+        of its own, so that a server starting on this data folder clears only what dead processes left,
+        never the files of a server or command still running on it (storage/processes.py)."""
+        return self.tmp_root / tmp_folder_name(os.getpid())
 
     @property
     def decoded_cache_dir(self) -> Path:

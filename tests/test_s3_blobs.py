@@ -83,7 +83,7 @@ async def test_put_ranged_reads_stream_and_delete(
     assert b"".join(pieces) == data
     async with store.local_file(key) as path:
         assert path.read_bytes() == data
-        assert path.parent == tmp_path / "tmp"
+        assert path.parent == Settings(data_dir=tmp_path).tmp_dir  # this process's temporary folder
     assert not path.exists()
     # Only the object under the prefix exists: keys are relative to it.
     listed = s3_client(s3_endpoint).list_objects_v2(Bucket=BUCKET, Prefix="unit-ranges/")["Contents"]
@@ -95,7 +95,7 @@ async def test_put_ranged_reads_stream_and_delete(
     with pytest.raises(FileNotFoundError):
         async with store.local_file(key):
             pass
-    assert list((tmp_path / "tmp").iterdir()) == []
+    assert list(Settings(data_dir=tmp_path).tmp_dir.iterdir()) == []
 
 
 async def test_put_files_reports_each_outcome(

@@ -38,6 +38,7 @@ from storage.config import Settings
 from storage.dicom_file import file_sha256
 from storage.index import Index
 from storage.mastering.make import make_master
+from storage.processes import alive
 
 log = logging.getLogger(__name__)
 
@@ -59,16 +60,6 @@ WANTED_SERIES = 64
 # The rate in /status is over this window; the backlog is sampled this often for the growth warning.
 RATE_WINDOW_SECONDS = 60.0
 GROWTH_SAMPLES = 5
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's process
-    return True
 
 
 def lower_priority() -> None:
@@ -330,7 +321,7 @@ class MasterQueue:
         for owner in await self.index.lease_owners():
             name, _, rest = owner.partition(":")
             pid = rest.partition(":")[0]
-            if name == host and pid.isdigit() and owner != self.owner and not _alive(int(pid)):
+            if name == host and pid.isdigit() and owner != self.owner and not alive(int(pid)):
                 await self.index.release_leases(owner)
 
     def _done(self, sop: str, release: Callable[[], None], _task: asyncio.Task[None]) -> None:
