@@ -118,7 +118,7 @@ async def frames(request: Request) -> Response:
         plan = plan_frame(choice.media_type, choice.transfer_syntax, rec, subset)
         if plan is None or (not choice.multipart and len(numbers) > 1):
             continue
-        etag = etag_for(FRAME_BYTES_VERSION, rec.blob_key, numbers, plan, subset, choice.multipart)
+        etag = etag_for(FRAME_BYTES_VERSION, rec.version, numbers, plan, subset, choice.multipart)
         if not_modified(request, etag):
             return Response(status_code=304, headers={"ETag": etag})
         parts = [await archive.frame(rec, n, plan, subset) for n in numbers]

@@ -304,9 +304,9 @@ async def _respond(
 
 
 def _etag(kind: str, jobs: list[Job], options: RenderOptions, multipart_base: str) -> str:
-    """Names the exact bytes: what is rendered (a blob key changes when a master replaces the
+    """Names the exact bytes: what is rendered (its version changes when a master replaces the
     received file) and how; ``multipart_base`` is the base URL of a multipart body, else empty."""
-    rendered_frames = [f"{job.rec.blob_key}#{job.number}" for job in jobs]
+    rendered_frames = [f"{job.rec.version}#{job.number}" for job in jobs]
     return etag_for(RENDER_VERSION, kind, multipart_base, repr(options), *rendered_frames)
 
 

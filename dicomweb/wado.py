@@ -189,7 +189,7 @@ async def bulkdata(request: Request) -> Response:
 def _bulk_response(
     request: Request, rec: InstanceRecord, parts: list[tuple[str, bytes]], media: str, multipart: bool
 ) -> Response:
-    etag = etag_for(rec.blob_key, request.url.path, media, multipart)
+    etag = etag_for(rec.version, request.url.path, media, multipart)
     if not multipart and len(parts) == 1:
         # Single part: ETag/304 and Range, as Cornerstone3D's range requests expect.
         return body_response(request, parts[0][1], parts[0][0], etag)

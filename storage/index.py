@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from storage import schema
 from storage.dicom_file import ParsedInstance
-from storage.tiers import COLD, HOT, tier_of
+from storage.tiers import COLD, HOT, hot_key, tier_of
 
 S, SE, I, J = schema.studies, schema.series, schema.instances, schema.master_jobs
 SUCC, QA, TRASH = schema.instance_successors, schema.lossy_qa, schema.blob_trash
@@ -43,6 +43,12 @@ class InstanceRecord:
     pending_master: bool = False
     bits_allocated: int | None = None
     pixel_representation: int | None = None
+
+    @property
+    def version(self) -> str:
+        """Names the stored bytes, whatever tier holds them: a new master or a replacement gets a new blob
+        key, a move to the cold tier keeps the bytes and so the version (ETags stay valid)."""
+        return hot_key(self.blob_key)
 
     @classmethod
     def from_row(cls, row: Any) -> InstanceRecord:

@@ -26,9 +26,14 @@ COLD_PREFIX = "cold/"
 HOT, COLD = "hot", "cold"
 
 
-def cold_key(hot_key: str) -> str:
+def cold_key(key: str) -> str:
     """The key a hot blob gets when it moves to the cold tier."""
-    return COLD_PREFIX + hot_key
+    return COLD_PREFIX + key
+
+
+def hot_key(key: str) -> str:
+    """The key a blob had (or has) in the hot tier."""
+    return key.removeprefix(COLD_PREFIX)
 
 
 def tier_of(key: str) -> str:
@@ -55,7 +60,7 @@ class TieredBlobStore:
 
     def _route(self, key: str) -> tuple[BlobStore, str]:
         if key.startswith(COLD_PREFIX):
-            return self.cold, key.removeprefix(COLD_PREFIX)
+            return self.cold, hot_key(key)
         return self.hot, key
 
     # ---- writes ----------------------------------------------------------------------------------
@@ -67,7 +72,7 @@ class TieredBlobStore:
     async def put_files(self, items: list[tuple[str, Path]]) -> list[int | BaseException]:
         hot = [(i, key, src) for i, (key, src) in enumerate(items) if tier_of(key) == HOT]
         cold = [
-            (i, key.removeprefix(COLD_PREFIX), src)
+            (i, hot_key(key), src)
             for i, (key, src) in enumerate(items)
             if tier_of(key) == COLD
         ]

@@ -57,14 +57,19 @@ def index_rows(data_dir: Path, sql: str, *args: Any) -> list[tuple[Any, ...]]:
         return db.execute(sql, args).fetchall()
 
 
-def every_resource(client: httpx.Client, study: str) -> dict[str, bytes]:
-    """The body of every WADO-RS (and QIDO-RS) resource of the study, by a name for the assertion."""
-    got: dict[str, bytes] = {}
+def every_resource(client: httpx.Client, study: str) -> dict[str, tuple[bytes, str | None]]:
+    """The body and ETag of every WADO-RS (and QIDO-RS) resource of the study, by a name for the assertion:
+    a move between tiers keeps the bytes, so it keeps both (a viewer's cached copy stays valid: 304)."""
+    got: dict[str, tuple[bytes, str | None]] = {}
 
     def fetch(name: str, url: str, **headers: str) -> None:
         response = client.get(url, headers=headers)
         assert response.status_code == 200, (name, response.status_code, response.text[:200])
-        got[name] = response.content
+        etag = response.headers.get("etag")
+        got[name] = (response.content, etag)
+        if etag is not None:
+            again = client.get(url, headers={**headers, "If-None-Match": etag})
+            assert again.status_code == 304, (name, again.status_code)
 
     fetch("study", f"/studies/{study}", **STORED)
     fetch("study metadata", f"/studies/{study}/metadata")
