@@ -71,11 +71,7 @@ class TieredBlobStore:
 
     async def put_files(self, items: list[tuple[str, Path]]) -> list[int | BaseException]:
         hot = [(i, key, src) for i, (key, src) in enumerate(items) if tier_of(key) == HOT]
-        cold = [
-            (i, hot_key(key), src)
-            for i, (key, src) in enumerate(items)
-            if tier_of(key) == COLD
-        ]
+        cold = [(i, hot_key(key), src) for i, (key, src) in enumerate(items) if tier_of(key) == COLD]
         results: list[int | BaseException] = [0] * len(items)
         outcomes = await asyncio.gather(
             self.hot.put_files([(k, s) for _, k, s in hot]),
