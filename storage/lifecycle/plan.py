@@ -10,8 +10,8 @@ Never touched: instances without a master (kept as received, or still waiting fo
 NULL), masters whose ladder is not measured yet (storage.ladder: it is measured after the master, and a
 cut is chosen from figures, never guessed; the dry run counts them per rule, `unmeasured_instances`, and a
 later run takes them), lossy inputs (only a JPEG 2000 *lossless* master is cut, and anything labelled
-Lossy Image Compression "01" is left alone), and instances already derived (their transfer syntax is .91, and the
-successor table names them).
+Lossy Image Compression "01" is left alone), and instances already derived (their transfer syntax is .91,
+and the successor table names them).
 """
 
 from __future__ import annotations
