@@ -119,8 +119,9 @@ class MasterQueue:
         self.pool = ThreadPoolExecutor(self.workers, thread_name_prefix="master", initializer=lower_priority)
         # Normal priority: instances a viewer waits for, and the worker an old backlog gets.
         self.urgent_pool = ThreadPoolExecutor(self.workers, thread_name_prefix="master-urgent")
+        self.ladder_workers = self.workers if settings.ladder_workers is None else settings.ladder_workers
         self.ladder_pool = ThreadPoolExecutor(
-            self.workers,
+            max(1, self.ladder_workers),
             thread_name_prefix="ladder",
             initializer=functools.partial(lower_priority, LADDER_NICENESS),
         )
@@ -351,7 +352,7 @@ class MasterQueue:
     async def _start_ladders(self) -> int:
         """Start ladder jobs on the free ladder workers, if no upload is arriving and no master job is
         pending (asked by a read first: an idle queue does not take the write lock to learn nothing)."""
-        free = self.workers - len(self._ladders)
+        free = self.ladder_workers - len(self._ladders)
         if free <= 0 or self._uploads_recent() or not await self.index.ladder_claimable():
             return 0
         jobs = await self.index.claim_ladders(self.owner, free, LEASE_SECONDS)
