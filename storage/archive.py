@@ -362,9 +362,13 @@ class Archive:
     async def pending_masters(self) -> int:
         return (await self.index.job_counts()).get("pending", 0)
 
-    async def drain_masters(self) -> None:
-        """Wait until no master is waiting or being made (the import command, tests)."""
-        await self.masters.drain()
+    async def pending_ladders(self) -> int:
+        return (await self.index.job_counts()).get(LADDER_JOB, 0)
+
+    async def drain_masters(self, *, ladders: bool = False) -> None:
+        """Wait until no master is waiting or being made (the import command, tests); with `ladders`,
+        until every master's ladder is measured too (needs ladder workers: DICOMWEB_LADDER_WORKERS)."""
+        await self.masters.drain(ladders=ladders)
 
     async def master_report(self, sops: list[str]) -> list[MasterReport]:
         """Per instance (that still exists): whether it has its master, else its job's state and why
