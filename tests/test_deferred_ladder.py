@@ -25,6 +25,8 @@ from storage.ladder import LADDER_JOB, ladder_measured, measure_master
 from storage.mastering.make import make_master
 from storage.preview import instance_preview_layers
 from tests.conftest import PYDICOM_DATA, Server, new_uids, parse_multipart, stow, wait_for_masters
+from tests.index_helpers import new_postgres_database
+from tests.test_postgres import postgres  # noqa: F401 - the module's temporary cluster
 
 CT = PYDICOM_DATA / "693_UNCR.dcm"
 MR = PYDICOM_DATA / "MR2_UNCR.dcm"
@@ -133,10 +135,17 @@ async def test_the_ladder_job_measures_what_the_master_left_out(tmp_path: Path) 
         await archive.close()
 
 
-async def test_ladder_jobs_wait_for_every_pending_master(tmp_path: Path) -> None:
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+async def test_ladder_jobs_wait_for_every_pending_master(
+    tmp_path: Path, database: str, request: pytest.FixtureRequest
+) -> None:
     """Checked through the index: the claim itself refuses ladder jobs while a master job is pending,
-    claimed by a replica or not, so the order holds whatever the timing."""
-    archive = Archive(settings(tmp_path))
+    claimed by a replica or not, so the order holds whatever the timing (on PostgreSQL, in the statement
+    that locks the rows with SKIP LOCKED)."""
+    url = ""
+    if database == "postgresql":
+        url = await new_postgres_database(request.getfixturevalue("postgres"))
+    archive = Archive(settings(tmp_path, database_url=url) if url else settings(tmp_path))
     await archive.open(start_masters=False)
     try:
         series = generate_uid()
