@@ -501,11 +501,16 @@ class Archive:
         """master_state (with `hurry`), with the master's ladder measured: if it is not yet, it is measured
         now (at normal priority: a client waits) and stored, as the ladder job would. A client asking for
         one instance's ladder is about to choose what to fetch by it; 55 ms of CPU for a CT slice serves it
-        better than figures it cannot use. Still unmeasured only if the master was replaced meanwhile."""
+        better than figures it cannot use. Still unmeasured if the master was replaced meanwhile, or its
+        blob could not be read or decoded now (the ladder job will try again): the figures are optional."""
         state = await self.master_state(study, series, sop, hurry=True)
         if state.fidelity is None or ladder_measured(orjson.loads(state.fidelity)):
             return state
-        measured = await self.masters.measure_now(sop)
+        try:
+            measured = await self.masters.measure_now(sop)
+        except Exception as exc:  # noqa: BLE001 - answered without the figures, never a 500
+            log.warning("could not measure the ladder of %s now: %s", sop, type(exc).__name__)
+            return state
         if measured is not None:
             return replace(state, fidelity=measured)
         return await self.master_state(study, series, sop)
