@@ -27,8 +27,9 @@ A ladder is measured after its master (storage.ladder): until then only each pre
 The rule then gives the most layers the budget allows, which is what it gives whenever no prefix within
 the budget reaches 60 dB, and never fewer layers than the measured ladder will give: the preview keeps to
 the same byte budget, looks at least as good, and costs no decode at request time (measuring a 2k CR's
-ladder takes about a second, longer than the preview is meant to take). That answer is not cached, so
-the measured choice takes its place once the ladder job (or a `/layers` request) has run.
+ladder took 1.9 s in bench/ladder_ab.py on a busy 2-core machine, longer than a preview is meant to take;
+a series' answer would need one per instance). That answer is not cached, so the measured choice takes
+its place once the ladder job (or a `/layers` request) has run.
 """
 
 from __future__ import annotations
