@@ -353,9 +353,15 @@ class MasterQueue:
         """Start ladder jobs on the free ladder workers, if no upload is arriving and no master job is
         pending (asked by a read first: an idle queue does not take the write lock to learn nothing)."""
         free = self.ladder_workers - len(self._ladders)
-        if free <= 0 or self._uploads_recent() or not await self.index.ladder_claimable():
+        if free <= 0 or self._uploads_recent():
             return 0
-        jobs = await self.index.claim_ladders(self.owner, free, LEASE_SECONDS)
+        try:
+            if not await self.index.ladder_claimable():
+                return 0
+            jobs = await self.index.claim_ladders(self.owner, free, LEASE_SECONDS)
+        except Exception:  # the index failed: masters go on, ladders are asked for again next round
+            log.exception("could not claim ladder jobs")
+            return 0
         for sop, key, attempts in jobs:
             self._ladders.add(sop)
             task = asyncio.create_task(self._guarded_ladder(sop, key, attempts))
