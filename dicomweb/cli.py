@@ -381,6 +381,12 @@ def _import_parser(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="store only; leave making masters to the server's background queue",
     )
+    p.add_argument(
+        "--no-ladders",
+        action="store_true",
+        help="make masters but leave measuring their fidelity ladders (what previews, thumbnails and "
+        "lifecycle rules choose by) to the server, which does it when no master waits",
+    )
     p.set_defaults(func=import_files)
 
 

@@ -159,6 +159,18 @@ async def make_masters(archive: Archive, quiet: bool) -> None:
     await drain
 
 
+async def measure_ladders(archive: Archive, quiet: bool) -> None:
+    """Wait for every master's fidelity ladder to be measured (what a lifecycle policy chooses by), with
+    a progress bar: the queue measures them once no master waits (storage.ladder)."""
+    total = await archive.pending_ladders()
+    drain = asyncio.create_task(archive.drain_masters(ladders=True))
+    with tqdm(total=total, unit="master", desc="measuring ladders", disable=quiet or not total) as bar:
+        while not drain.done():
+            await asyncio.wait({drain}, timeout=POLL_SECONDS)
+            bar.update(max(0, total - await archive.pending_ladders() - bar.n))
+    await drain
+
+
 async def note_masters(archive: Archive, tally: Tally) -> None:
     """Give every stored file its instance's master state and reason, read from the index."""
     rows = {row.sop_uid: row for row in await archive.master_report(list(tally.kept_file))}
@@ -302,6 +314,8 @@ async def run_import(args: argparse.Namespace, settings: Settings) -> int:
             await store_files(archive, files, tally, args.quiet)
             if make:
                 await make_masters(archive, args.quiet)
+                if not args.no_ladders and archive.masters.ladder_workers:
+                    await measure_ladders(archive, args.quiet)
         await note_masters(archive, tally)
     finally:
         await archive.close()

@@ -61,6 +61,12 @@ def dry_run_table(summary: dict[str, Any]) -> str:
         )
         for row in rows
     ]
+    for r in summary["rules"]:
+        if r.get("unmeasured_instances"):
+            lines.append(
+                f"rule {r['name']!r}: {r['unmeasured_instances']} instance(s) skipped, their masters' "
+                "fidelity ladders are not measured yet (a later run takes them)"
+            )
     return "\n".join([f"policy {summary['policy']} (dry run: nothing changed)", *lines])
 
 

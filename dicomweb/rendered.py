@@ -288,6 +288,11 @@ async def _respond(
         )
     media, multipart = chosen
     options = replace(options, media_type=media)
+    archive = archive_of(request)
+    if kind == "thumbnail" and media == JPEG and not multipart:
+        # Before the ETag, which then names them: a master's ladder is measured after it is made
+        # (storage.ladder), and the same blob's thumbnail may then decode fewer layers.
+        options = replace(options, layer_errors=await archive.layer_errors(jobs[0].rec, jobs[0].number))
     # Multipart bodies name each part's URL (Content-Location), so they depend on the host too.
     etag = _etag(kind, jobs, options, base_url(request) if multipart else "")
     headers = {"ETag": etag, "Cache-Control": CACHE_CONTROL, "Vary": "Accept"}
@@ -295,9 +300,6 @@ async def _respond(
         return Response(status_code=304, headers=headers)
     if not multipart:
         job = jobs[0]
-        archive = archive_of(request)
-        if kind == "thumbnail" and media == JPEG:
-            options = replace(options, layer_errors=await archive.layer_errors(job.rec, job.number))
         body = await archive.render(job.rec, job.number, options)
         return Response(body, media_type=media, headers=headers)
     return await _multipart(request, jobs, options, media, etag, headers)

@@ -35,6 +35,7 @@ from storage.dicom_file import BASE_PLACEHOLDER
 from storage.errors import INDEX_UNREACHABLE, BadRequest, CannotProduce, NotFound, NotReady, StorageError
 from storage.frame_forms import WHOLE, FramePlan, Subset, plan_frame
 from storage.index import InstanceRecord, MasterState
+from storage.ladder import ladder_measured, with_measured_flags
 from storage.lifecycle import ApplyResult, Policy, PolicyError, PolicyPlan, load_policy
 from storage.lifecycle.schedule import run_on_schedule
 from storage.preview import PREVIEW, PREVIEW_RULE, instance_preview_layers
@@ -110,6 +111,7 @@ __all__ = [
     "check_codec_stack",
     "instance_preview_layers",
     "is_valid_uid",
+    "ladder_measured",
     "load_policy",
     "ohif_dist_override",
     "open_api_keys",
@@ -123,4 +125,5 @@ __all__ = [
     "user_data_home",
     "verify_archive",
     "viewer_demo_dir_override",
+    "with_measured_flags",
 ]

@@ -104,6 +104,9 @@ class Settings:
     bulk_data_threshold: int = 1024
     cors_origins: tuple[str, ...] = field(default_factory=tuple)
     workers: int = 0  # codec worker threads; 0 = one per core
+    # Threads measuring masters' fidelity ladders while no master waits (storage.ladder); None = as many
+    # as `workers`; 0 = never in the background (a `/layers` request still measures its instance).
+    ladder_workers: int | None = None
     # Memory for recently decoded (uncompressed) frames.
     decoded_cache_bytes: int = 256 * 1024**2
     # Disk for the uncompressed frames of recently made masters (storage/readahead.py); 0 turns it off.
@@ -252,6 +255,9 @@ def settings_from_env() -> Settings:
         bulk_data_threshold=env_int("DICOMWEB_BULKDATA_THRESHOLD", d.bulk_data_threshold),
         cors_origins=origins,
         workers=env_int("DICOMWEB_WORKERS", d.workers),
+        ladder_workers=env_int("DICOMWEB_LADDER_WORKERS", 0)
+        if env.get("DICOMWEB_LADDER_WORKERS", "").strip()
+        else d.ladder_workers,
         decoded_cache_bytes=env_int("DICOMWEB_DECODED_CACHE_MB", d.decoded_cache_bytes >> 20) << 20,
         decoded_disk_cache_bytes=env_int("DICOMWEB_DECODED_DISK_CACHE_MB", d.decoded_disk_cache_bytes >> 20)
         << 20,

@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from storage import schema
 from storage.dicom_file import ParsedInstance
+from storage.ladder import LADDER_JOB, ladder_measured
 from storage.tiers import COLD, HOT, hot_key, tier_of
 
 S, SE, I, J = schema.studies, schema.series, schema.instances, schema.master_jobs
@@ -448,6 +449,78 @@ class Index:
 
         return await self._write(transaction)
 
+    async def ladder_claimable(self) -> bool:
+        """Whether a ladder job could be claimed now (a read, so an idle queue does not write to ask)."""
+        now = time.time()
+        q = select(
+            select(J.c.sop_uid).where((J.c.state == LADDER_JOB) & (J.c.lease_until < now)).exists()
+            & ~select(J.c.sop_uid).where(J.c.state == "pending").exists()
+        )
+        async with self.engine.connect() as conn:
+            return bool((await conn.execute(q)).scalar())
+
+    async def claim_ladders(self, owner: str, limit: int, lease_seconds: float) -> list[tuple[str, str, int]]:
+        """Take up to `limit` ladder jobs (masters whose lossy layers are not measured yet) whose lease is
+        free or ran out, as claim_masters does: (sop_uid, master blob key, attempts so far), newest first.
+        None while any master job is pending, here or on another replica: masters always come first, and
+        the check is in the claiming statement itself, so it holds whatever the replicas do."""
+        now = time.time()
+        pending = J.alias("pending_master")
+        q = (
+            select(J.c.sop_uid, J.c.blob_key, J.c.attempts)
+            .where(
+                (J.c.state == LADDER_JOB)
+                & (J.c.lease_until < now)
+                & ~select(pending.c.sop_uid).where(pending.c.state == "pending").exists()
+            )
+            .order_by(J.c.updated_at.desc())
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+
+        def transaction(conn: Connection) -> list[tuple[str, str, int]]:
+            rows = conn.execute(q).all()
+            if rows:
+                conn.execute(
+                    update(J)
+                    .where(J.c.sop_uid.in_([r.sop_uid for r in rows]))
+                    .values(lease_owner=owner, lease_until=now + lease_seconds, attempts=J.c.attempts + 1)
+                )
+            return [(r.sop_uid, r.blob_key, r.attempts) for r in rows]
+
+        return await self._write(transaction)
+
+    async def store_ladder(self, sop: str, blob_key: str, fidelity: list[dict[str, Any]]) -> bool:
+        """Write the measured ladder of the master `blob_key`, if the instance still points at that blob
+        (a re-upload or a replacement since gets nothing of it), and end its ladder job. Writing the
+        same ladder twice is harmless. Whether it was written."""
+        stmt = (
+            update(I)
+            .where((I.c.sop_uid == sop) & (I.c.blob_key == blob_key) & I.c.fidelity.isnot(None))
+            .values(fidelity=orjson.dumps(fidelity))
+        )
+        job = delete(J).where((J.c.sop_uid == sop) & (J.c.blob_key == blob_key) & (J.c.state == LADDER_JOB))
+
+        def transaction(conn: Connection) -> bool:
+            written = conn.execute(stmt).rowcount == 1
+            conn.execute(job)
+            return written
+
+        return await self._write(transaction)
+
+    async def drop_ladder_job(self, sop: str, blob_key: str) -> None:
+        """Forget a ladder job (its blob is gone, or it failed too often: the ladder stays unmeasured and
+        is measured on demand by /layers)."""
+        stmt = delete(J).where((J.c.sop_uid == sop) & (J.c.blob_key == blob_key) & (J.c.state == LADDER_JOB))
+        await self._write(lambda conn: conn.execute(stmt))
+
+    async def ladder_of(self, sop: str) -> tuple[str, bytes | None, list[list[list[int]]]] | None:
+        """(blob key, stored ladder JSON, frame pieces) of an instance; None when it does not exist."""
+        q = select(I.c.blob_key, I.c.fidelity, I.c.frames).where(I.c.sop_uid == sop)
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(q)).first()
+        return None if row is None else (row.blob_key, row.fidelity, orjson.loads(row.frames))
+
     async def extend_leases(self, owner: str, sops: list[str], lease_seconds: float) -> None:
         """Keep the jobs `owner` is still working on."""
         if sops:
@@ -514,6 +587,19 @@ class Index:
         values.update(fidelity=orjson.dumps(fidelity), pixel_sha256=pixel_sha256)
         for key in ("sop_uid", "series_uid", "study_uid", "created_at", "received_size"):
             values.pop(key)
+        job = (J.c.sop_uid == master.sop_uid) & (J.c.blob_key == received_key)
+        # The job row lives on as the ladder job of the master (storage.ladder), in the same transaction:
+        # a crash can leave neither a master without its ladder job nor a job without its master.
+        ladder_job = {
+            "state": LADDER_JOB,
+            "blob_key": master_key,
+            "attempts": 0,
+            "reason": "",
+            "updated_at": time.time(),
+            "lease_owner": "",
+            "lease_until": 0.0,
+        }
+        measured = ladder_measured(fidelity)
 
         def transaction(conn: Connection) -> bool:
             result = conn.execute(
@@ -521,7 +607,10 @@ class Index:
                 .where((I.c.sop_uid == master.sop_uid) & (I.c.blob_key == received_key))
                 .values(**values)
             )
-            conn.execute(delete(J).where((J.c.sop_uid == master.sop_uid) & (J.c.blob_key == received_key)))
+            if result.rowcount == 1 and not measured:
+                conn.execute(update(J).where(job).values(**ladder_job))
+            else:
+                conn.execute(delete(J).where(job))
             return result.rowcount == 1
 
         return await self._write(transaction)

@@ -1,4 +1,4 @@
-"""How many quality layers make a preview: chosen per frame from the fidelity ladder measured at ingest.
+"""How many quality layers make a preview: chosen per frame from the master's fidelity ladder.
 
 The rule (``preview_layers``): within a budget of a fifth of the lossless bytes, the fewest layers whose
 PSNR reaches 60 dB; when no layer within the budget reaches it, the most layers the budget allows; never
@@ -22,18 +22,27 @@ A series' recommended count is the largest of its frames' (every frame then meet
 cannot choose per instance (OHIF's static retrieve stages) ask for ``layers=preview``, and the server
 applies the rule per instance (the largest count over its frames): the answer is the same cut, labelled
 ``.91``, as asking for that number.
+
+A ladder is measured after its master (storage.ladder): until then only each prefix's bytes are known.
+The rule then gives the most layers the budget allows, which is what it gives whenever no prefix within
+the budget reaches 60 dB, and never fewer layers than the measured ladder will give: the preview keeps to
+the same byte budget, looks at least as good, and costs no decode at request time (measuring a 2k CR's
+ladder took 1.9 s in bench/ladder_ab.py on a busy 2-core machine, longer than a preview is meant to take;
+a series' answer would need one per instance). That answer is not cached, so the measured choice takes
+its place once the ladder job (or a `/layers` request) has run.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 from sqlalchemy import select
 
 from storage import schema
+from storage.ladder import ladder_measured, step_measured
 
 MAX_BYTES_FRACTION = 0.20
 MIN_PSNR_DB = 60.0
@@ -49,7 +58,9 @@ PREVIEW_RULE = {"text": RULE, "max_bytes_fraction": MAX_BYTES_FRACTION, "min_psn
 
 def preview_layers(ladder: Sequence[Mapping[str, Any]]) -> int | None:
     """The layer count of a preview of one frame, from its ladder (``/layers``' ``layers`` list: cumulative
-    ``bytes``, ``psnr`` (None when lossless), ``lossless``); None when even one layer is lossless."""
+    ``bytes``, ``psnr`` (None when lossless), ``lossless``, ``measured``); None when even one layer is
+    lossless. A prefix whose PSNR is not measured yet never counts as reaching the floor: with an
+    unmeasured ladder the answer is the most layers within the budget (see the module's note)."""
     lossy = [step for step in ladder if not step.get("lossless")]
     if not lossy:
         return None
@@ -59,6 +70,8 @@ def preview_layers(ladder: Sequence[Mapping[str, Any]]) -> int | None:
     if not within:
         return int(lossy[0]["layers"])
     for step in within:
+        if not step_measured(step):
+            break  # unknown from here on: the budget's bound
         if step.get("psnr") is not None and float(step["psnr"]) >= MIN_PSNR_DB:
             return int(step["layers"])
     return int(within[-1]["layers"])
@@ -72,7 +85,9 @@ def instance_preview_layers(frames: Iterable[Mapping[str, Any]]) -> int | None:
 
 class PreviewCache:
     """Preview layer counts per stored blob. A blob key names one stored version (a new master or a
-    replacement gets a new key), so an entry never goes stale, on this replica or any other."""
+    replacement gets a new key), and only counts from measured ladders are put here (the one change a
+    ladder sees under its key is being measured), so an entry never goes stale, on this replica or any
+    other."""
 
     def __init__(self, capacity: int = 65536) -> None:
         self.capacity = capacity
@@ -96,7 +111,7 @@ _cache = PreviewCache()
 
 async def preview_for_instance(engine: Any, sop_uid: str, blob_key: str) -> int | None:
     """The preview layer count of the instance whose current blob is `blob_key` (None: no master, or no
-    lossy layer): from the index's fidelity ladder, then remembered for that blob."""
+    lossy layer): from the index's fidelity ladder, then remembered for that blob once measured."""
     known, value = _cache.get(blob_key)
     if known:
         return value
@@ -104,15 +119,25 @@ async def preview_for_instance(engine: Any, sop_uid: str, blob_key: str) -> int 
     q = select(inst.c.fidelity).where((inst.c.sop_uid == sop_uid) & (inst.c.blob_key == blob_key))
     async with engine.connect() as conn:
         fidelity = (await conn.execute(q)).scalar_one_or_none()
-    value = None if fidelity is None else instance_preview_layers(orjson.loads(fidelity))
-    if fidelity is not None:  # a master's ladder never changes under its key; a pending one may appear
+    if fidelity is None:  # no master yet: one may appear under a new key, nothing to remember
+        return None
+    frames = orjson.loads(fidelity)
+    value = instance_preview_layers(frames)
+    if ladder_measured(frames):  # an unmeasured answer is a bound that the measurement will tighten
         _cache.put(blob_key, value)
     return value
 
 
-async def series_preview(engine: Any, study: str, series: str) -> list[tuple[str, int | None, bool]] | None:
-    """(sop_uid, preview layer count, has a master) of each instance of a series, in instance order;
-    None when the series does not exist."""
+class SeriesPreviewRow(NamedTuple):
+    sop_uid: str
+    preview_layers: int | None
+    master: bool  # the instance has its master
+    measured: bool  # and its ladder is measured (else preview_layers is the byte budget's bound)
+
+
+async def series_preview(engine: Any, study: str, series: str) -> list[SeriesPreviewRow] | None:
+    """The preview of each instance of a series, in instance order; None when the series does not
+    exist."""
     inst = schema.instances
     q = (
         select(inst.c.sop_uid, inst.c.blob_key, inst.c.fidelity)
@@ -126,8 +151,11 @@ async def series_preview(engine: Any, study: str, series: str) -> list[tuple[str
     out = []
     for row in rows:
         known, value = _cache.get(row.blob_key)
+        measured = known
         if not known and row.fidelity is not None:
-            value = instance_preview_layers(orjson.loads(row.fidelity))
-            _cache.put(row.blob_key, value)
-        out.append((row.sop_uid, value, row.fidelity is not None))
+            frames = orjson.loads(row.fidelity)
+            value = instance_preview_layers(frames)
+            if measured := ladder_measured(frames):
+                _cache.put(row.blob_key, value)
+        out.append(SeriesPreviewRow(row.sop_uid, value, row.fidelity is not None, measured))
     return out

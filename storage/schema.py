@@ -137,14 +137,17 @@ Index(
     postgresql_where=instances.c.tier == "cold",
 )
 
-# Durable queue of received instances waiting to become masters: a row is written in the same
-# transaction as the instance, so a restart resumes exactly where the work stopped.
+# Durable queue of received instances waiting to become masters, then of masters waiting for their
+# fidelity ladder: a row is written in the same transaction as the instance, so a restart resumes exactly
+# where the work stopped.
 master_jobs = Table(
     "master_jobs",
     metadata,
     Column("sop_uid", String(64), primary_key=True),
     Column("blob_key", Text, nullable=False),  # the received blob to convert
-    Column("state", String(16), nullable=False, default="pending"),  # pending | kept
+    # pending | kept | ladder (the master is made; its fidelity ladder waits to be measured, and
+    # blob_key names the master: storage.ladder)
+    Column("state", String(16), nullable=False, default="pending"),
     Column("attempts", Integer, nullable=False, default=0),
     Column("reason", Text, nullable=False, default=""),
     Column("updated_at", Float, nullable=False),

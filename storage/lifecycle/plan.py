@@ -7,9 +7,11 @@ the uncompressed frame), PSNR and maximum error of every layer prefix. A frame n
 qualifies keeps its master, and an instance is derived only when at least one of its frames changes.
 
 Never touched: instances without a master (kept as received, or still waiting for one: `fidelity` is
-NULL), lossy inputs (only a JPEG 2000 *lossless* master is cut, and anything labelled Lossy Image
-Compression "01" is left alone), and instances already derived (their transfer syntax is .91, and the
-successor table names them).
+NULL), masters whose ladder is not measured yet (storage.ladder: it is measured after the master, and a
+cut is chosen from figures, never guessed; the dry run counts them per rule, `unmeasured_instances`, and a
+later run takes them), lossy inputs (only a JPEG 2000 *lossless* master is cut, and anything labelled
+Lossy Image Compression "01" is left alone), and instances already derived (their transfer syntax is .91,
+and the successor table names them).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from storage import schema
 from storage.config import Settings
+from storage.ladder import ladder_measured
 from storage.lifecycle.policy import Policy, Rule, StudyFacts, first_match
 from storage.transfer_syntaxes import J2K_LOSSLESS
 
@@ -88,6 +91,8 @@ class RulePlan:
     # tier: what would move (instances and bytes on the hot tier)
     tier_instances: int = 0
     tier_bytes: int = 0
+    # lossy: masters of its studies left alone because their ladder is not measured yet
+    unmeasured_instances: int = 0
 
     @property
     def bytes_now(self) -> int:
@@ -138,6 +143,7 @@ class RulePlan:
             "saving_per_month": self.saving_per_month(settings),
             "worst_psnr_db": None if psnr is None else round(psnr, 2),
             "worst_max_error": self.worst_max_error,
+            "unmeasured_instances": self.unmeasured_instances,
         }
 
 
@@ -186,9 +192,9 @@ def choose_layers(frame: dict[str, Any], uncompressed: float, rule: Rule, number
     return keep
 
 
-def plan_instance(row: Any, rule: Rule) -> InstancePlan | None:
-    """The plan for one master under a lossy rule; None when no frame would change."""
-    fidelity = orjson.loads(row.fidelity)
+def plan_instance(row: Any, rule: Rule, fidelity: list[dict[str, Any]]) -> InstancePlan | None:
+    """The plan for one master (its measured ladder `fidelity`) under a lossy rule; None when no frame
+    would change."""
     frames_n = max(int(row.number_of_frames or 0), len(fidelity), 1)
     per_frame = row.pixel_bytes / frames_n if row.pixel_bytes else 0.0
     if not per_frame or not fidelity:
@@ -332,7 +338,11 @@ async def plan_policy(
             )
             continue
         for row in await lossy_candidates(engine, rule_plan.studies):
-            if (planned := plan_instance(row, rule_plan.rule)) is not None:
+            fidelity = orjson.loads(row.fidelity)
+            if not ladder_measured(fidelity):
+                rule_plan.unmeasured_instances += 1
+                continue
+            if (planned := plan_instance(row, rule_plan.rule, fidelity)) is not None:
                 rule_plan.instances.append(planned)
         # Studies it would change, not merely match.
         changed = {i.study_uid for i in rule_plan.instances}

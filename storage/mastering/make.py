@@ -23,11 +23,12 @@ from pydicom.encaps import encapsulate, encapsulate_extended
 from pydicom.pixels import get_decoder
 from pydicom.uid import UID
 
-from storage.codec import MasterNotPossible, decode, encode_master, fidelity_ladder, info, levels_to_drop
+from storage.codec import MasterNotPossible, decode, encode_master, levels_to_drop
 from storage.codec.fidelity import THREADED_SAMPLES
 from storage.codec.layered_j2k import decomposition_levels
 from storage.dicom_file import ParsedInstance, frame_from_file, parse_instance
 from storage.implementation import stamp_file_meta
+from storage.ladder import unmeasured_frame
 from storage.transcode import decoded_dataset, frame_size
 from storage.transfer_syntaxes import J2K_LOSSLESS, is_native
 
@@ -43,7 +44,8 @@ class VerificationFailed(MasterNotPossible):
 class Master:
     path: Path  # the new Part 10 file, in a temporary folder beside the blobs
     parsed: ParsedInstance
-    fidelity: list[dict[str, Any]]  # per frame: rows, columns, levels, layers
+    # Per frame: rows, columns, levels, layers, with the lossy layers not measured yet (storage.ladder).
+    fidelity: list[dict[str, Any]]
     pixel_sha256: str  # of the original pixel values, for `dicomweb verify`
 
 
@@ -90,14 +92,6 @@ def original_frames(ds: Dataset, path: Path, only: int | None = None) -> list[np
             arr = arr.reshape(rows, cols, spp)
         frames.append(arr)
     return frames
-
-
-def _levels(codestream: bytes) -> list[dict[str, int]]:
-    head = info(codestream)
-    return [
-        {"rows": -(-head.height // (1 << d)), "columns": -(-head.width // (1 << d))}
-        for d in range(head.levels + 1)
-    ]
 
 
 def _encoding(source: Dataset) -> dict[str, Any]:
@@ -200,7 +194,8 @@ def make_master(received: Path, work_dir: Path, *, bulk_data_threshold: int = 10
 
 
 def _verify(path: Path, parsed: ParsedInstance, originals: list[np.ndarray]) -> list[dict[str, Any]]:
-    """Decode every frame from the written file and compare with the original values."""
+    """Decode every frame from the written file and compare with the original values; each frame's
+    ladder as far as it is known without decoding more (cut sizes, the last layer lossless)."""
     if len(parsed.frames) != len(originals):
         raise VerificationFailed(f"master has {len(parsed.frames)} frames, original {len(originals)}")
     ladders = []
@@ -214,15 +209,6 @@ def _verify(path: Path, parsed: ParsedInstance, originals: list[np.ndarray]) -> 
                 raise VerificationFailed(
                     f"frame {number} of the master does not decode to the original pixels"
                 )
-            ladder = [step.to_dict() for step in fidelity_ladder(codestream, original, whole_verified=True)]
-            head = _levels(codestream)
-            ladders.append(
-                {
-                    "number": number,
-                    "rows": head[0]["rows"],
-                    "columns": head[0]["columns"],
-                    "levels": head,
-                    "layers": ladder,
-                }
-            )
+            # The lossy prefixes are measured later, off the master's critical path (storage.ladder).
+            ladders.append(unmeasured_frame(number, codestream))
     return ladders

@@ -14,6 +14,13 @@ coming all the same:
 - a backlog older than BACKLOG_BOUND_SECONDS gets one worker at normal priority that never yields;
 - the newest jobs go first: the studies read first are the ones just acquired.
 Until its master is ready an instance is served from the received file.
+
+A master's fidelity ladder (what each lossy layer prefix gives, storage.ladder) is measured after it, by
+a ladder job: the master job's row, which `apply_master` turns into one (state LADDER_JOB, naming the
+master's blob). Ladder jobs are claimed with the same leases, only while no master job is pending
+anywhere (the claim itself checks it) and no upload arrives, and run in a pool of their own at the
+lowest priority (nice 19), so a master that arrives meanwhile takes the CPU from them at once. A ladder
+is written only if the instance still points at the master it was measured on.
 """
 
 from __future__ import annotations
@@ -31,12 +38,16 @@ from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
+
+import orjson
 
 from storage.blobs import BlobStore, new_blob_key
 from storage.codec import MasterNotPossible
 from storage.config import Settings
 from storage.dicom_file import file_sha256
 from storage.index import Index
+from storage.ladder import LADDER_JOB, ladder_measured, measure_master
 from storage.mastering.make import make_master
 from storage.processes import alive
 
@@ -44,6 +55,8 @@ log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 3  # an instance that crashed the encoder this often is kept as received
 NICENESS = 10
+# Ladder measurement yields to everything, masters included (CFS gives nice 19 a seventh of nice 10's share).
+LADDER_NICENESS = 19
 # A request that looked up the received blob just before its master replaced it may still open it:
 # the received blob is deleted only after this grace period.
 DELETE_GRACE_SECONDS = 30.0
@@ -62,10 +75,10 @@ RATE_WINDOW_SECONDS = 60.0
 GROWTH_SAMPLES = 5
 
 
-def lower_priority() -> None:
+def lower_priority(niceness: int = NICENESS) -> None:
     # Linux applies nice values per thread: encoding yields the CPU to request handling.
     with contextlib.suppress(OSError, AttributeError):
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), NICENESS)
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), niceness)
 
 
 @dataclass(frozen=True)
@@ -97,6 +110,15 @@ class MasterQueue:
         self.pool = ThreadPoolExecutor(self.workers, thread_name_prefix="master", initializer=lower_priority)
         # Normal priority: instances a viewer waits for, and the worker an old backlog gets.
         self.urgent_pool = ThreadPoolExecutor(self.workers, thread_name_prefix="master-urgent")
+        self.ladder_workers = self.workers if settings.ladder_workers is None else settings.ladder_workers
+        self.ladder_pool = ThreadPoolExecutor(
+            max(1, self.ladder_workers),
+            thread_name_prefix="ladder",
+            initializer=functools.partial(lower_priority, LADDER_NICENESS),
+        )
+        self._ladders: set[str] = set()  # SOP UIDs whose ladder job runs here
+        # On-demand measurements in flight (measure_now), so concurrent requests share one.
+        self._measuring: dict[str, asyncio.Future[bytes | None]] = {}
         self._wake = asyncio.Event()
         self._busy: set[str] = set()
         self._urgent_busy = 0
@@ -159,6 +181,7 @@ class MasterQueue:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self.pool.shutdown(wait=True, cancel_futures=True)
         self.urgent_pool.shutdown(wait=True, cancel_futures=True)
+        self.ladder_pool.shutdown(wait=True, cancel_futures=True)
         for key, timer in list(self._doomed.items()):
             timer.cancel()
             await self.blobs.delete(key)
@@ -235,12 +258,19 @@ class MasterQueue:
                 GROWTH_SAMPLES - 1,
             )
 
-    async def drain(self) -> None:
-        """Wait until no job is pending or running (for the import command and tests)."""
+    async def drain(self, *, ladders: bool = False) -> None:
+        """Wait until no master job is pending or running (for the import command and tests); with
+        `ladders`, until no ladder job is left either."""
         self.start()
         self.notify()
         # Polled: the jobs live in the index, where other processes may add or finish them too.
-        while self._busy or (await self.index.job_counts()).get("pending", 0):  # noqa: ASYNC110
+        while True:
+            counts = await self.index.job_counts()
+            masters_left = self._busy or counts.get("pending", 0)
+            ladders_left = ladders and (self._ladders or counts.get(LADDER_JOB, 0))
+            if not masters_left and not ladders_left:
+                return
+            self.notify()
             await asyncio.sleep(0.05)
 
     # ---- the loop ----------------------------------------------------------------------------------
@@ -251,7 +281,7 @@ class MasterQueue:
         while True:
             await asyncio.sleep(LEASE_SECONDS / 3)
             with contextlib.suppress(Exception):
-                await self.index.extend_leases(self.owner, list(self._busy), LEASE_SECONDS)
+                await self.index.extend_leases(self.owner, [*self._busy, *self._ladders], LEASE_SECONDS)
             if time.monotonic() - last_sample >= RATE_WINDOW_SECONDS:
                 last_sample = time.monotonic()
                 with contextlib.suppress(Exception):
@@ -299,12 +329,103 @@ class MasterQueue:
                     self._keep_task(task)
                     task.add_done_callback(functools.partial(self._done, sop, release))
                     started += 1
+            started += await self._start_ladders()
             if not started:
                 # Woken by new uploads, a viewer's request or a job ending; else look again shortly
                 # (uploads going quiet, leases of a dead replica running out).
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout=0.5 if self._uploads_first() else 5)
+
+    def _uploads_recent(self) -> bool:
+        return self._uploads > 0 or time.monotonic() - self._last_upload < QUIET_SECONDS
+
+    async def _start_ladders(self) -> int:
+        """Start ladder jobs on the free ladder workers, if no upload is arriving and no master job is
+        pending (asked by a read first: an idle queue does not take the write lock to learn nothing)."""
+        free = self.ladder_workers - len(self._ladders)
+        if free <= 0 or self._uploads_recent():
+            return 0
+        try:
+            if not await self.index.ladder_claimable():
+                return 0
+            jobs = await self.index.claim_ladders(self.owner, free, LEASE_SECONDS)
+        except Exception:  # the index failed: masters go on, ladders are asked for again next round
+            log.exception("could not claim ladder jobs")
+            return 0
+        for sop, key, attempts in jobs:
+            self._ladders.add(sop)
+            task = asyncio.create_task(self._guarded_ladder(sop, key, attempts))
+            self._keep_task(task)
+            task.add_done_callback(functools.partial(self._ladder_done, sop))
+        return len(jobs)
+
+    def _ladder_done(self, sop: str, _task: asyncio.Task[None]) -> None:
+        self._ladders.discard(sop)
+        self.notify()
+
+    async def _guarded_ladder(self, sop: str, key: str, attempts: int) -> None:
+        try:
+            await self._ladder(sop, key, attempts)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("ladder job for %s failed; it will be retried", sop)
+            with contextlib.suppress(Exception):
+                await self.index.extend_leases(self.owner, [sop], 0.0)
+
+    async def _ladder(self, sop: str, key: str, attempts: int) -> None:
+        """Measure the ladder of the master `key` of `sop` and store it (if `sop` still points at it)."""
+        if attempts >= MAX_ATTEMPTS:
+            log.warning("the ladder of %s failed %d times; left unmeasured", sop, attempts)
+            await self.index.drop_ladder_job(sop, key)
+            return
+        found = await self.index.ladder_of(sop)
+        if found is None or found[0] != key or found[1] is None:
+            await self.index.drop_ladder_job(sop, key)  # replaced or deleted meanwhile
+            return
+        ladder = await self._measure(key, found[2], self.ladder_pool)
+        await self.index.store_ladder(sop, key, ladder)
+
+    async def _measure(
+        self, key: str, frames: list[list[list[int]]], pool: ThreadPoolExecutor
+    ) -> list[dict[str, Any]]:
+        async with self.blobs.local_file(key) as path:
+            return await asyncio.get_running_loop().run_in_executor(pool, measure_master, path, frames)
+
+    async def measure_now(self, sop: str) -> bytes | None:
+        """Measure the ladder of `sop`'s master now, at normal priority (a request waits for it), and
+        store it: the function the ladder job uses. The stored ladder JSON; None when there is no master
+        or it was replaced meanwhile. Concurrent calls for one instance share one measurement."""
+        if (running := self._measuring.get(sop)) is not None:
+            return await asyncio.shield(running)
+        future: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
+        self._measuring[sop] = future
+        try:
+            result = await self._measure_and_store(sop)
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: no "never retrieved" warning when nobody else waited
+            raise
+        else:
+            future.set_result(result)
+            return result
+        finally:
+            self._measuring.pop(sop, None)
+
+    async def _measure_and_store(self, sop: str) -> bytes | None:
+        found = await self.index.ladder_of(sop)
+        if found is None:
+            return None
+        key, stored, frames = found
+        if stored is None:
+            return None
+        if ladder_measured(orjson.loads(stored)):
+            return stored
+        ladder = await self._measure(key, frames, self.urgent_pool)
+        if not await self.index.store_ladder(sop, key, ladder):
+            return None
+        return orjson.dumps(ladder)
 
     def _release_urgent(self, backlog: bool) -> None:
         self._urgent_busy -= 1
