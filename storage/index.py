@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import random
 import time
 from collections.abc import Callable
@@ -93,6 +94,15 @@ class MasterState:
 
 
 INSTANCE_ORDER = (I.c.series_uid, I.c.instance_number, I.c.sop_uid)
+
+# PostgreSQL advisory locks of studies are (STUDY_LOCK_SPACE, a 32-bit hash of the UID): a lock space of
+# their own (two-key locks never conflict with the one-key locks of storage/lifecycle/schedule.py); two
+# studies whose hashes collide merely wait for each other.
+STUDY_LOCK_SPACE = 0x53545544
+
+
+def _study_lock_key(study_uid: str) -> int:
+    return int.from_bytes(hashlib.blake2b(study_uid.encode(), digest_size=4).digest(), "big", signed=True)
 
 
 def _scope(study: str, series: str | None, sop: str | None):
@@ -306,21 +316,26 @@ class Index:
         return await self._write(transaction)
 
     def _lock_studies(self, conn: Connection, studies: set[str]) -> None:
-        """Lock these studies' rows until the transaction ends (PostgreSQL; SQLite has one writer at a time).
+        """Lock these studies until the transaction ends (PostgreSQL; SQLite has one writer at a time).
 
         The study-level values (counts, ModalitiesInStudy, SOP classes) are recomputed from the instance
-        rows in the transaction that changes them. With several server processes on one database, two
-        transactions changing one study must not both count before either commits: the second would
-        overwrite the first's values with a count that misses the first's rows. Taken before anything is
-        read, in UID order (no deadlock between two transactions); under READ COMMITTED every later
-        statement of the waiting transaction sees what the first committed."""
+        rows in the transaction that changes them, and the blob a stored instance replaces is read from
+        its row. With several server processes on one database, two transactions changing one study must
+        not both read before either commits: the second would overwrite the first's counts with ones that
+        miss the first's rows, or replace the first's instance row without seeing (and trashing) its blob.
+        A row lock cannot do this for a study that does not exist yet (two replicas storing the first
+        instances of one new study), so the lock is a transaction-level advisory lock on the study UID,
+        taken before anything is read, in one order (no deadlock between two transactions); under READ
+        COMMITTED every later statement of the waiting transaction sees what the first committed."""
         if self.is_sqlite or not studies:
             return
+        keys = sorted({_study_lock_key(uid) for uid in studies})
         conn.execute(
-            select(S.c.study_uid)
-            .where(S.c.study_uid.in_(sorted(studies)))
-            .order_by(S.c.study_uid)
-            .with_for_update()
+            text(
+                "SELECT pg_advisory_xact_lock(:space, k) FROM unnest(CAST(:keys AS integer[])) "
+                "WITH ORDINALITY AS t(k, n) ORDER BY n"
+            ),
+            {"space": STUDY_LOCK_SPACE, "keys": keys},
         )
 
     def _refresh_counts(self, conn: Connection, studies: set[str], series: set[str]) -> None:

@@ -6,6 +6,7 @@ SQLite and PostgreSQL: upserts, case-(in)sensitive matching, grouped counts, the
 
 from __future__ import annotations
 
+import asyncio
 import io
 import shutil
 import tempfile
@@ -21,6 +22,7 @@ from pydicom.uid import generate_uid
 
 from bench import pg_cluster
 from storage.api_keys import CACHE_SECONDS as API_KEY_CACHE_SECONDS
+from storage.index import Index
 from tests.conftest import (
     PYDICOM_DATA,
     PYDICOM_TEST_FILES,
@@ -30,6 +32,7 @@ from tests.conftest import (
     stow,
     wait_for_masters,
 )
+from tests.index_helpers import make_instance, new_postgres_database, stored
 from tests.test_cli import run
 
 
@@ -152,3 +155,33 @@ def test_database_lost_and_back(tmp_path_factory: pytest.TempPathFactory) -> Non
         srv.stop()
         pg_cluster.stop(base)
         shutil.rmtree(base, ignore_errors=True)
+
+
+async def test_two_replicas_storing_one_new_study_trash_the_blob_they_replace(
+    postgres: str,
+    tmp_path: Path,
+) -> None:
+    """Two replicas store the same instance of a study neither has seen, at the same moment: whichever
+    commits second replaces the first's row, and must see it to put the first's blob in the trash (a
+    study row lock cannot serialize them: there is no row yet). Repeated, so the two transactions do
+    interleave."""
+    url = await new_postgres_database(postgres)
+    replicas = [Index(url), Index(url)]
+    for index in replicas:
+        await index.create()
+    try:
+        for _ in range(25):
+            study, series, sop = generate_uid(), generate_uid(), generate_uid()
+            copies = [
+                stored([make_instance(tmp_path, study=study, series=series, sop=sop)]) for _ in replicas
+            ]
+            results = await asyncio.gather(*(i.store(c) for i, c in zip(replicas, copies, strict=True)))
+            [rec] = await replicas[0].instances(study, series, sop)
+            written = {c[0][1] for c in copies}
+            trashed = {key for stale, _ in results for key in stale}
+            assert trashed == written - {rec.blob_key}
+            assert sorted(await replicas[0].trash(limit=10)) == sorted(trashed)
+            await replicas[0].untrash(list(trashed))
+    finally:
+        for index in replicas:
+            await index.close()
