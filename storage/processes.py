@@ -5,6 +5,9 @@ waits on a pipe its children hold: when the server is killed (SIGKILL, the OOM k
 and each dead server would leave its parsers and forkserver behind for ever. Each worker therefore
 watches the server's process and exits when it is gone; the forkserver and the resource tracker then see
 their pipes close and end too.
+
+Each process also keeps its temporary files in a folder named after its host and PID (Settings.tmp_dir),
+so a server starting on a data folder removes only what processes that ended left there.
 """
 
 from __future__ import annotations
@@ -16,9 +19,9 @@ import threading
 import time
 from pathlib import Path
 
-POLL_SECONDS = 1.0
+POLL_SECONDS = 1.0  # where a process cannot be watched through a pidfd
 # A temporary folder of another host sharing the data folder is removed once untouched for this long.
-OTHER_HOST_TMP_SECONDS = 24 * 3600.0  # where a process cannot be watched through a pidfd
+OTHER_HOST_TMP_SECONDS = 24 * 3600.0
 
 
 def exit_with(pid: int) -> None:
