@@ -469,15 +469,16 @@ class Index:
         if series:
             q = q.where(J.c.sop_uid.in_(select(I.c.sop_uid).where(I.c.series_uid.in_(series))))
         q = q.order_by(J.c.updated_at.desc()).with_for_update(skip_locked=True)
+        return await self._lease(q, lease_owner=owner, lease_until=now + lease_seconds)
+
+    async def _lease(self, q: Any, **lease: Any) -> list[tuple[str, str, int]]:
+        """Run the job query `q` (it locks the rows it finds) and give those jobs `lease` (owner, until,
+        ...) in the same transaction: (sop_uid, blob key, attempts before this claim)."""
 
         def transaction(conn: Connection) -> list[tuple[str, str, int]]:
             rows = conn.execute(q).all()
             if rows:
-                conn.execute(
-                    update(J)
-                    .where(J.c.sop_uid.in_([r.sop_uid for r in rows]))
-                    .values(lease_owner=owner, lease_until=now + lease_seconds)
-                )
+                conn.execute(update(J).where(J.c.sop_uid.in_([r.sop_uid for r in rows])).values(**lease))
             return [(r.sop_uid, r.blob_key, r.attempts) for r in rows]
 
         return await self._write(transaction)
@@ -510,18 +511,9 @@ class Index:
             .limit(limit)
             .with_for_update(skip_locked=True)
         )
-
-        def transaction(conn: Connection) -> list[tuple[str, str, int]]:
-            rows = conn.execute(q).all()
-            if rows:
-                conn.execute(
-                    update(J)
-                    .where(J.c.sop_uid.in_([r.sop_uid for r in rows]))
-                    .values(lease_owner=owner, lease_until=now + lease_seconds, attempts=J.c.attempts + 1)
-                )
-            return [(r.sop_uid, r.blob_key, r.attempts) for r in rows]
-
-        return await self._write(transaction)
+        return await self._lease(
+            q, lease_owner=owner, lease_until=now + lease_seconds, attempts=J.c.attempts + 1
+        )
 
     async def store_ladder(self, sop: str, blob_key: str, fidelity: list[dict[str, Any]]) -> bool:
         """Write the measured ladder of the master `blob_key`, if the instance still points at that blob

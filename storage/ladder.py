@@ -17,7 +17,6 @@ no ``measured`` key: they were measured, so a missing key means measured.
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -118,8 +117,3 @@ def max_errors(frame: Mapping[str, Any]) -> tuple[int, ...] | None:
 def with_measured_flags(frames: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """The ladder with ``measured`` on every step (ladders from before it was a field lack it)."""
     return [{**f, "layers": [{**s, "measured": step_measured(s)} for s in f["layers"]]} for f in frames]
-
-
-def psnr_or_inf(step: Mapping[str, Any]) -> float:
-    """A measured step's PSNR as a number (None stands for identical)."""
-    return math.inf if step["psnr"] is None else float(step["psnr"])

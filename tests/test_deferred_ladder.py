@@ -241,14 +241,16 @@ def on_demand(tmp_path_factory: pytest.TempPathFactory):
     (root / "policy.toml").write_text(POLICY)
     env = {"DICOMWEB_LADDER_WORKERS": "0", "DICOMWEB_LIFECYCLE": str(root / "policy.toml")}
     srv = Server(root / "data", env)
-    with httpx.Client(base_url=srv.root, timeout=120) as client:
-        study, series = generate_uid(), generate_uid()
-        files = [new_uids(CT.read_bytes(), study=study, series=series) for _ in range(3)]
-        assert stow(client, files).status_code == 200
-        wait_for_masters(client)
-        sops = [pydicom.dcmread(io.BytesIO(f)).SOPInstanceUID for f in files]
-        yield client, f"/studies/{study}/series/{series}", sops
-    srv.stop()
+    try:
+        with httpx.Client(base_url=srv.root, timeout=120) as client:
+            study, series = generate_uid(), generate_uid()
+            files = [new_uids(CT.read_bytes(), study=study, series=series) for _ in range(3)]
+            assert stow(client, files).status_code == 200
+            wait_for_masters(client)
+            sops = [pydicom.dcmread(io.BytesIO(f)).SOPInstanceUID for f in files]
+            yield client, f"/studies/{study}/series/{series}", sops
+    finally:
+        srv.stop()  # also when the set-up fails: no server left running
 
 
 def test_status_counts_pending_ladders(on_demand) -> None:

@@ -148,10 +148,13 @@ class MasterQueue:
             self._uploads -= 1
             self._last_upload = time.monotonic()
 
+    def _uploads_recent(self) -> bool:
+        """Whether an upload is arriving, or ended less than QUIET_SECONDS ago."""
+        return self._uploads > 0 or time.monotonic() - self._last_upload < QUIET_SECONDS
+
     def _uploads_first(self) -> bool:
         """Whether background masters should wait now (uploads arriving, and not yet for too long)."""
-        active = self._uploads > 0 or time.monotonic() - self._last_upload < QUIET_SECONDS
-        if not active:
+        if not self._uploads_recent():
             self._yielding_since = None
             return False
         now = time.monotonic()
@@ -336,9 +339,6 @@ class MasterQueue:
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout=0.5 if self._uploads_first() else 5)
-
-    def _uploads_recent(self) -> bool:
-        return self._uploads > 0 or time.monotonic() - self._last_upload < QUIET_SECONDS
 
     async def _start_ladders(self) -> int:
         """Start ladder jobs on the free ladder workers, if no upload is arriving and no master job is
