@@ -69,6 +69,15 @@ Index("ix_studies_patient_name_ci", studies.c.patient_name_ci, studies.c.study_u
 Index("ix_studies_date_order", studies.c.study_date.desc(), studies.c.study_time.desc(), studies.c.study_uid)
 Index("ix_studies_accession", studies.c.accession_number)
 
+# How many studies each StudyDate holds (migration 0009's triggers keep it equal to `studies`): a deep
+# offset into the newest-first study list skips whole days instead of walking every study before it.
+study_day_counts = Table(
+    "study_day_counts",
+    metadata,
+    Column("study_date", String(16), primary_key=True),
+    Column("studies", Integer, nullable=False),
+)
+
 series = Table(
     "series",
     metadata,

@@ -10,8 +10,10 @@ from typing import Any
 
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from storage import schema
 from storage.dicom_file import ParsedInstance, parse_instance
 from storage.index import Index
 from storage.query import Query, parse_query, run_query
@@ -106,3 +108,15 @@ def reference(all_studies: list[dict[str, Any]], params: dict[str, str]) -> list
     hits.sort(key=lambda a: first(a, "0020000D"))
     hits.sort(key=lambda a: (first(a, "00080020"), normalize_time(first(a, "00080030"))), reverse=True)
     return [first(a, "0020000D") for a in hits]
+
+
+async def day_counts(index: Index) -> tuple[dict[str, int], dict[str, int]]:
+    """The per-day counts the triggers keep (days left empty dropped), and the same counted from the
+    studies."""
+    D, S = schema.study_day_counts, schema.studies
+    async with index.engine.connect() as conn:
+        kept = dict((await conn.execute(select(D.c.study_date, D.c.studies).where(D.c.studies != 0))).all())
+        counted = dict(
+            (await conn.execute(select(S.c.study_date, func.count()).group_by(S.c.study_date))).all()
+        )
+    return kept, counted

@@ -21,6 +21,7 @@ from tests.index_helpers import (
     CT_CLASS,
     MR_CLASS,
     SR_CLASS,
+    day_counts,
     make_instance,
     new_postgres_database,
     query,
@@ -340,3 +341,82 @@ async def test_sqlite_trigram_index_serves_infix_and_follows_changes(tmp_path: P
         assert counts[0] == counts[1] == counts[2] == len(studies) - 1
     finally:
         await ix.close()
+
+
+async def test_deep_offsets_skip_days_and_agree_with_the_walk(
+    index: Index, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every offset into the unfiltered study list, found through the per-day counts (migration 0009),
+    gives the page the plain walk gives, also after a study changes its date, studies are deleted, and
+    one instance moves to another study; the counts stay equal to the studies all along."""
+    studies = await _archive(index, tmp_path)
+    # Two more studies on an existing day, so that a page starts inside a day with several studies.
+    extra = [
+        make_instance(tmp_path, study=generate_uid(), StudyDate="20200105", StudyTime=t) for t in ("1", "2")
+    ]
+    await index.store(stored(extra))
+    studies += [p.study_uid for p in extra]
+
+    async def pages(n: int) -> list[tuple[list[str], int]]:
+        found = []
+        for offset in range(n + 2):
+            page, more = await query(index, offset=str(offset), limit="3")
+            found.append((uids(page), int(more)))
+        return found
+
+    async def check() -> None:
+        kept, counted = await day_counts(index)
+        assert kept == counted
+        everything = uids((await query(index, limit="1000"))[0])
+        monkeypatch.setattr(query_module, "DAY_SKIP_MIN", 10**9)
+        walked = await pages(len(everything))
+        monkeypatch.setattr(query_module, "DAY_SKIP_MIN", 0)
+        assert await pages(len(everything)) == walked
+        assert walked == [
+            (everything[o : o + 3], max(0, len(everything) - o - 3)) for o in range(len(everything) + 2)
+        ]
+
+    await check()
+    # A study's date changes when its instance is stored again with another StudyDate.
+    await index.store(stored([make_instance(tmp_path, study=studies[0], StudyDate="20250101")]))
+    await check()
+    await index.delete(studies[1])
+    await index.delete(studies[-1])
+    moved = (await query(index, "instance", studies[2]))[0][0]["00080018"]["Value"][0]
+    await index.store(stored([make_instance(tmp_path, study=studies[3], sop=moved, StudyDate="19991231")]))
+    await check()
+    kept, _ = await day_counts(index)
+    assert sum(kept.values()) == len((await query(index, limit="1000"))[0])
+
+
+async def test_concurrent_writers_keepday_counts(pg_index: Index, tmp_path: Path) -> None:
+    """Two server processes creating and deleting studies of the same days at once (PostgreSQL): the
+    per-day counts end equal to the studies."""
+    index = pg_index
+    other = Index(index.url)
+    days = ["20261201", "20261202", "20261203"]
+    items = [
+        make_instance(tmp_path, study=generate_uid(), StudyDate=days[k % 3], StudyTime=f"{k:06d}")
+        for k in range(48)
+    ]
+    try:
+
+        async def writer(ix: Index, mine: list[ParsedInstance]) -> None:
+            for start in range(0, len(mine), 3):  # several studies of several days per transaction
+                await ix.store(stored(mine[start : start + 3]))
+
+        async def deleter(ix: Index, victims: list[ParsedInstance]) -> None:
+            for p in victims:
+                await ix.delete(p.study_uid)
+
+        await index.store(stored(items[:12]))
+        await asyncio.gather(
+            writer(index, items[12:30]),
+            writer(other, items[30:][::-1]),
+            deleter(other, items[:6]),
+            deleter(index, items[6:12]),
+        )
+        kept, counted = await day_counts(index)
+        assert kept == counted and sum(counted.values()) == 36
+    finally:
+        await other.close()
