@@ -9,9 +9,9 @@ archive's size), and the walk starts at the page's day.
 Triggers keep the counts equal to ``studies`` in the transaction that changes it, on every path
 (STOW-RS, deletion, lifecycle rules, any replica, a future one), so no code has to remember them. The
 counts of one day are one row: on PostgreSQL, transactions creating studies of the same day take its
-row lock in turn, from the study row's insert to their commit (studies only; instances of an existing
-study do not touch it). Days left without studies keep a zero row, which sums to nothing; deleting it
-would race with a concurrent insert for no gain.
+row lock in turn, at their commit (the triggers are deferred to it), and only when they create or delete
+a study (instances of an existing study do not touch it). Days left without studies keep a zero row,
+which sums to nothing; deleting it would race with a concurrent insert for no gain.
 
 Revision ID: 0009
 Revises: 0008
@@ -59,11 +59,13 @@ POSTGRESQL = [
         END IF;
         RETURN NULL;
     END $$""",
-    """CREATE TRIGGER study_day_counts_insert_delete AFTER INSERT OR DELETE ON studies
-        FOR EACH ROW EXECUTE FUNCTION study_day_counts_keep()""",
-    """CREATE TRIGGER study_day_counts_update AFTER UPDATE OF study_date ON studies
-        FOR EACH ROW WHEN (OLD.study_date IS DISTINCT FROM NEW.study_date)
-        EXECUTE FUNCTION study_day_counts_keep()""",
+    # Deferred to the commit, so that a day's row is locked for the commit only, not for the rest of
+    # the storing transaction.
+    """CREATE CONSTRAINT TRIGGER study_day_counts_insert_delete AFTER INSERT OR DELETE ON studies
+        DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION study_day_counts_keep()""",
+    """CREATE CONSTRAINT TRIGGER study_day_counts_update AFTER UPDATE OF study_date ON studies
+        DEFERRABLE INITIALLY DEFERRED FOR EACH ROW
+        WHEN (OLD.study_date IS DISTINCT FROM NEW.study_date) EXECUTE FUNCTION study_day_counts_keep()""",
 ]
 
 
