@@ -151,11 +151,12 @@ SQLITE_MMAP_BYTES = 1 << 30
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
+    # First: switching to WAL needs a lock, which another process migrating a new index holds a while.
+    cur.execute("PRAGMA busy_timeout=30000")
     # WAL lets readers run during writes; NORMAL syncs at checkpoints, which keeps every committed
     # row across a process crash (blobs themselves are fsynced before their row is written).
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA synchronous=NORMAL")
-    cur.execute("PRAGMA busy_timeout=30000")
     cur.execute("PRAGMA foreign_keys=ON")
     # Read the file through a memory map (shared by every connection, through the OS page cache) rather
     # than a read() per page into each connection's 2 MB cache: an offset deep into 100,000 studies walks

@@ -3,13 +3,14 @@ for attributes the index has no column for."""
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
 import orjson
-from sqlalchemy import and_, column, exists, func, or_, select, table, true
+from sqlalchemy import Integer, and_, bindparam, column, exists, func, or_, select, table, true
 from sqlalchemy.sql import ColumnElement
 
 from storage import schema
@@ -22,7 +23,7 @@ from storage.values import json_values, normalize_date, normalize_datetime, norm
 
 Level = Literal["study", "series", "instance"]
 S, SE, I = schema.studies, schema.series, schema.instances
-D = schema.study_day_counts
+MONTHS, DAYS = schema.study_month_counts, schema.study_day_counts
 
 INT64_MAX = 2**63 - 1  # SQL BIGINT (SQLite and PostgreSQL)
 MAX_RESULTS = 1000  # what one response returns when the client sets no limit (with a Warning)
@@ -592,8 +593,10 @@ async def _page(
     key."""
     key = LEVEL_KEY[q.level]
     skip: Any = q.offset
+    params = {}
     if q.level == "study" and not conds and q.offset >= DAY_SKIP_MIN:
-        conds, skip = _skip_days(q.offset)
+        conds, skip = _skip_days()
+        params["skip_offset"] = q.offset
     walk = (
         select(key)
         .select_from(_from_clause(q))
@@ -602,7 +605,7 @@ async def _page(
         .offset(skip)
         .limit(limit + MORE_RESULTS_CAP + 1)
     )
-    found = list((await conn.execute(walk)).scalars())
+    found = list((await conn.execute(walk, params)).scalars())
     page, further = found[:limit], len(found) - limit
     rows: list[Any] = []
     for start in range(0, len(page), KEYS_PER_STATEMENT):
@@ -617,32 +620,40 @@ async def _page(
     return [_result(q, r) for r in rows], remaining
 
 
-# From this offset on, the whole study list's page is found by skipping days (_skip_days): walking fewer
-# index entries costs less than summing the day counts (about 11,000 days over 30 years: ~2 ms).
-DAY_SKIP_MIN = 5000
+# From this offset on, the whole study list's page is found through the month and day counts
+# (_skip_days): walking fewer index entries costs less than summing them.
+DAY_SKIP_MIN = 2000
 
 
-def _skip_days(offset: int) -> tuple[list[ColumnElement[bool]], Any]:
-    """Where the newest-first study list's entry number `offset` lies, from the per-day study counts
-    (migration 0009): the walk starts at that entry's StudyDate and skips only the studies of that day
-    before it. Both are subqueries of the walk's own statement, so they read the counts and the studies
-    from one snapshot, and agree even while other transactions commit."""
-    running = select(
-        D.c.study_date,
-        D.c.studies,
-        func.sum(D.c.studies).over(order_by=D.c.study_date.desc()).label("upto"),
-    ).subquery()
-    anchor = (
-        select(running.c.study_date, (running.c.upto - running.c.studies).label("before"))
-        .where(running.c.upto > offset)
-        .order_by(running.c.study_date.desc())
-        .limit(1)
-        .cte("anchor")  # read twice below, computed once
-    )
+@functools.cache  # built once: its offset is a parameter, `skip_offset`
+def _skip_days() -> tuple[list[ColumnElement[bool]], Any]:
+    """Where entry number `skip_offset` of the newest-first study list lies, from the per-month and per-day
+    study counts (migration 0009): the month it falls in, then the day in that month; the walk starts at
+    that day and skips only the studies of that day before it. The counts are subqueries of the walk's
+    own statement, so they and the studies are read from one snapshot, and agree even while other
+    transactions commit."""
+    offset = bindparam("skip_offset", type_=Integer)
+    month = _first_reaching(MONTHS.c.month, MONTHS.c.studies, offset, "month_anchor")
+    month_before = select(month.c.before).scalar_subquery()
+    in_month = select(DAYS).where(DAYS.c.month == select(month.c.key).scalar_subquery()).subquery()
+    day = _first_reaching(in_month.c.study_date, in_month.c.studies, offset, "day_anchor", month_before)
     # Past the last study there is no such day: the condition is then false and the page empty.
-    day = select(anchor.c.study_date).scalar_subquery()
-    before = select(anchor.c.before).scalar_subquery()
-    return [S.c.study_date <= day], func.coalesce(offset - before, 0)
+    day_key = select(day.c.key).scalar_subquery()
+    return [S.c.study_date <= day_key], func.coalesce(offset - select(day.c.before).scalar_subquery(), 0)
+
+
+def _first_reaching(key: Any, studies: Any, offset: Any, name: str, before: Any = 0) -> Any:
+    """The first `key`, newest first, whose studies (with those of the keys before it, and `before`
+    more) reach past `offset`, and how many studies come before it: a one-row CTE (key, before)."""
+    upto = before + func.sum(studies).over(order_by=key.desc())
+    running = select(key.label("key"), studies.label("studies"), upto.label("upto")).subquery()
+    return (
+        select(running.c.key, (running.c.upto - running.c.studies).label("before"))
+        .where(running.c.upto > offset)
+        .order_by(running.c.key.desc())
+        .limit(1)
+        .cte(name)  # read twice, computed once
+    )
 
 
 # Keys bound in one IN list (SQLite allows 32,766 bound values; PostgreSQL 65,535).

@@ -33,6 +33,7 @@ metadata = MetaData()
 # Byte-wise comparison on PostgreSQL (prefix LIKE and ranges through a B-tree whatever the database's
 # locale); SQLite's default BINARY collation is the same thing.
 CText = Text().with_variant(Text(collation="C"), "postgresql")
+CString16 = String(16).with_variant(String(16, collation="C"), "postgresql")
 
 studies = Table(
     "studies",
@@ -44,7 +45,8 @@ studies = Table(
     Column("patient_id", CText, nullable=False, default=""),
     Column("patient_birth_date", String(16), nullable=False, default=""),
     Column("patient_sex", String(16), nullable=False, default=""),
-    Column("study_date", String(16), nullable=False, default=""),
+    # Byte-wise, so that its first six characters (the month) sort as it does (migration 0009).
+    Column("study_date", CString16, nullable=False, default=""),
     Column("study_time", String(32), nullable=False, default=""),
     Column("accession_number", CText, nullable=False, default=""),
     Column("study_id", Text, nullable=False, default=""),
@@ -69,12 +71,20 @@ Index("ix_studies_patient_name_ci", studies.c.patient_name_ci, studies.c.study_u
 Index("ix_studies_date_order", studies.c.study_date.desc(), studies.c.study_time.desc(), studies.c.study_uid)
 Index("ix_studies_accession", studies.c.accession_number)
 
-# How many studies each StudyDate holds (migration 0009's triggers keep it equal to `studies`): a deep
-# offset into the newest-first study list skips whole days instead of walking every study before it.
+# How many studies each month (YYYYMM, the StudyDate's first six characters) and each StudyDate hold
+# (migration 0009's triggers keep them equal to `studies`): a deep offset into the newest-first study list
+# skips whole months, then days, instead of walking every study before it.
+study_month_counts = Table(
+    "study_month_counts",
+    metadata,
+    Column("month", CString16, primary_key=True),
+    Column("studies", Integer, nullable=False),
+)
 study_day_counts = Table(
     "study_day_counts",
     metadata,
-    Column("study_date", String(16), primary_key=True),
+    Column("month", CString16, primary_key=True),
+    Column("study_date", CString16, primary_key=True),
     Column("studies", Integer, nullable=False),
 )
 

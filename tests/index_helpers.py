@@ -110,13 +110,17 @@ def reference(all_studies: list[dict[str, Any]], params: dict[str, str]) -> list
     return [first(a, "0020000D") for a in hits]
 
 
-async def day_counts(index: Index) -> tuple[dict[str, int], dict[str, int]]:
-    """The per-day counts the triggers keep (days left empty dropped), and the same counted from the
-    studies."""
-    D, S = schema.study_day_counts, schema.studies
+async def day_counts(index: Index) -> tuple[dict[tuple[str, str], int], dict[tuple[str, str], int]]:
+    """The per-month and per-day counts the triggers keep (those left at zero dropped), and the same
+    counted from the studies: {("month", YYYYMM) or ("day", StudyDate): studies}."""
+    M, D, S = schema.study_month_counts, schema.study_day_counts, schema.studies
+    month = func.substr(S.c.study_date, 1, 6)
     async with index.engine.connect() as conn:
-        kept = dict((await conn.execute(select(D.c.study_date, D.c.studies).where(D.c.studies != 0))).all())
-        counted = dict(
-            (await conn.execute(select(S.c.study_date, func.count()).group_by(S.c.study_date))).all()
-        )
+        kept = {("month", m): n for m, n in await conn.execute(select(M).where(M.c.studies != 0))}
+        kept |= {("day", d): n for _, d, n in await conn.execute(select(D).where(D.c.studies != 0))}
+        counted = {
+            ("month", m): n for m, n in await conn.execute(select(month, func.count()).group_by(month))
+        }
+        by_day = select(month, S.c.study_date, func.count()).group_by(S.c.study_date)
+        counted |= {("day", d): n for _, d, n in await conn.execute(by_day)}
     return kept, counted
