@@ -124,3 +124,8 @@ async def day_counts(index: Index) -> tuple[dict[tuple[str, str], int], dict[tup
         by_day = select(month, S.c.study_date, func.count()).group_by(S.c.study_date)
         counted |= {("day", d): n for _, d, n in await conn.execute(by_day)}
     return kept, counted
+
+
+def studies_counted(counts: dict[tuple[str, str], int]) -> int:
+    """How many studies the per-day counts of ``day_counts`` add up to."""
+    return sum(n for (kind, _), n in counts.items() if kind == "day")

@@ -44,33 +44,32 @@ FILL = [
 ]
 
 
-def _change(row: str, step: str, sqlite: bool) -> str:
+def _change(row: str, step: str) -> str:
     """Add `step` (+1 or -1) to the counts of `row`'s (new or old) month and day."""
     month = f"substr({row}.study_date, 1, 6)"
-    day_conflict = "" if sqlite else "study_day_counts."
-    month_conflict = "" if sqlite else "study_month_counts."
+    # The counts named with their table: in PostgreSQL's trigger function a bare `studies` is ambiguous.
     return f"""
         INSERT INTO study_month_counts (month, studies) VALUES ({month}, {step})
-            ON CONFLICT (month) DO UPDATE SET studies = {month_conflict}studies + ({step});
+            ON CONFLICT (month) DO UPDATE SET studies = study_month_counts.studies + ({step});
         INSERT INTO study_day_counts (month, study_date, studies) VALUES ({month}, {row}.study_date, {step})
-            ON CONFLICT (month, study_date) DO UPDATE SET studies = {day_conflict}studies + ({step});"""
+            ON CONFLICT (month, study_date) DO UPDATE SET studies = study_day_counts.studies + ({step});"""
 
 
 SQLITE = [
-    f"CREATE TRIGGER study_counts_insert AFTER INSERT ON studies BEGIN {_change('new', '1', True)} END",
-    f"CREATE TRIGGER study_counts_delete AFTER DELETE ON studies BEGIN {_change('old', '-1', True)} END",
+    f"CREATE TRIGGER study_counts_insert AFTER INSERT ON studies BEGIN {_change('new', '1')} END",
+    f"CREATE TRIGGER study_counts_delete AFTER DELETE ON studies BEGIN {_change('old', '-1')} END",
     f"""CREATE TRIGGER study_counts_update AFTER UPDATE OF study_date ON studies
     WHEN old.study_date IS NOT new.study_date BEGIN
-        {_change("old", "-1", True)} {_change("new", "1", True)}
+        {_change("old", "-1")} {_change("new", "1")}
     END""",
 ]
 
 POSTGRESQL = [
     f"""CREATE FUNCTION study_counts_keep() RETURNS trigger LANGUAGE plpgsql AS $$
     BEGIN
-        IF TG_OP IN ('DELETE', 'UPDATE') THEN {_change("OLD", "-1", False)}
+        IF TG_OP IN ('DELETE', 'UPDATE') THEN {_change("OLD", "-1")}
         END IF;
-        IF TG_OP IN ('INSERT', 'UPDATE') THEN {_change("NEW", "1", False)}
+        IF TG_OP IN ('INSERT', 'UPDATE') THEN {_change("NEW", "1")}
         END IF;
         RETURN NULL;
     END $$""",
