@@ -149,13 +149,30 @@ def _by_key(rows: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
 SQLITE_MMAP_BYTES = 1 << 30
 
 
+SQLITE_BUSY_MS = 30000
+
+
+def _set_wal(cur: Any) -> None:
+    """Switch the file to WAL. Several processes opening a new index at once (one of them migrating it)
+    can make this fail with "database is locked" at once, without SQLite's busy timeout applying: it is
+    tried again until the same timeout has passed. Only at a connection's start, and only then."""
+    deadline = time.monotonic() + SQLITE_BUSY_MS / 1000
+    while True:
+        try:
+            cur.execute("PRAGMA journal_mode=WAL")
+            return
+        except Exception as exc:  # the driver's OperationalError: sqlite3's, or aiosqlite's adaptation
+            if "database is locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+        time.sleep(0.05)
+
+
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
-    # First: switching to WAL needs a lock, which another process migrating a new index holds a while.
-    cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_MS}")
     # WAL lets readers run during writes; NORMAL syncs at checkpoints, which keeps every committed
     # row across a process crash (blobs themselves are fsynced before their row is written).
-    cur.execute("PRAGMA journal_mode=WAL")
+    _set_wal(cur)
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.execute("PRAGMA foreign_keys=ON")
     # Read the file through a memory map (shared by every connection, through the OS page cache) rather
